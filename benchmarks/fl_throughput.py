@@ -1,0 +1,237 @@
+"""FedAvg throughput: a bare PyTorch loop vs fedsweep in-process vs fedsweep on Ray.
+
+Workload W1: make_classification(60000 x 64, 32 informative, 10 classes, random_state=0);
+the first 50,000 rows train, cut IID into 100 parties of 500; the last 10,000 test. MLP
+64-128-10, SGD lr 0.05, batch 32, one local epoch, all parties every round, 5 rounds.
+
+    python benchmarks/fl_throughput.py            # (a) bare, (b) in-process, (c) Ray, 2 CPUs
+    python benchmarks/fl_throughput.py --scale    # 1,000 and 10,000 parties on Ray
+
+Every mode starts its clock before generating the data; Ray's own start (ray.init) is
+excluded, the actor pool's start is not. Peak memory is the largest summed RSS of this process
+and all its descendants (Ray's processes included), sampled every 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psutil
+import sklearn.datasets  # noqa: F401 - imported up front so no mode pays for it
+import torch
+
+N_SAMPLES, N_TRAIN, N_FEATURES, N_CLASSES = 60_000, 50_000, 64, 10
+ROUNDS, LR, BATCH = 5, 0.05, 32
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process tree in a background thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_w1() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=N_SAMPLES,
+        n_features=N_FEATURES,
+        n_informative=32,
+        n_classes=N_CLASSES,
+        random_state=0,
+    )
+    x = x.astype(np.float32)
+    xtr, ytr, xte, yte = x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+    mean, std = xtr.mean(0), xtr.std(0)
+    return (xtr - mean) / std, ytr, (xte - mean) / std, yte
+
+
+def bare_loop(num_parties: int) -> dict[str, Any]:
+    """(a): the same FedAvg written as one plain single-threaded PyTorch loop."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    xtr, ytr, xte, yte = make_w1()
+    perm = np.random.default_rng(0).permutation(N_TRAIN)
+    parts = [
+        (torch.from_numpy(xtr[idx]), torch.from_numpy(ytr[idx]))
+        for idx in np.array_split(perm, num_parties)
+    ]
+    xte_t, yte_t = torch.from_numpy(xte), torch.from_numpy(yte)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(N_FEATURES, 128), nn.ReLU(), nn.Linear(128, N_CLASSES))
+    global_w = nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    rounds, acc = [], 0.0
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        total = torch.zeros_like(global_w, dtype=torch.float64)
+        n_total = 0
+        for x, y in parts:
+            with torch.no_grad():
+                nn.utils.vector_to_parameters(global_w.clone(), model.parameters())
+            opt = torch.optim.SGD(model.parameters(), lr=LR)
+            order = torch.randperm(len(y), generator=gen)
+            for s in range(0, len(y), BATCH):
+                idx = order[s : s + BATCH]
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+            total += nn.utils.parameters_to_vector(model.parameters()).detach().double() * len(y)
+            n_total += len(y)
+        global_w = (total / n_total).float()
+        with torch.no_grad():
+            nn.utils.vector_to_parameters(global_w.clone(), model.parameters())
+            acc = (model(xte_t).argmax(1) == yte_t).float().mean().item()
+        rounds.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return {"wall": wall, "rounds": rounds, "acc": acc}
+
+
+def fedsweep_config(executor: str, num_parties: int, rounds: int = ROUNDS) -> dict[str, Any]:
+    return {
+        "seed": 0,
+        "data": {
+            "name": "synthetic",
+            "n_samples": N_SAMPLES,
+            "n_features": N_FEATURES,
+            "n_informative": 32,
+            "n_redundant": 2,
+            "n_classes": N_CLASSES,
+            "random_state": 0,
+            "test_fraction": (N_SAMPLES - N_TRAIN) / N_SAMPLES,
+            "shuffle_split": False,
+        },
+        "partition": {"name": "iid", "num_parties": num_parties},
+        "model": {"name": "mlp", "hidden": [128]},
+        "trainer": {
+            "name": "fedavg",
+            "rounds": rounds,
+            "local_epochs": 1,
+            "batch_size": BATCH,
+            "lr": LR,
+        },
+        "runtime": {"executor": executor},
+        "tracking": {"enabled": False},
+    }
+
+
+def via_fedsweep(
+    executor: str, num_parties: int, rounds: int = ROUNDS, pool: Any = None
+) -> dict[str, Any]:
+    """(b) and (c): the same workload through ``orchestrator.run``; ``pool``: an executor to reuse."""
+    from orchestrator import run
+
+    start = time.perf_counter()
+    result = run(fedsweep_config(executor, num_parties, rounds), executor=pool)
+    return {
+        "wall": time.perf_counter() - start,
+        "rounds": [h["round_time_s"] for h in result.history],
+        "acc": result.metrics["test_accuracy"],
+    }
+
+
+def measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    with PeakMemory() as mem:
+        out = fn()
+    out["peak_gb"] = mem.peak / 2**30
+    return out
+
+
+def start_ray(num_cpus: int = 2) -> float:
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR")
+    return time.perf_counter() - t0
+
+
+def main_compare() -> None:
+    results = {}
+    results["a bare loop"] = measured(lambda: bare_loop(100))
+    results["b fedsweep in-process"] = measured(lambda: via_fedsweep("local", 100))
+    ray_start = start_ray(2)
+    results["c fedsweep Ray, 2 CPUs"] = measured(lambda: via_fedsweep("ray", 100))
+    # The same run again on a pool that already ran once (as in a Python session or a sweep
+    # that reuses its executor): what the actors' own start costs in (c).
+    from orchestrator.config import RuntimeConfig
+    from orchestrator.runner import make_executor
+
+    with make_executor(RuntimeConfig(executor="ray")) as pool:
+        via_fedsweep("ray", 100, pool=pool)
+        results["c' Ray, warm actor pool"] = measured(lambda: via_fedsweep("ray", 100, pool=pool))
+    base = results["a bare loop"]
+    base_round = float(np.mean(base["rounds"][1:]))
+    print(
+        f"W1: 100 parties x 500 samples, MLP 64-128-10, {ROUNDS} rounds (ray.init took {ray_start:.1f}s, excluded)"
+    )
+    print(
+        f"{'mode':26s} {'wall s':>7s} {'x(a)':>6s} {'round s':>8s} {'x(a)':>6s} {'acc':>7s} {'peak GB':>8s}"
+    )
+    for name, r in results.items():
+        steady = float(np.mean(r["rounds"][1:]))
+        print(
+            f"{name:26s} {r['wall']:7.2f} {r['wall'] / base['wall']:6.2f} {steady:8.3f} "
+            f"{steady / base_round:6.2f} {r['acc']:7.4f} {r['peak_gb']:8.2f}"
+        )
+    print("round s: mean time per round after the first; x(a): ratio to the bare loop")
+
+
+def main_scale() -> None:
+    ray_start = start_ray(2)
+    print(
+        f"scale: W1 training rows cut into many parties, all parties every round, on Ray with 2 CPUs "
+        f"(ray.init took {ray_start:.1f}s, excluded)"
+    )
+    print(
+        f"{'parties':>8s} {'samples/party':>14s} {'rounds':>6s} {'round s':>8s} {'first s':>8s} {'wall s':>7s} {'acc':>7s} {'peak GB':>8s}"
+    )
+    for parties, rounds in ((1_000, 3), (10_000, 3)):
+        r = measured(lambda p=parties, n=rounds: via_fedsweep("ray", p, n))
+        print(
+            f"{parties:8d} {N_TRAIN // parties:14d} {rounds:6d} {np.mean(r['rounds'][1:]):8.3f} "
+            f"{r['rounds'][0]:8.3f} {r['wall']:7.2f} {r['acc']:7.4f} {r['peak_gb']:8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", action="store_true", help="1,000 and 10,000 parties on Ray")
+    args = parser.parse_args()
+    main_scale() if args.scale else main_compare()

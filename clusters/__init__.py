@@ -1,0 +1,22 @@
+"""Where work runs: the executor contract, an in-process executor and a Ray executor.
+
+``RayExecutor`` is imported lazily so that code that never touches Ray does not pay for
+importing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusters.base import Executor, PartyContext, assign_parties
+from clusters.inprocess import InProcessExecutor
+
+__all__ = ["Executor", "InProcessExecutor", "PartyContext", "RayExecutor", "assign_parties"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RayExecutor":
+        from clusters.ray_executor import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(name)

@@ -1,0 +1,74 @@
+"""An executor that runs every party in the calling process: for unit tests and debugging."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from clusters.base import Executor, PartyContext, PartyFn, R, Reduce, run_parties
+
+__all__ = ["InProcessExecutor"]
+
+
+class InProcessExecutor(Executor[R]):
+    """Hosts all parties in this process, as one worker.
+
+    Party work runs with torch limited to ``threads`` threads (restored afterwards), as on a
+    one-CPU Ray worker, so that both executors give bit-identical results.
+
+    Args:
+        worker_init: called once before the first party runs, as a Ray worker would on start.
+        threads: torch intra-op threads while party work runs (None: leave as is).
+    """
+
+    def __init__(
+        self, worker_init: Callable[[], None] | None = None, threads: int | None = 1
+    ) -> None:
+        self._contexts: dict[int, PartyContext] = {}
+        self._cache: dict[str, Any] = {}
+        self._threads = threads
+        if worker_init is not None:
+            worker_init()
+
+    @property
+    def num_workers(self) -> int:
+        return 1
+
+    def load(self, parties: Mapping[int, Any], sizes: Mapping[int, int] | None = None) -> None:
+        self._contexts.clear()
+        for pid, data in parties.items():
+            self._contexts[pid] = PartyContext(pid, data, {}, self._cache)
+
+    def map(
+        self,
+        fn: PartyFn[R],
+        party_ids: Sequence[int],
+        payload: Any = None,
+        reduce: Reduce[R] | None = None,
+    ) -> list[R] | R:
+        missing = [p for p in party_ids if p not in self._contexts]
+        if missing:
+            raise KeyError(f"parties never loaded: {missing[:5]}")
+        with _torch_threads(self._threads):
+            return run_parties(fn, (self._contexts[p] for p in party_ids), payload, reduce)
+
+    def close(self) -> None:
+        self._contexts.clear()
+        self._cache.clear()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None or "torch" not in sys.modules:  # torch not in use: nothing to limit
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,140 @@
+"""The Ray executor: a pool of actors, each hosting many virtual parties.
+
+Each actor holds its parties' data (shipped once) and their state across rounds, and answers
+one call per round for all of its parties, combining their results before replying. The
+actors start, and run the trainer's warm-up, as soon as the executor is made, so that their
+start overlaps whatever the driver does next (loading and partitioning data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ray
+
+from clusters.base import Executor, PartyContext, PartyFn, R, Reduce, assign_parties, run_parties
+
+__all__ = ["RayExecutor", "ensure_ray"]
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Starts a local Ray, or joins a cluster, unless this process is already connected.
+
+    Args:
+        address: ``None`` for a new local Ray; ``"auto"`` or ``"ray://host:port"`` to join.
+        num_cpus: CPUs for a new local Ray (default: all of this machine's).
+
+    Returns:
+        True when this call connected, False when Ray was already up.
+    """
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    return True
+
+
+class _PartyHost:
+    """One actor: hosts a set of parties and runs their work in a loop."""
+
+    def __init__(self, worker_init: Callable[[], None] | None) -> None:
+        self._contexts: dict[int, PartyContext] = {}
+        self._cache: dict[str, Any] = {}
+        if worker_init is not None:
+            worker_init()
+
+    def load(self, parties: Mapping[int, Any]) -> int:
+        self._contexts.clear()
+        for pid, data in parties.items():
+            self._contexts[pid] = PartyContext(pid, data, {}, self._cache)
+        return len(self._contexts)
+
+    def run(self, fn: PartyFn, party_ids: Sequence[int], payload: Any, reduce: Reduce | None):
+        return run_parties(fn, (self._contexts[p] for p in party_ids), payload, reduce)
+
+
+class RayExecutor(Executor[R]):
+    """Runs parties on a pool of Ray actors.
+
+    Args:
+        address: Ray address to join (``auto``, ``ray://host:port``); ``None`` starts or reuses
+            a local Ray.
+        num_workers: actors in the pool; default one per CPU the cluster has.
+        num_cpus: CPUs for a local Ray started here (default: all).
+        cpus_per_worker: CPUs each actor reserves.
+        worker_init: run once in each actor as it starts (imports, warm-up).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_workers: int | None = None,
+        num_cpus: int | None = None,
+        cpus_per_worker: float = 1.0,
+        worker_init: Callable[[], None] | None = None,
+    ) -> None:
+        ensure_ray(address, num_cpus)
+        if num_workers is None:
+            cpus = ray.cluster_resources().get("CPU", 1.0)
+            num_workers = max(1, int(cpus // cpus_per_worker))
+        host_cls = ray.remote(num_cpus=cpus_per_worker)(_PartyHost)
+        self._hosts = [host_cls.remote(worker_init) for _ in range(num_workers)]
+        self._owner: dict[int, int] = {}
+        self._pending: list[ray.ObjectRef] = []
+
+    @property
+    def num_workers(self) -> int:
+        return len(self._hosts)
+
+    def load(self, parties: Mapping[int, Any], sizes: Mapping[int, int] | None = None) -> None:
+        sizes = sizes if sizes is not None else {pid: 1 for pid in parties}
+        self._owner = assign_parties({p: sizes.get(p, 1) for p in parties}, self.num_workers)
+        batches: list[dict[int, Any]] = [{} for _ in self._hosts]
+        for pid, data in parties.items():
+            batches[self._owner[pid]][pid] = data
+        # Not awaited here: actor calls run in order, so the next map() sees the data, and the
+        # driver goes on while the actors start. Every host loads, so old parties are dropped.
+        self._pending += [h.load.remote(b) for h, b in zip(self._hosts, batches)]
+
+    def map(
+        self,
+        fn: PartyFn[R],
+        party_ids: Sequence[int],
+        payload: Any = None,
+        reduce: Reduce[R] | None = None,
+    ) -> list[R] | R:
+        if self._pending:
+            ray.get(self._pending)
+            self._pending = []
+        if not party_ids:
+            return None if reduce is not None else []
+        missing = [p for p in party_ids if p not in self._owner]
+        if missing:
+            raise KeyError(f"parties never loaded: {missing[:5]}")
+        groups: dict[int, list[int]] = {}
+        for pid in party_ids:
+            groups.setdefault(self._owner[pid], []).append(pid)
+        payload_ref = ray.put(payload)
+        workers = sorted(groups)
+        replies = ray.get(
+            [self._hosts[w].run.remote(fn, groups[w], payload_ref, reduce) for w in workers]
+        )
+        if reduce is not None:
+            acc = replies[0]
+            for part in replies[1:]:
+                acc = reduce(acc, part)
+            return acc
+        by_party: dict[int, R] = {}
+        for w, results in zip(workers, replies):
+            by_party.update(zip(groups[w], results))
+        return [by_party[p] for p in party_ids]
+
+    def close(self) -> None:
+        for h in self._hosts:
+            ray.kill(h)
+        self._hosts = []

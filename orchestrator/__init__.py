@@ -1,0 +1,14 @@
+"""The control plane: configs, data, runs, tracking, the job API and the CLI."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("fedsweep")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"
+
+from orchestrator.config import ExperimentConfig, load_config  # noqa: E402
+from orchestrator.errors import ConfigError  # noqa: E402
+from orchestrator.runner import RunResult, run  # noqa: E402
+
+__all__ = ["ConfigError", "ExperimentConfig", "RunResult", "__version__", "load_config", "run"]

@@ -1,0 +1,231 @@
+"""Experiment configs: typed schemas, loading, overrides and validation.
+
+The only module that imports omegaconf. A config file is plain YAML (read with a safe loader,
+so no tag can build an object or run code), merged onto the typed schema, then the dotted
+``key=value`` overrides. Every problem becomes one :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.errors import ConfigError
+from orchestrator.validation import validate
+from trainers.fedavg import TrainerConfig
+from trainers.models import ModelConfig
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "PartitionConfig",
+    "RuntimeConfig",
+    "TrackingConfig",
+    "flatten",
+    "load_config",
+    "to_dict",
+    "to_yaml",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where the samples come from."""
+
+    name: str = "digits"
+    """digits, breast_cancer, wine (bundled with scikit-learn), synthetic, or parquet."""
+    path: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    """Parquet file to read (data.name=parquet)."""
+    label: str = "label"
+    """Label column of the Parquet file."""
+    features: Optional[list[str]] = None  # noqa: UP045
+    """Feature columns of the Parquet file (default: every numeric column but the label)."""
+    n_samples: int = 2000
+    """Synthetic: number of samples."""
+    n_features: int = 20
+    """Synthetic: number of features."""
+    n_informative: int = 10
+    """Synthetic: informative features."""
+    n_redundant: int = 2
+    """Synthetic: redundant (linear combinations of informative) features."""
+    n_classes: int = 4
+    """Synthetic: number of classes."""
+    random_state: Optional[int] = None  # noqa: UP045
+    """Synthetic: generator seed (default: the run's seed)."""
+    test_fraction: float = 0.2
+    """Share of the samples held out for testing, in (0, 1)."""
+    shuffle_split: bool = True
+    """Draw the test split at random; false takes the last rows as the test split."""
+    standardize: bool = True
+    """Scale features to zero mean and unit variance (statistics of the training split)."""
+
+
+@dataclass
+class PartitionConfig:
+    """How the training split is cut into parties."""
+
+    name: str = "iid"
+    """iid, dirichlet (label skew) or shards (a few labels per party)."""
+    num_parties: int = 10
+    """Number of parties."""
+    alpha: float = 0.5
+    """Dirichlet concentration: small values give each party few labels."""
+    labels_per_party: int = 2
+    """Shards: label shards each party receives."""
+    min_samples: int = 1
+    """Dirichlet: redraw until every party holds at least this many samples."""
+    output_dir: Optional[str] = None  # noqa: UP045
+    """Write each party's samples to <output_dir>/party_<id>.parquet for inspection."""
+
+
+@dataclass
+class RuntimeConfig:
+    """Where the parties run."""
+
+    executor: str = "ray"
+    """ray (an actor pool) or local (everything in this process)."""
+    address: Optional[str] = None  # noqa: UP045
+    """Ray cluster to join: auto or ray://host:port. Default: start a local Ray."""
+    num_workers: Optional[int] = None  # noqa: UP045
+    """Actors in the pool (default: one per CPU)."""
+    num_cpus: Optional[int] = None  # noqa: UP045
+    """CPUs of a local Ray started by fedsweep (default: all)."""
+
+
+@dataclass
+class TrackingConfig:
+    """Where results are recorded."""
+
+    enabled: bool = True
+    """Log the run to MLflow."""
+    uri: Optional[str] = None  # noqa: UP045
+    """Tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
+    experiment: str = "fedsweep"
+    """MLflow experiment name."""
+    run_name: Optional[str] = None  # noqa: UP045
+    """MLflow run name (default: MLflow picks one)."""
+    log_model: bool = True
+    """Log the final model with mlflow.pytorch.log_model."""
+    model_format: str = "pt2"
+    """How the model is serialized: pt2 (a traced graph, safe to load) or pickle (faster)."""
+    flush_every: int = 20
+    """Rounds of metrics buffered before one batched write."""
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: data, partition, model, trainer, runtime, tracking and seed."""
+
+    seed: int = 0
+    """Root of every random choice in the run."""
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def load_config(
+    source: str | os.PathLike | ExperimentConfig | dict | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ExperimentConfig:
+    """Builds a validated config from a YAML file (or a dict or config) plus overrides.
+
+    Args:
+        source: path of a YAML file, a nested dict, an ExperimentConfig, or None for defaults.
+        overrides: ``dotted.key=value`` strings, applied in order.
+
+    Raises:
+        ConfigError: naming the offending key and the problem.
+    """
+    schema = OmegaConf.structured(ExperimentConfig)
+    if isinstance(source, ExperimentConfig):
+        base: Any = OmegaConf.structured(source)
+    elif isinstance(source, dict):
+        base = source
+    elif source is None:
+        base = {}
+    else:
+        base = _read_yaml(Path(source))
+    try:
+        cfg = OmegaConf.merge(schema, base)
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(item, "an override must look like dotted.key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key.strip()}={value}"]))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _translate(exc) from None
+    assert isinstance(obj, ExperimentConfig)
+    validate(obj)
+    return obj
+
+
+def _read_yaml(path: Path) -> dict:
+    key = str(path)
+    if not path.exists():
+        raise ConfigError(key, "no such file")
+    if not path.is_file():
+        raise ConfigError(key, "not a file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read: {exc.__class__.__name__}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)  # safe: tags cannot construct objects or call code
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(key, f"malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _translate(exc: OmegaConfBaseException) -> ConfigError:
+    key = getattr(exc, "full_key", None) or "<config>"
+    msg = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0]
+    name = type(exc).__name__
+    if name in ("ConfigKeyError", "ConfigAttributeError") and "not in" in msg:
+        return ConfigError(key, "unknown key")
+    if name == "ValidationError":
+        return ConfigError(key, f"wrong type: {msg}")
+    if name == "InterpolationResolutionError" or "Interpolation" in name:
+        return ConfigError(key, f"cannot resolve interpolation: {msg}")
+    return ConfigError(key, msg)
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    """The resolved config as a plain nested dict."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat

@@ -1,0 +1,300 @@
+"""Datasets as Arrow tables, the train/test split, and partitioners into parties.
+
+Data flows one way: a dataset loads as a ``pyarrow.Table`` (scikit-learn's bundled sets, a
+seeded generator, or the user's Parquet file), becomes a feature matrix and integer labels, is
+split into train and test, and the training split is cut into parties. Every random choice
+derives from the run's seed, so the same config gives the same parties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.errors import ConfigError
+from trainers.base import FederatedData, PartyData, derive_seed
+from trainers.registry import Registry
+
+if TYPE_CHECKING:
+    from orchestrator.config import DataConfig, ExperimentConfig, PartitionConfig
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONERS",
+    "Prepared",
+    "TableSource",
+    "load_table",
+    "partition_stats",
+    "prepare",
+    "write_partitions",
+]
+
+_SPLIT_STREAM = 10
+_PARTITION_STREAM = 11
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A loaded dataset: the table and which of its columns are label and features."""
+
+    table: pa.Table
+    label: str
+    features: list[str]
+
+
+DATASETS: Registry[Callable[[DataConfig, int], TableSource]] = Registry("dataset")
+
+
+def _from_arrays(x: np.ndarray, y: np.ndarray, names: list[str]) -> TableSource:
+    cols = {n: pa.array(x[:, i].astype(np.float32)) for i, n in enumerate(names)}
+    cols["label"] = pa.array(y.astype(np.int64))
+    return TableSource(pa.table(cols), "label", names)
+
+
+def _sklearn(loader_name: str) -> Callable[[DataConfig, int], TableSource]:
+    def load(cfg: DataConfig, seed: int) -> TableSource:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader_name)()
+        names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+        return _from_arrays(bunch.data, bunch.target, names)
+
+    return load
+
+
+DATASETS.register("digits")(_sklearn("load_digits"))
+DATASETS.register("breast_cancer")(_sklearn("load_breast_cancer"))
+DATASETS.register("wine")(_sklearn("load_wine"))
+
+
+@DATASETS.register("synthetic")
+def _synthetic(cfg: DataConfig, seed: int) -> TableSource:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=cfg.n_samples,
+        n_features=cfg.n_features,
+        n_informative=cfg.n_informative,
+        n_redundant=cfg.n_redundant,
+        n_classes=cfg.n_classes,
+        random_state=cfg.random_state if cfg.random_state is not None else seed,
+    )
+    return _from_arrays(x, y, [f"x{i}" for i in range(cfg.n_features)])
+
+
+@DATASETS.register("parquet")
+def _parquet(cfg: DataConfig, seed: int) -> TableSource:
+    try:
+        table = pq.read_table(cfg.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError("data.path", f"cannot read Parquet file {cfg.path}: {exc}") from None
+    columns = table.column_names
+    if cfg.label not in columns:
+        raise ConfigError("data.label", f"no column {cfg.label!r}; columns: {', '.join(columns)}")
+    if cfg.features:
+        missing = [c for c in cfg.features if c not in columns]
+        if missing:
+            raise ConfigError("data.features", f"no such columns: {', '.join(missing)}")
+        features = list(cfg.features)
+    else:
+        features = [
+            f.name
+            for f in table.schema
+            if f.name != cfg.label and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+        ]
+    for name in features:
+        kind = table.schema.field(name).type
+        if not (
+            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        ):
+            raise ConfigError("data.features", f"column {name!r} is {kind}, not numeric")
+    if not features:
+        raise ConfigError("data.features", "the file has no numeric feature columns")
+    if table.num_rows < 10:
+        raise ConfigError("data.path", f"{table.num_rows} rows; at least 10 are needed")
+    return TableSource(table, cfg.label, features)
+
+
+def load_table(cfg: DataConfig, seed: int) -> TableSource:
+    """Loads the configured dataset as an Arrow table."""
+    return DATASETS.get(cfg.name)(cfg, seed)
+
+
+def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
+    table = src.table
+    x = np.column_stack(
+        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in src.features]
+    )
+    labels = table.column(src.label)
+    if labels.null_count:
+        raise ConfigError("data.label", f"{labels.null_count} rows have no label")
+    if np.isnan(x).any():
+        raise ConfigError("data.features", "feature columns contain missing values")
+    classes, y = np.unique(labels.to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise ConfigError("data.label", "fewer than two distinct labels")
+    return x, y.astype(np.int64), classes.tolist()
+
+
+# ---------------------------------------------------------------- partitioners
+
+Partitioner = Callable[[np.ndarray, "PartitionConfig", int, np.random.Generator], list[np.ndarray]]
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
+
+
+@PARTITIONERS.register("iid")
+def _iid(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """Shuffle and cut into equal parts."""
+    return [np.sort(p) for p in np.array_split(rng.permutation(len(y)), cfg.num_parties)]
+
+
+@PARTITIONERS.register("dirichlet")
+def _dirichlet(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """Label skew: each class is spread over parties in Dirichlet(alpha) proportions.
+
+    Redraws (up to 100 times) until every party holds at least ``min_samples`` samples.
+    """
+    n = cfg.num_parties
+    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(n_classes)]
+    for _ in range(100):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n)]
+        for idx in by_class:
+            share = rng.dirichlet(np.full(n, cfg.alpha))
+            cuts = (np.cumsum(share)[:-1] * len(idx)).astype(int)
+            for party, chunk in enumerate(np.split(idx, cuts)):
+                parts[party].append(chunk)
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in out) >= cfg.min_samples:
+            return out
+    raise ConfigError(
+        "partition.alpha",
+        f"alpha={cfg.alpha} left some of {n} parties with fewer than "
+        f"{cfg.min_samples} samples in 100 draws; raise alpha or lower partition.min_samples",
+    )
+
+
+@PARTITIONERS.register("shards")
+def _shards(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """Pathological non-IID (McMahan et al.): each party holds exactly ``labels_per_party``
+    distinct labels.
+
+    Parties pick, one after another, the labels fewest parties hold so far (random among
+    ties), so every label is held by about ``num_parties * k / n_classes`` parties; each
+    label's samples are then shuffled and cut into equal shards among its holders.
+    """
+    k = cfg.labels_per_party
+    if k > n_classes:
+        raise ConfigError(
+            "partition.labels_per_party", f"{k} labels per party but the data has {n_classes}"
+        )
+    holders: list[list[int]] = [[] for _ in range(n_classes)]
+    usage = np.zeros(n_classes)
+    for party in range(cfg.num_parties):
+        chosen = np.argsort(usage + 0.5 * rng.random(n_classes), kind="stable")[:k]
+        usage[chosen] += 1
+        for c in chosen:
+            holders[c].append(party)
+    parts: list[list[np.ndarray]] = [[] for _ in range(cfg.num_parties)]
+    for c, owners in enumerate(holders):
+        if owners:
+            idx = rng.permutation(np.flatnonzero(y == c))
+            for party, shard in zip(owners, np.array_split(idx, len(owners))):
+                parts[party].append(shard)
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
+
+
+# ---------------------------------------------------------------- the whole path
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data of one experiment, ready for a trainer, with what describes it."""
+
+    data: FederatedData
+    feature_names: list[str]
+    classes: list
+    stats: pa.Table
+    """One row per party: party, n_samples, and one count column per label."""
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Loads, splits and partitions the data of ``cfg``.
+
+    Raises:
+        ConfigError: for data that cannot serve the config (too few samples for the parties,
+            a CNN on non-image features, unreadable files).
+    """
+    src = load_table(cfg.data, cfg.seed)
+    x, y, classes = _to_arrays(src)
+    n = len(y)
+    n_test = max(1, int(round(cfg.data.test_fraction * n)))
+    if cfg.data.shuffle_split:
+        order = np.random.default_rng(derive_seed(cfg.seed, _SPLIT_STREAM)).permutation(n)
+    else:
+        order = np.arange(n)
+    train_idx, test_idx = order[: n - n_test], order[n - n_test :]
+    x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    if cfg.data.standardize:
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std == 0] = 1.0
+        x_train = (x_train - mean) / std
+        x_test = (x_test - mean) / std
+    if cfg.partition.num_parties > len(y_train):
+        raise ConfigError(
+            "partition.num_parties",
+            f"{cfg.partition.num_parties} parties but only {len(y_train)} training samples",
+        )
+    if cfg.model.name == "cnn":
+        side = int(round(x.shape[1] ** 0.5))
+        if side * side != x.shape[1] or side % 4:
+            raise ConfigError(
+                "model.name",
+                f"cnn needs square images with a side divisible by 4 (digits: 8x8); "
+                f"{cfg.data.name} has {x.shape[1]} features",
+            )
+    rng = np.random.default_rng(derive_seed(cfg.seed, _PARTITION_STREAM))
+    parts = PARTITIONERS.get(cfg.partition.name)(y_train, cfg.partition, len(classes), rng)
+    parties = {
+        pid: PartyData(np.ascontiguousarray(x_train[idx]), y_train[idx])
+        for pid, idx in enumerate(parts)
+        if len(idx)
+    }
+    if not parties:
+        raise ConfigError("partition", "every party came out empty")
+    data = FederatedData(parties, x_test, y_test, x.shape[1], len(classes))
+    return Prepared(data, src.features, classes, partition_stats(parties, len(classes)))
+
+
+def partition_stats(parties: dict[int, PartyData], n_classes: int) -> pa.Table:
+    """Per-party sample counts and label histogram."""
+    ids = sorted(parties)
+    counts = np.stack([np.bincount(parties[p].y, minlength=n_classes) for p in ids])
+    cols: dict[str, pa.Array] = {
+        "party": pa.array(ids, pa.int64()),
+        "n_samples": pa.array(counts.sum(axis=1), pa.int64()),
+    }
+    for c in range(n_classes):
+        cols[f"label_{c}"] = pa.array(counts[:, c], pa.int64())
+    return pa.table(cols)
+
+
+def write_partitions(prepared: Prepared, out_dir: str | Path) -> list[Path]:
+    """Writes each party's samples, as the parties see them (standardized when
+    ``data.standardize``), to ``out_dir/party_<id>.parquet``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for pid, part in sorted(prepared.data.parties.items()):
+        cols = {n: part.x[:, i] for i, n in enumerate(prepared.feature_names)}
+        cols["label"] = part.y
+        path = out / f"party_{pid:05d}.parquet"
+        pq.write_table(pa.table(cols), path)
+        paths.append(path)
+    return paths

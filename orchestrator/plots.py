@@ -1,0 +1,66 @@
+"""Figures logged with runs: learning curves and partition label histograms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = ["label_histogram", "learning_curve"]
+
+
+def learning_curve(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """Test accuracy, and train and test loss, per round."""
+    rounds = [h["round"] + 1 for h in history]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_acc.plot(rounds, [h["test_accuracy"] for h in history], marker=".", color="tab:blue")
+    ax_acc.set_xlabel("round")
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_loss.plot(rounds, [h["train_loss"] for h in history], marker=".", label="train")
+    ax_loss.plot(rounds, [h["test_loss"] for h in history], marker=".", label="test")
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def label_histogram(stats: pa.Table, max_parties: int = 200) -> Figure:
+    """Stacked bars: samples of each label held by each party (the first ``max_parties``)."""
+    labels = [c for c in stats.column_names if c.startswith("label_")]
+    n = min(stats.num_rows, max_parties)
+    parties = stats.column("party").to_numpy()[:n]
+    fig, ax = plt.subplots(figsize=(min(2 + 0.12 * n, 18), 4))
+    bottom = np.zeros(n)
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    for i, col in enumerate(labels):
+        counts = stats.column(col).to_numpy()[:n]
+        ax.bar(
+            np.arange(n), counts, bottom=bottom, width=0.9, color=cmap(i % cmap.N), label=col[6:]
+        )
+        bottom += counts
+    ax.set_xlabel("party" if n == stats.num_rows else f"party (first {n} of {stats.num_rows})")
+    ax.set_ylabel("samples")
+    if n <= 40:
+        ax.set_xticks(np.arange(n), [str(p) for p in parties])
+    ax.legend(
+        title="label",
+        ncol=2 if len(labels) > 10 else 1,
+        fontsize=7,
+        bbox_to_anchor=(1.01, 1),
+        loc="upper left",
+    )
+    ax.set_title("label histogram per party")
+    fig.tight_layout()
+    return fig

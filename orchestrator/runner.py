@@ -1,0 +1,203 @@
+"""One experiment end to end: config -> data -> parties on an executor -> trainer -> MLflow.
+
+:func:`run` is the code path of both the Python API and ``fedsweep run``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusters import Executor, InProcessExecutor
+from orchestrator import plots
+from orchestrator.config import (
+    ExperimentConfig,
+    RuntimeConfig,
+    flatten,
+    load_config,
+    to_dict,
+    to_yaml,
+)
+from orchestrator.data import Prepared, prepare, write_partitions
+from trainers.base import StopTraining, TrainResult
+from trainers.fedavg import TRAINERS
+from trainers.local import warm_up
+
+__all__ = ["RunResult", "make_executor", "run"]
+
+ProgressFn = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    """What one experiment produced."""
+
+    run_id: str | None
+    """MLflow run id (None when tracking is off)."""
+    metrics: dict[str, float]
+    """The last round's metrics."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One metrics dict per round, with a ``round`` key."""
+    model_uri: str | None = None
+    """``runs:/<id>/model`` when the model was logged."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "metrics": self.metrics}
+
+
+def make_executor(runtime: RuntimeConfig) -> Executor:
+    """The executor the runtime config asks for; a Ray pool starts warming up at once."""
+    if runtime.executor == "local":
+        return InProcessExecutor()
+    from clusters import RayExecutor
+
+    return RayExecutor(
+        address=runtime.address,
+        num_workers=runtime.num_workers,
+        num_cpus=runtime.num_cpus,
+        worker_init=warm_up,
+    )
+
+
+class _Reporter:
+    """Fans a trainer's per-round metrics out to history, MLflow and a progress callback."""
+
+    def __init__(self, tracker: Any | None, progress: ProgressFn | None) -> None:
+        self.tracker = tracker
+        self.progress = progress
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(step, metrics)
+        if self.progress is not None:
+            self.progress(step, metrics)
+
+
+def run(
+    config: str | os.PathLike | ExperimentConfig | dict | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    progress: ProgressFn | None = None,
+    executor: Executor | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> RunResult:
+    """Runs one experiment and records it in MLflow.
+
+    Args:
+        config: a YAML path, a nested dict or an ExperimentConfig.
+        overrides: ``dotted.key=value`` strings applied on top.
+        progress: called after every round with (round, metrics).
+        executor: run parties here instead of the executor ``runtime`` asks for (the caller
+            keeps ownership and closes it).
+        tags: extra MLflow tags.
+        parent_run_id: nest the run under this MLflow run.
+
+    Raises:
+        ConfigError: bad config or data; raised before any MLflow run exists.
+    """
+    cfg = load_config(config, list(overrides))
+    trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
+    own_executor = executor is None
+    if executor is None:
+        executor = make_executor(cfg.runtime)  # Ray actors warm up while the data loads
+    try:
+        prepared = prepare(cfg)
+        if cfg.partition.output_dir:
+            write_partitions(prepared, cfg.partition.output_dir)
+        return _run_tracked(cfg, trainer, prepared, executor, progress, tags, parent_run_id)
+    finally:
+        if own_executor:
+            executor.close()
+
+
+def _run_tracked(
+    cfg: ExperimentConfig,
+    trainer: Any,
+    prepared: Prepared,
+    executor: Executor,
+    progress: ProgressFn | None,
+    extra_tags: Mapping[str, str] | None,
+    parent_run_id: str | None,
+) -> RunResult:
+    tracker = None
+    if cfg.tracking.enabled:
+        from orchestrator.tracking import MlflowTracker
+
+        tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
+        tracker.start(
+            flatten(to_dict(cfg)),
+            {**_run_tags(cfg), **(extra_tags or {})},
+            run_name=cfg.tracking.run_name,
+            parent_run_id=parent_run_id,
+        )
+        tracker.log_text(to_yaml(cfg), "config.yaml")
+        tracker.log_table(prepared.stats, "partition/stats.parquet")
+        tracker.log_figure(plots.label_histogram(prepared.stats), "partition/label_histogram.png")
+    start = time.perf_counter()
+    try:
+        result: TrainResult = trainer.fit(
+            prepared.data, executor, _Reporter(tracker, progress), cfg.seed
+        )
+    except StopTraining as exc:
+        if tracker is not None:  # stopped on purpose (a pruned trial): not a failure
+            tracker.set_tags({"stopped_early": str(exc) or "yes"})
+            tracker.end("FINISHED")
+        raise
+    except KeyboardInterrupt as exc:
+        if tracker is not None:
+            tracker.end("KILLED", exc)
+        raise
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.end("FAILED", exc)
+        raise
+    metrics = {**result.final_metrics, "wall_time_s": time.perf_counter() - start}
+    model_uri = None
+    if tracker is not None:
+        try:
+            tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
+            tracker.log_figure(
+                plots.learning_curve(result.history, f"{cfg.trainer.name} on {cfg.data.name}"),
+                "learning_curve.png",
+            )
+            if cfg.tracking.log_model:
+                model_uri = tracker.log_model(
+                    result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
+                )
+        except BaseException as exc:
+            tracker.end("FAILED", exc)
+            raise
+        tracker.end("FINISHED")
+    return RunResult(tracker.run_id if tracker else None, metrics, result.history, model_uri)
+
+
+def _run_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    from orchestrator import __version__
+
+    tags = {
+        "trainer": cfg.trainer.name,
+        "dataset": cfg.data.name,
+        "model": cfg.model.name,
+        "seed": str(cfg.seed),
+        "fedsweep_version": __version__,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

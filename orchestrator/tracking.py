@@ -1,0 +1,165 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One :class:`MlflowTracker` follows one MLflow run from creation to its end status. Metrics
+are buffered and written in batches (a write per value costs milliseconds on SQLite).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+__all__ = ["DEFAULT_TRACKING_URI", "MlflowTracker", "resolve_tracking_uri"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MAX_PARAMS, _MAX_METRICS, _MAX_PARAM_LEN = 100, 1000, 6000
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` here."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class MlflowTracker:
+    """Creates one MLflow run and logs to it.
+
+    Args:
+        uri: tracking URI (see :func:`resolve_tracking_uri`).
+        experiment: experiment name, created when missing.
+        flush_every: steps of metrics buffered before a batched write.
+    """
+
+    def __init__(self, uri: str | None, experiment: str, flush_every: int = 20) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = experiment
+        self.flush_every = flush_every
+        self.run_id: str | None = None
+        self._buffer: list[Metric] = []
+        self._steps_buffered = 0
+
+    def start(
+        self,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Creates the run with its params and tags; returns its id."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        all_tags = dict(tags)
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(exp_id, tags=all_tags, run_name=run_name)
+        self.run_id = run.info.run_id
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
+        return self.run_id
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Buffers one step's metrics; writes when ``flush_every`` steps are buffered."""
+        now = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._steps_buffered += 1
+        if self._steps_buffered >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the buffered metrics."""
+        for i in range(0, len(self._buffer), _MAX_METRICS):
+            self.client.log_batch(self._run(), metrics=self._buffer[i : i + _MAX_METRICS])
+        self._buffer, self._steps_buffered = [], 0
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self._run(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self._run(), text, path)
+
+    def log_figure(self, fig: Figure, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self._run(), fig, path)
+        plt.close(fig)
+
+    def log_table(self, table: pa.Table, path: str) -> None:
+        """Logs an Arrow table as a Parquet artifact at ``path``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            pq.write_table(table, local)
+            parent = str(Path(path).parent)
+            self.client.log_artifact(self._run(), str(local), None if parent == "." else parent)
+
+    def log_model(
+        self, model: Any, example: Any, name: str = "model", serialization: str = "pt2"
+    ) -> str:
+        """Logs a torch model with mlflow.pytorch; returns its ``runs:/`` URI.
+
+        Args:
+            model: the torch module.
+            example: a small input batch (numpy); it fixes the signature and, for the pt2
+                format, is what the graph is traced with.
+            name: artifact name.
+            serialization: ``pt2`` (a traced graph, safe to load) or ``pickle``.
+        """
+        import mlflow.pytorch
+        import torch
+
+        mlflow.set_tracking_uri(self.uri)
+        # log_model works on the active run: resume ours for the call, then leave it open so
+        # that end() sets its final status.
+        with (
+            mlflow.start_run(run_id=self._run(), nested=mlflow.active_run() is not None),
+            warnings.catch_warnings(),
+        ):
+            warnings.filterwarnings("ignore", message="No complete tensor found")
+            mlflow.pytorch.log_model(
+                model,
+                name=name,
+                input_example=example,
+                serialization_format=serialization,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+        self.client.update_run(self._run(), status="RUNNING")
+        return f"runs:/{self.run_id}/{name}"
+
+    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """Flushes and closes the run: FINISHED, FAILED (with the error) or KILLED."""
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+            if error is not None:
+                message = f"{type(error).__name__}: {error}"
+                self.set_tags({"error": message[:5000]})
+                import traceback
+
+                self.log_text(
+                    "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                    "error.txt",
+                )
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("the MLflow run has not been started")
+        return self.run_id
+
+
+def _param_value(v: Any) -> str:
+    text = "None" if v is None else str(v)
+    return text[:_MAX_PARAM_LEN]

@@ -1,0 +1,100 @@
+"""Range and name checks on a typed experiment config, before anything runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.data import DATASETS, PARTITIONERS
+from orchestrator.errors import ConfigError
+from trainers.fedavg import TRAINERS
+from trainers.models import MODELS
+
+if TYPE_CHECKING:
+    from orchestrator.config import ExperimentConfig
+
+__all__ = ["validate"]
+
+OPTIMIZERS = ("adam", "sgd")
+EXECUTORS = ("local", "ray")
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _at_least(n: int) -> Callable[[Any], bool]:
+    return lambda v: v >= n
+
+
+# key path -> (check, problem when the check fails); None values are skipped (optional keys).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_at_least(0), "must be >= 0"),
+    "data.n_samples": (_at_least(10), "must be >= 10"),
+    "data.n_features": (_at_least(1), "must be >= 1"),
+    "data.n_informative": (_at_least(1), "must be >= 1"),
+    "data.n_redundant": (_at_least(0), "must be >= 0"),
+    "data.n_classes": (_at_least(2), "must be >= 2"),
+    "data.test_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "partition.num_parties": (_at_least(1), "must be >= 1"),
+    "partition.alpha": (_positive, "must be > 0"),
+    "partition.labels_per_party": (_at_least(1), "must be >= 1"),
+    "partition.min_samples": (_at_least(1), "must be >= 1"),
+    "trainer.rounds": (_at_least(1), "must be >= 1"),
+    "trainer.fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "trainer.parties_per_round": (_at_least(1), "must be >= 1"),
+    "trainer.local_epochs": (_at_least(1), "must be >= 1"),
+    "trainer.batch_size": (_at_least(1), "must be >= 1"),
+    "trainer.lr": (_positive, "must be > 0"),
+    "trainer.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "trainer.weight_decay": (_at_least(0), "must be >= 0"),
+    "trainer.fedprox.mu": (_at_least(0), "must be >= 0"),
+    "runtime.num_workers": (_at_least(1), "must be >= 1"),
+    "runtime.num_cpus": (_at_least(1), "must be >= 1"),
+    "tracking.flush_every": (_at_least(1), "must be >= 1"),
+}
+
+_NAMES: dict[str, Callable[[], list[str]]] = {
+    "data.name": DATASETS.names,
+    "partition.name": PARTITIONERS.names,
+    "model.name": MODELS.names,
+    "trainer.name": TRAINERS.names,
+    "trainer.optimizer": lambda: list(OPTIMIZERS),
+    "runtime.executor": lambda: list(EXECUTORS),
+    "tracking.model_format": lambda: ["pickle", "pt2"],
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Raises ConfigError for the first out-of-range value or unknown name."""
+    for key, known in _NAMES.items():
+        value = _get(cfg, key)
+        if value not in known():
+            raise ConfigError(key, f"unknown name {value!r}; valid: {', '.join(known())}")
+    for key, (check, problem) in _RULES.items():
+        value = _get(cfg, key)
+        if value is not None and not check(value):
+            raise ConfigError(key, f"{problem}, got {value!r}")
+    for i, width in enumerate(cfg.model.hidden):
+        if width < 1:
+            raise ConfigError(f"model.hidden[{i}]", f"must be >= 1, got {width}")
+    if len(cfg.model.channels) != 2 or min(cfg.model.channels) < 1:
+        raise ConfigError("model.channels", "must be two positive channel counts")
+    data = cfg.data
+    if data.n_informative + data.n_redundant > data.n_features:
+        raise ConfigError(
+            "data.n_informative", "n_informative + n_redundant must not exceed n_features"
+        )
+    if data.name == "parquet":
+        if not data.path:
+            raise ConfigError("data.path", "required when data.name is parquet")
+        path = Path(data.path)
+        if not path.is_file():
+            raise ConfigError("data.path", f"no such file: {data.path}")

@@ -1,0 +1,55 @@
+"""Shared fixtures: one local Ray for the whole session, MLflow stores in temporary dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray (2 CPUs, no dashboard), started once and always shut down."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A fresh working directory, so MLflow's default store and artifacts land in tmp."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture()
+def tracking_uri(workdir) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def tiny(**extra: object) -> dict:
+    """A small, fast experiment config as a dict."""
+    cfg: dict = {
+        "seed": 0,
+        "data": {"name": "digits"},
+        "partition": {"name": "iid", "num_parties": 6},
+        "model": {"name": "mlp", "hidden": [16]},
+        "trainer": {"name": "fedavg", "rounds": 3, "batch_size": 16, "lr": 0.1},
+        "runtime": {"executor": "local"},
+        "tracking": {"enabled": False},
+    }
+    for dotted, value in extra.items():
+        node = cfg
+        *path, last = dotted.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return cfg
