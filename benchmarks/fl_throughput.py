@@ -8,8 +8,10 @@ the first 50,000 rows train, cut IID into 100 parties of 500; the last 10,000 te
     python benchmarks/fl_throughput.py --scale    # 1,000 and 10,000 parties on Ray
 
 Every mode starts its clock before generating the data; Ray's own start (ray.init) is
-excluded, the actor pool's start is not. Peak memory is the largest summed RSS of this process
-and all its descendants (Ray's processes included), sampled every 50 ms.
+excluded, the actor pool's start is not. Only the first repeat's bare loop pays PyTorch's
+first-use costs in this process (the Ray actors pay theirs every cold start); the medians
+are over repeats. Peak memory is the largest RSS sampled every 50 ms: of this process for (a)
+and (b), summed over this process and all its descendants (Ray's processes) for the Ray modes.
 """
 
 from __future__ import annotations
@@ -30,17 +32,18 @@ ROUNDS, LR, BATCH = 5, 0.05, 32
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process tree in a background thread."""
+    """Samples the summed RSS of this process (and, with ``tree``, all its descendants: Ray's
+    processes) in a background thread."""
 
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, 0
+    def __init__(self, tree: bool, interval: float = 0.05) -> None:
+        self.tree, self.interval, self.peak = tree, interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> int:
         me = psutil.Process()
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in [me, *me.children(recursive=True)] if self.tree else [me]:
             try:
                 total += p.memory_info().rss
             except psutil.Error:
@@ -167,8 +170,8 @@ def via_fedsweep(
     }
 
 
-def measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    with PeakMemory() as mem:
+def measured(fn: Callable[[], dict[str, Any]], tree: bool = True) -> dict[str, Any]:
+    with PeakMemory(tree) as mem:
         out = fn()
     out["peak_gb"] = mem.peak / 2**30
     return out
@@ -182,35 +185,55 @@ def start_ray(num_cpus: int = 2) -> float:
     return time.perf_counter() - t0
 
 
-def main_compare() -> None:
-    results = {}
-    results["a bare loop"] = measured(lambda: bare_loop(100))
-    results["b fedsweep in-process"] = measured(lambda: via_fedsweep("local", 100))
-    ray_start = start_ray(2)
-    results["c fedsweep Ray, 2 CPUs"] = measured(lambda: via_fedsweep("ray", 100))
-    # The same run again on a pool that already ran once (as in a Python session or a sweep
-    # that reuses its executor): what the actors' own start costs in (c).
+def main_compare(repeats: int) -> None:
+    """Runs the modes in turn, ``repeats`` times over, and prints each figure's median."""
     from orchestrator.config import RuntimeConfig
     from orchestrator.runner import make_executor
 
-    with make_executor(RuntimeConfig(executor="ray")) as pool:
-        via_fedsweep("ray", 100, pool=pool)
-        results["c' Ray, warm actor pool"] = measured(lambda: via_fedsweep("ray", 100, pool=pool))
-    base = results["a bare loop"]
-    base_round = float(np.mean(base["rounds"][1:]))
+    runs: dict[str, list[dict[str, Any]]] = {}
+    ray_start = None
+    for _ in range(repeats):
+        runs.setdefault("a bare loop", []).append(measured(lambda: bare_loop(100), tree=False))
+        runs.setdefault("b fedsweep in-process", []).append(
+            measured(lambda: via_fedsweep("local", 100))
+        )
+        if ray_start is None:
+            ray_start = start_ray(2)
+        runs.setdefault("c fedsweep Ray, 2 CPUs", []).append(
+            measured(lambda: via_fedsweep("ray", 100))
+        )
+        # The same run on a pool that already ran once (a Python session or a sweep reusing
+        # its executor): the difference to (c) is what the actors' own start costs.
+        with make_executor(RuntimeConfig(executor="ray")) as pool:
+            via_fedsweep("ray", 100, pool=pool)
+            runs.setdefault("c' Ray, warm actor pool", []).append(
+                measured(lambda: via_fedsweep("ray", 100, pool=pool))
+            )
+    med = {
+        name: {
+            "wall": float(np.median([r["wall"] for r in rs])),
+            "round": float(np.median([np.mean(r["rounds"][1:]) for r in rs])),
+            "acc": float(np.median([r["acc"] for r in rs])),
+            "peak_gb": float(np.median([r["peak_gb"] for r in rs])),
+        }
+        for name, rs in runs.items()
+    }
+    base = med["a bare loop"]
     print(
-        f"W1: 100 parties x 500 samples, MLP 64-128-10, {ROUNDS} rounds (ray.init took {ray_start:.1f}s, excluded)"
+        f"W1: 100 parties x 500 samples, MLP 64-128-10, {ROUNDS} rounds; median of {repeats} "
+        f"repeats (ray.init took {ray_start:.1f}s, excluded)"
     )
     print(
         f"{'mode':26s} {'wall s':>7s} {'x(a)':>6s} {'round s':>8s} {'x(a)':>6s} {'acc':>7s} {'peak GB':>8s}"
     )
-    for name, r in results.items():
-        steady = float(np.mean(r["rounds"][1:]))
+    for name, r in med.items():
         print(
-            f"{name:26s} {r['wall']:7.2f} {r['wall'] / base['wall']:6.2f} {steady:8.3f} "
-            f"{steady / base_round:6.2f} {r['acc']:7.4f} {r['peak_gb']:8.2f}"
+            f"{name:26s} {r['wall']:7.2f} {r['wall'] / base['wall']:6.2f} {r['round']:8.3f} "
+            f"{r['round'] / base['round']:6.2f} {r['acc']:7.4f} {r['peak_gb']:8.2f}"
         )
-    print("round s: mean time per round after the first; x(a): ratio to the bare loop")
+    print(
+        "wall s: from data generation to the trained model; round s: mean time per round after the first"
+    )
 
 
 def main_scale() -> None:
@@ -233,5 +256,8 @@ def main_scale() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", action="store_true", help="1,000 and 10,000 parties on Ray")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repeats of the comparison (medians)"
+    )
     args = parser.parse_args()
-    main_scale() if args.scale else main_compare()
+    main_scale() if args.scale else main_compare(args.repeats)
