@@ -10,8 +10,20 @@ from typing import Any
 
 from clusters.base import Executor, PartyContext, assign_parties
 from clusters.inprocess import InProcessExecutor
+from clusters.tasks import InProcessTaskRunner, TaskHandle, TaskRunner, WorkerLost
 
-__all__ = ["Executor", "InProcessExecutor", "PartyContext", "RayExecutor", "assign_parties"]
+__all__ = [
+    "Executor",
+    "InProcessExecutor",
+    "InProcessTaskRunner",
+    "PartyContext",
+    "RayExecutor",
+    "RayTaskRunner",
+    "TaskHandle",
+    "TaskRunner",
+    "WorkerLost",
+    "assign_parties",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +31,8 @@ def __getattr__(name: str) -> Any:
         from clusters.ray_executor import RayExecutor
 
         return RayExecutor
+    if name == "RayTaskRunner":
+        from clusters.tasks import RayTaskRunner
+
+        return RayTaskRunner
     raise AttributeError(name)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from orchestrator.errors import ConfigError
+from search_spaces.space import SpaceError
 
 __all__ = ["main"]
 
@@ -26,6 +27,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="end stdout with one JSON line")
     run.add_argument("--traceback", action="store_true", help="print the traceback of a failed run")
+    sw = sub.add_parser("sweep", help="run or resume an Optuna search, trials on Ray")
+    sw.add_argument("config", help="experiment YAML file")
+    sw.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the base config")
+    sw.add_argument("--space", required=True, help="search-space YAML file")
+    sw.add_argument("--trials", type=int, help="finished trials the study should hold")
+    sw.add_argument("--parallel", type=int, help="trials at once (default: what the CPUs allow)")
+    sw.add_argument("--study", help="study name (default: <config>-<space>)")
+    sw.add_argument(
+        "--storage", help="Optuna storage URL (default: a journal beside the MLflow store)"
+    )
+    sw.add_argument("--address", help="Ray address to join (auto, ray://host:port)")
+    sw.add_argument("--quiet", action="store_true", help="no progress line")
+    sw.add_argument("--json", action="store_true", help="end stdout with one JSON line")
     show = sub.add_parser("show", help="print the resolved config")
     show.add_argument("config", help="experiment YAML file")
     show.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -40,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(to_yaml(load_config(args.config, args.overrides)), end="")
             return 0
+        if args.command == "sweep":
+            return _sweep(args)
         return _run(args)
-    except ConfigError as exc:
+    except (ConfigError, SpaceError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
 
@@ -87,6 +103,73 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result.to_json()))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import sweep
+
+    for flag in ("trials", "parallel"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag}", f"must be >= 1, got {value}")
+    bar = None
+
+    def progress(t: Mapping) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=t["target"],
+                initial=t["finished"],
+                unit="trial",
+                file=sys.stderr,
+                desc="sweep",
+            )
+        bar.n = t["finished"]
+        best = t["best"]
+        bar.set_postfix(
+            running=t["running"],
+            failed=t["failed"],
+            pruned=t["pruned"],
+            best="-"
+            if best is None
+            else (f"{best:.4f}" if isinstance(best, float) else f"{best} pareto"),
+        )
+
+    try:
+        result = sweep(
+            args.config,
+            args.space,
+            args.overrides,
+            trials=args.trials,
+            parallel=args.parallel,
+            study=args.study,
+            storage=args.storage,
+            address=args.address,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume the study", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    out = result.to_json()
+    best = out["best"]
+    line = f"study {out['study']}  complete={out['n_complete']} failed={out['n_failed']} pruned={out['n_pruned']}"
+    if isinstance(best, dict):
+        line += f"  best={best['values']} {best['params']}"
+    elif isinstance(best, list):
+        line += f"  pareto trials={len(best)}"
+    print(line)
+    for reg in result.registered:
+        print(f"registered model {reg['name']} version {reg['version']} (trial {reg['trial']})")
+    if args.json:
+        print(json.dumps(out, default=str))
     return 0
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "ExperimentConfig",
     "PartitionConfig",
     "RuntimeConfig",
+    "SweepConfig",
     "TrackingConfig",
     "flatten",
     "load_config",
@@ -117,6 +118,32 @@ class TrackingConfig:
     """How the model is serialized: pt2 (a traced graph, safe to load) or pickle (faster)."""
     flush_every: int = 20
     """Rounds of metrics buffered before one batched write."""
+    plots: bool = True
+    """Log the learning curve and the partition's label histogram with the run."""
+
+
+@dataclass
+class SweepConfig:
+    """How ``fedsweep sweep`` runs its trials (the command's flags override these)."""
+
+    trials: int = 20
+    """Finished trials the study should hold; re-running the command resumes up to this."""
+    parallel: Optional[int] = None  # noqa: UP045
+    """Trials running at once (default: as many as the CPUs allow)."""
+    study: Optional[str] = None  # noqa: UP045
+    """Optuna study name (default: <config file>-<space file>)."""
+    storage: Optional[str] = None  # noqa: UP045
+    """Optuna storage URL (default: a journal file beside the MLflow store)."""
+    register_as: Optional[str] = None  # noqa: UP045
+    """Model Registry name for the best trial's model (default: <study>-best)."""
+    max_retries: int = 2
+    """Reruns of a trial whose worker process died."""
+    trial_actors: int = 0
+    """0: a trial simulates its parties in its own worker; N: it gets its own pool of N actors."""
+    cpus_per_trial: float = 1.0
+    """CPUs each trial reserves on Ray."""
+    trial_plots: bool = False
+    """Log per-trial plots (the parent run holds the study's plots either way)."""
 
 
 @dataclass
@@ -131,6 +158,7 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def load_config(

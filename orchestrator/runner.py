@@ -43,7 +43,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     """One metrics dict per round, with a ``round`` key."""
     model_uri: str | None = None
-    """``runs:/<id>/model`` when the model was logged."""
+    """``models:/<model id>`` when the model was logged (MLflow 3's logged model)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "metrics": self.metrics}
@@ -137,7 +137,10 @@ def _run_tracked(
         )
         tracker.log_text(to_yaml(cfg), "config.yaml")
         tracker.log_table(prepared.stats, "partition/stats.parquet")
-        tracker.log_figure(plots.label_histogram(prepared.stats), "partition/label_histogram.png")
+        if cfg.tracking.plots:
+            tracker.log_figure(
+                plots.label_histogram(prepared.stats), "partition/label_histogram.png"
+            )
     start = time.perf_counter()
     try:
         result: TrainResult = trainer.fit(
@@ -145,6 +148,7 @@ def _run_tracked(
         )
     except StopTraining as exc:
         if tracker is not None:  # stopped on purpose (a pruned trial): not a failure
+            exc.run_id = tracker.run_id  # type: ignore[attr-defined]
             tracker.set_tags({"stopped_early": str(exc) or "yes"})
             tracker.end("FINISHED")
         raise
@@ -154,6 +158,7 @@ def _run_tracked(
         raise
     except BaseException as exc:
         if tracker is not None:
+            exc.run_id = tracker.run_id  # type: ignore[attr-defined]
             tracker.end("FAILED", exc)
         raise
     metrics = {**result.final_metrics, "wall_time_s": time.perf_counter() - start}
@@ -161,10 +166,11 @@ def _run_tracked(
     if tracker is not None:
         try:
             tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
-            tracker.log_figure(
-                plots.learning_curve(result.history, f"{cfg.trainer.name} on {cfg.data.name}"),
-                "learning_curve.png",
-            )
+            if cfg.tracking.plots:
+                tracker.log_figure(
+                    plots.learning_curve(result.history, f"{cfg.trainer.name} on {cfg.data.name}"),
+                    "learning_curve.png",
+                )
             if cfg.tracking.log_model:
                 model_uri = tracker.log_model(
                     result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format

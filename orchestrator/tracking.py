@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
@@ -69,6 +70,39 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
         return self.run_id
 
+    def resume(self, run_id: str) -> bool:
+        """Reopens an existing run (a resumed sweep's parent); False when it is gone."""
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
+    def close_children(self, status: str, reason: str, trial: int | None = None) -> list[str]:
+        """Ends this run's child runs that are still RUNNING (of one trial, or all of them)."""
+        query = f"tags.mlflow.parentRunId = '{self._run()}' and attributes.status = 'RUNNING'"
+        if trial is not None:
+            query += f" and tags.`fedsweep.trial` = '{trial}'"
+        exp_id = self.client.get_run(self._run()).info.experiment_id
+        closed = []
+        for r in self.client.search_runs([exp_id], query, max_results=1000):
+            self.client.set_tag(r.info.run_id, "error", reason)
+            self.client.set_terminated(r.info.run_id, status=status)
+            closed.append(r.info.run_id)
+        return closed
+
+    def register_model(self, model_uri: str, name: str, tags: Mapping[str, str]) -> str:
+        """Registers a logged model under ``name``; returns the new version, tagged."""
+        mlflow.set_tracking_uri(self.uri)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            version = mlflow.register_model(model_uri, name, await_registration_for=60)
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, version.version, k, v)
+        return str(version.version)
+
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Buffers one step's metrics; writes when ``flush_every`` steps are buffered."""
         now = int(time.time() * 1000)
@@ -106,7 +140,7 @@ class MlflowTracker:
     def log_model(
         self, model: Any, example: Any, name: str = "model", serialization: str = "pt2"
     ) -> str:
-        """Logs a torch model with mlflow.pytorch; returns its ``runs:/`` URI.
+        """Logs a torch model with mlflow.pytorch; returns its URI (``models:/<model id>``).
 
         Args:
             model: the torch module.
@@ -126,7 +160,7 @@ class MlflowTracker:
             warnings.catch_warnings(),
         ):
             warnings.filterwarnings("ignore", message="No complete tensor found")
-            mlflow.pytorch.log_model(
+            info = mlflow.pytorch.log_model(
                 model,
                 name=name,
                 input_example=example,
@@ -134,7 +168,7 @@ class MlflowTracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
         self.client.update_run(self._run(), status="RUNNING")
-        return f"runs:/{self.run_id}/{name}"
+        return info.model_uri
 
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
         """Flushes and closes the run: FINISHED, FAILED (with the error) or KILLED."""

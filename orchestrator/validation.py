@@ -53,6 +53,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.num_workers": (_at_least(1), "must be >= 1"),
     "runtime.num_cpus": (_at_least(1), "must be >= 1"),
     "tracking.flush_every": (_at_least(1), "must be >= 1"),
+    "sweep.trials": (_at_least(1), "must be >= 1"),
+    "sweep.parallel": (_at_least(1), "must be >= 1"),
+    "sweep.max_retries": (_at_least(0), "must be >= 0"),
+    "sweep.trial_actors": (_at_least(0), "must be >= 0"),
+    "sweep.cpus_per_trial": (_positive, "must be > 0"),
 }
 
 _NAMES: dict[str, Callable[[], list[str]]] = {

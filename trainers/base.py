@@ -88,6 +88,9 @@ class TrainResult:
 class Trainer(abc.ABC):
     """A learning algorithm: a round loop over parties run through an executor."""
 
+    metrics: tuple[str, ...] = ()
+    """The names of the metrics the trainer reports every round."""
+
     @abc.abstractmethod
     def fit(
         self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int

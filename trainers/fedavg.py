@@ -99,6 +99,16 @@ class FedAvg(Trainer):
 
     communicates = True
     """Whether parties download and upload the model (False: bytes communicated stay 0)."""
+    metrics = (
+        "train_loss",
+        "test_accuracy",
+        "test_loss",
+        "parties",
+        "bytes_communicated",
+        "bytes_cumulative",
+        "round_time_s",
+    )
+    """What :meth:`fit` reports every round (searches may optimise any of them)."""
 
     def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
         self.config = config

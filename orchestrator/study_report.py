@@ -1,0 +1,94 @@
+"""What a sweep's parent run holds besides its metrics: the trial table and Optuna's plots."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pyarrow as pa
+
+from search_spaces import Space
+
+__all__ = ["log_plots", "log_trials_table"]
+
+
+def log_trials_table(study: Any, tracker: Any) -> None:
+    """All trials (number, state, values, params, user attributes) as ``trials.parquet``."""
+    frame = study.trials_dataframe(
+        attrs=("number", "state", "values", "params", "user_attrs", "duration")
+    )
+    if "duration" in frame:
+        frame["duration"] = frame["duration"].dt.total_seconds()
+    frame = frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
+    tracker.log_table(pa.Table.from_pandas(frame, preserve_index=False), "trials.parquet")
+
+
+def log_plots(study: Any, space: Space, tracker: Any) -> None:
+    """Optuna's plots as PNG: history, importances, parallel coordinates, Pareto front.
+
+    A plot Optuna cannot draw yet (too few finished trials) is skipped and named in the
+    ``plots_skipped`` tag.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as ovm
+
+    names = [o.metric for o in space.objectives]
+    plots: list[tuple[str, Any]] = []
+    if space.multi_objective:
+        for i, name in enumerate(names):
+            plots.append(
+                (
+                    f"optimization_history_{name}.png",
+                    lambda i=i, name=name: ovm.plot_optimization_history(
+                        study, target=lambda t: t.values[i], target_name=name
+                    ),
+                )
+            )
+        plots.append(("pareto_front.png", lambda: ovm.plot_pareto_front(study, target_names=names)))
+        plots.append(
+            (
+                "param_importances.png",
+                lambda: ovm.plot_param_importances(
+                    study, target=lambda t: t.values[0], target_name=names[0]
+                ),
+            )
+        )
+        plots.append(
+            (
+                "parallel_coordinate.png",
+                lambda: ovm.plot_parallel_coordinate(
+                    study, target=lambda t: t.values[0], target_name=names[0]
+                ),
+            )
+        )
+    else:
+        plots.append(
+            (
+                "optimization_history.png",
+                lambda: ovm.plot_optimization_history(study, target_name=names[0]),
+            )
+        )
+        plots.append(("param_importances.png", lambda: ovm.plot_param_importances(study)))
+        plots.append(
+            (
+                "parallel_coordinate.png",
+                lambda: ovm.plot_parallel_coordinate(study, target_name=names[0]),
+            )
+        )
+    skipped = []
+    for path, draw in plots:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = draw()
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            skipped.append(f"{path}: {exc}")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(9, 5.5)
+        fig.tight_layout()
+        tracker.log_figure(fig, f"plots/{path}")
+    if skipped:
+        tracker.set_tags({"plots_skipped": "; ".join(skipped)[:5000]})

@@ -1,0 +1,272 @@
+"""Search spaces as data: what a sweep explores and what it optimises.
+
+A space file is YAML::
+
+    objective:                       # one entry, or several for a multi-objective study
+      - metric: test_accuracy        # a metric the trainer reports each round
+        direction: maximize          # or minimize
+    params:                          # dotted config key -> distribution, suggested in order
+      trainer.lr: {type: float, low: 0.001, high: 0.5, log: true}
+      trainer.local_epochs: {type: int, low: 1, high: 4}
+      trainer.optimizer: {type: categorical, choices: [sgd, adam]}
+      trainer.momentum: {type: float, low: 0.0, high: 0.9, when: {trainer.optimizer: sgd}}
+    sampler: {name: tpe, seed: 0}    # tpe (default), random, grid, cmaes, nsga2
+    pruner: {name: median}           # none (default), median, successive_halving, hyperband
+
+``when`` makes a parameter conditional: it is suggested only when an earlier parameter took
+one of the given values. The objective's value is the metric's last round value (``reduce:
+last``, the default) or its best over rounds (``reduce: max`` / ``min``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Objective", "Param", "Space", "SpaceError", "load_space", "parse_space"]
+
+_TYPES = ("categorical", "float", "int")
+_DIRECTIONS = ("maximize", "minimize")
+_REDUCE = ("last", "max", "min")
+SAMPLERS = ("cmaes", "grid", "nsga2", "random", "tpe")
+PRUNERS = ("hyperband", "median", "none", "successive_halving")
+
+
+class SpaceError(ValueError):
+    """A problem with a search space, reported as ``space error: <key>: <problem>``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"space error: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+    when: Mapping[str, tuple] = field(default_factory=dict)
+
+    def active(self, chosen: Mapping[str, Any]) -> bool:
+        """Whether this parameter exists given the values chosen before it."""
+        return all(k in chosen and chosen[k] in values for k, values in self.when.items())
+
+    def suggest(self, trial: Any) -> Any:
+        """Draws a value from an Optuna trial (or a FixedTrial)."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(
+                self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def grid(self) -> list:
+        """The values a grid search visits."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is None:
+            raise SpaceError(
+                f"params.{self.key}", "a grid search needs a step for float parameters"
+            )
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric the study optimises."""
+
+    metric: str
+    direction: str = "maximize"
+    reduce: str = "last"
+
+    def value(self, history: list[Mapping[str, float]]) -> float:
+        series = [h[self.metric] for h in history if self.metric in h]
+        if not series:
+            raise KeyError(f"the trial reported no {self.metric!r}")
+        if self.reduce == "max":
+            return max(series)
+        if self.reduce == "min":
+            return min(series)
+        return series[-1]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A parsed search space."""
+
+    params: tuple[Param, ...]
+    objectives: tuple[Objective, ...]
+    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "none"})
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The parameter values for one trial, conditional parameters included when active."""
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(chosen):
+                chosen[p.key] = p.suggest(trial)
+        return chosen
+
+
+def load_space(path: str | Path) -> Space:
+    """Reads and checks a space file (unknown config keys are checked by the orchestrator)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpaceError(str(path), "no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpaceError(str(path), f"cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpaceError(str(path), f"malformed YAML{where}") from None
+    return parse_space(data)
+
+
+def parse_space(data: Any) -> Space:
+    """Builds a Space from the parsed YAML, checking every entry."""
+    if not isinstance(data, dict):
+        raise SpaceError("<space>", "the top level must be a mapping")
+    unknown = set(data) - {"objective", "params", "sampler", "pruner"}
+    if unknown:
+        raise SpaceError(
+            sorted(unknown)[0], "unknown key; valid: objective, params, sampler, pruner"
+        )
+    objectives = _objectives(data.get("objective"))
+    raw_params = data.get("params") or {}
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise SpaceError("params", "must map at least one dotted config key to a distribution")
+    params: list[Param] = []
+    for key, spec in raw_params.items():
+        params.append(_param(str(key), spec, {p.key: p for p in params}))
+    sampler = _named(data.get("sampler") or {"name": "tpe"}, "sampler", SAMPLERS)
+    pruner = _named(data.get("pruner") or {"name": "none"}, "pruner", PRUNERS)
+    if len(objectives) > 1 and pruner["name"] != "none":
+        raise SpaceError("pruner", "pruning needs a single objective")
+    if len(objectives) > 1 and sampler["name"] in ("cmaes",):
+        raise SpaceError(
+            "sampler.name", "cmaes handles a single objective; use nsga2, tpe or random"
+        )
+    if sampler["name"] == "nsga2" and len(objectives) == 1:
+        pass  # NSGA-II works on one objective too, though TPE is usually the better choice
+    return Space(tuple(params), tuple(objectives), sampler, pruner)
+
+
+def _objectives(raw: Any) -> list[Objective]:
+    if raw is None:
+        raise SpaceError("objective", "missing: name the metric(s) to optimise")
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise SpaceError("objective", "empty")
+    out = []
+    for i, item in enumerate(items):
+        key = f"objective[{i}]"
+        if isinstance(item, str):
+            item = {"metric": item}
+        if not isinstance(item, dict) or "metric" not in item:
+            raise SpaceError(key, "needs a metric")
+        extra = set(item) - {"metric", "direction", "reduce"}
+        if extra:
+            raise SpaceError(
+                f"{key}.{sorted(extra)[0]}", "unknown key; valid: metric, direction, reduce"
+            )
+        direction = item.get("direction", "maximize")
+        if direction not in _DIRECTIONS:
+            raise SpaceError(f"{key}.direction", f"must be maximize or minimize, got {direction!r}")
+        reduce = item.get("reduce", "last")
+        if reduce not in _REDUCE:
+            raise SpaceError(
+                f"{key}.reduce", f"must be one of {', '.join(_REDUCE)}, got {reduce!r}"
+            )
+        out.append(Objective(str(item["metric"]), direction, reduce))
+    return out
+
+
+def _param(key: str, spec: Any, earlier: Mapping[str, Param]) -> Param:
+    where = f"params.{key}"
+    if not isinstance(spec, dict):
+        raise SpaceError(where, "must be a mapping with a type")
+    kind = spec.get("type")
+    if kind not in _TYPES:
+        raise SpaceError(f"{where}.type", f"must be one of {', '.join(_TYPES)}, got {kind!r}")
+    allowed = {"type", "when"} | (
+        {"choices"} if kind == "categorical" else {"low", "high", "log", "step"}
+    )
+    extra = set(spec) - allowed
+    if extra:
+        raise SpaceError(f"{where}.{sorted(extra)[0]}", f"not a key of a {kind} parameter")
+    when = _when(where, spec.get("when"), earlier)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{where}.choices", "must be a non-empty list")
+        return Param(key, kind, choices=tuple(choices), when=when)
+    low, high = spec.get("low"), spec.get("high")
+    for name, v in (("low", low), ("high", high)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise SpaceError(f"{where}.{name}", f"must be a number, got {v!r}")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise SpaceError(where, "an int parameter needs integer bounds")
+    if low > high:
+        raise SpaceError(where, f"low ({low}) > high ({high})")
+    log, step = bool(spec.get("log", False)), spec.get("step")
+    if log and low <= 0:
+        raise SpaceError(f"{where}.low", "a log-scaled range needs low > 0")
+    if step is not None and (not isinstance(step, (int, float)) or step <= 0):
+        raise SpaceError(f"{where}.step", "must be a positive number")
+    if log and step is not None:
+        raise SpaceError(where, "log and step cannot be combined")
+    return Param(key, kind, float(low), float(high), log, step, when=when)
+
+
+def _when(where: str, raw: Any, earlier: Mapping[str, Param]) -> dict[str, tuple]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise SpaceError(f"{where}.when", "must map an earlier parameter to its value(s)")
+    out = {}
+    for k, v in raw.items():
+        if k not in earlier:
+            raise SpaceError(f"{where}.when", f"{k!r} is not a parameter declared before this one")
+        values = tuple(v) if isinstance(v, list) else (v,)
+        parent = earlier[k]
+        if parent.type == "categorical":
+            bad = [x for x in values if x not in parent.choices]
+            if bad:
+                raise SpaceError(f"{where}.when", f"{bad[0]!r} is not a choice of {k}")
+        out[k] = values
+    return out
+
+
+def _named(raw: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise SpaceError(key, "must be a name or a mapping with a name")
+    if raw["name"] not in known:
+        raise SpaceError(f"{key}.name", f"unknown name {raw['name']!r}; valid: {', '.join(known)}")
+    return dict(raw)
