@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -397,23 +398,35 @@ def sweep(
                 tallies = _tallies(st)
                 report()
     except KeyboardInterrupt as exc:
-        for handle, spec in running.items():
-            runner.cancel(handle)
+        _stop_running(runner, running)
+        for spec in running.values():
             _fail_interrupted(st, spec.trial_id)
-            _close_trial_runs(tracker, spec.number, "KILLED", "interrupted")
         if tracker is not None:
+            tracker.close_children("KILLED", "the sweep was interrupted")
             tracker.end("KILLED", exc)
         raise
     except BaseException as exc:
-        for handle in running:
-            runner.cancel(handle)
+        _stop_running(runner, running)
         if tracker is not None:
+            tracker.close_children("FAILED", f"the sweep's driver failed: {exc}")
             tracker.end("FAILED", exc)
         raise
     result = _finish(st, parsed, tracker, base, study_name)
     if tracker is not None:
         tracker.end("FINISHED")
     return result
+
+
+def _stop_running(runner: TaskRunner, running: Mapping[TaskHandle, TrialSpec]) -> None:
+    """Kills the running trials and waits (briefly) for their workers to be gone, so that
+    none of them opens or closes an MLflow run after the driver has closed them."""
+    handles = list(running)
+    for handle in handles:
+        runner.cancel(handle)
+    deadline = time.monotonic() + 10
+    while handles and time.monotonic() < deadline:
+        done = runner.wait(handles, timeout=0.5)
+        handles = [h for h in handles if h not in done]
 
 
 def space_prunes(space: Space) -> bool:

@@ -1,0 +1,203 @@
+"""A sweep survives a killed worker, a killed driver and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.sweep import make_storage, sweep
+from search_spaces import parse_space
+
+from .conftest import CONFIGS, tiny
+
+SPACE = "objective: [test_accuracy]\nparams:\n  trainer.lr: {type: float, low: 0.01, high: 0.2}\nsampler: {name: random, seed: 0}\n"
+
+
+def _study(workdir, name="quickstart-space"):
+    return optuna.load_study(study_name=name, storage=make_storage(str(workdir / "optuna.journal")))
+
+
+def _all_runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _cli(workdir, trials: int) -> list[str]:
+    (workdir / "space.yaml").write_text(SPACE)
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "sweep",
+        str(CONFIGS / "quickstart.yaml"),
+        "trainer.rounds=25",
+        "tracking.log_model=false",
+        "--space",
+        "space.yaml",
+        "--trials",
+        str(trials),
+        "--parallel",
+        "1",
+        "--quiet",
+        "--json",
+    ]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - the storage may not exist yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture()
+def reap_ray():
+    """Kills Ray processes a killed driver leaves behind."""
+    before = {p.pid for p in psutil.process_iter()}
+    yield
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid not in before and any("ray" in part for part in (p.info["cmdline"] or [])):
+            p.kill()
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_duplicates(workdir, reap_ray):
+    cmd = _cli(workdir, trials=5)
+    driver = subprocess.Popen(
+        cmd, cwd=workdir, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for(
+        lambda: sum(t.state.name == "COMPLETE" for t in _study(workdir).trials) >= 2,
+        180,
+        "two trials",
+    )
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {t.number: t for t in _study(workdir).trials}
+    done_before = {n for n, t in before.items() if t.state.name == "COMPLETE"}
+    parent = _study(workdir).user_attrs["mlflow_parent_run_id"]
+
+    resumed = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    import json
+
+    out = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert out["parent_run_id"] == parent  # the resumed sweep reuses the parent run
+    assert out["n_complete"] == 5
+    after = _study(workdir).trials
+    for n in done_before:  # completed trials were not re-run
+        assert (
+            after[n].state.name == "COMPLETE"
+            and after[n].datetime_complete == before[n].datetime_complete
+        )
+    interrupted = [t for t in after if t.user_attrs.get("fedsweep_interrupted")]
+    assert all(t.state.name == "FAIL" for t in interrupted)
+    runs = _all_runs(f"sqlite:///{workdir / 'mlflow.db'}", "quickstart")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    per_trial = {}
+    for r in runs:
+        if "fedsweep.trial" in r.data.tags:
+            per_trial.setdefault(int(r.data.tags["fedsweep.trial"]), []).append(r)
+    for n in done_before:  # their MLflow runs were not duplicated
+        assert len(per_trial[n]) == 1 and per_trial[n][0].info.status == "FINISHED"
+    assert sum(1 for r in runs if r.data.tags.get("fedsweep.kind") == "sweep") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_nothing_running(workdir, reap_ray):
+    cmd = _cli(workdir, trials=20)
+    driver = subprocess.Popen(
+        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    _wait_for(
+        lambda: any(
+            r.info.status == "RUNNING" and "fedsweep.trial" in r.data.tags
+            for r in _all_runs(uri, "quickstart")
+        ),
+        180,
+        "a running trial",
+    )
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err
+    assert "re-run the same command to resume" in err
+    runs = _all_runs(uri, "quickstart")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = [r for r in runs if r.data.tags.get("fedsweep.kind") == "sweep"][0]
+    assert parent.info.status == "KILLED"
+    assert not [t for t in _study(workdir).trials if t.state.name == "RUNNING"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_uri):
+    space = parse_space(
+        {
+            "objective": ["test_accuracy"],
+            "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}},
+        }
+    )
+    cfg = tiny(
+        trainer__rounds=40,
+        tracking={"enabled": True, "uri": tracking_uri, "experiment": "k", "log_model": False},
+    )
+    killed = []
+
+    def kill_first_trial_worker():
+        def trial_process():
+            for p in psutil.process_iter(["cmdline"]):
+                if any("run_trial" in part for part in (p.info["cmdline"] or [])):
+                    return p
+            return None
+
+        def running_child():
+            return [
+                r
+                for r in _all_runs(tracking_uri, "k")
+                if r.info.status == "RUNNING" and "fedsweep.trial" in r.data.tags
+            ]
+
+        _wait_for(running_child, 120, "the trial's run")
+        proc = _wait_for(trial_process, 60, "the trial's worker")
+        proc.kill()
+        killed.append(proc.pid)
+
+    killer = threading.Thread(target=kill_first_trial_worker, daemon=True)
+    killer.start()
+    result = sweep(cfg, space, trials=1, parallel=1, study="k")
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert result.n_complete == 1 and result.n_failed == 0
+    runs = {
+        r.data.tags["fedsweep.attempt"]: r
+        for r in _all_runs(tracking_uri, "k")
+        if "fedsweep.attempt" in r.data.tags
+    }
+    assert runs["0"].info.status == "FAILED" and runs["0"].data.tags["error"].startswith(
+        "worker lost"
+    )
+    assert runs["1"].info.status == "FINISHED"
+    study = optuna.load_study(
+        study_name="k",
+        storage=make_storage(
+            str(tracking_uri.split("///")[1].rsplit("/", 1)[0]) + "/optuna.journal"
+        ),
+    )
+    assert study.trials[0].user_attrs["attempts"] == 2
