@@ -181,7 +181,12 @@ def start_ray(num_cpus: int = 2) -> float:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _node_ip_address="127.0.0.1",
+    )
     return time.perf_counter() - t0
 
 

@@ -9,6 +9,21 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from orchestrator.config import ExperimentConfig, load_config  # noqa: E402
 from orchestrator.errors import ConfigError  # noqa: E402
+from orchestrator.jobs import Job, JobStatus, get_job, submit  # noqa: E402
 from orchestrator.runner import RunResult, run  # noqa: E402
+from orchestrator.sweeps import SweepResult, sweep  # noqa: E402
 
-__all__ = ["ConfigError", "ExperimentConfig", "RunResult", "__version__", "load_config", "run"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "Job",
+    "JobStatus",
+    "RunResult",
+    "SweepResult",
+    "__version__",
+    "get_job",
+    "load_config",
+    "run",
+    "submit",
+    "sweep",
+]

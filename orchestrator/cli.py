@@ -40,6 +40,29 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", help="Ray address to join (auto, ray://host:port)")
     sw.add_argument("--quiet", action="store_true", help="no progress line")
     sw.add_argument("--json", action="store_true", help="end stdout with one JSON line")
+    sm = sub.add_parser("submit", help="submit a run (or, with --space, a sweep) as a job")
+    sm.add_argument("config", help="experiment YAML file")
+    sm.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    sm.add_argument("--space", help="search-space YAML: submit a sweep")
+    sm.add_argument(
+        "--cluster",
+        help="Ray dashboard address (http://head:8265); default: a local background process",
+    )
+    sm.add_argument("--trials", type=int)
+    sm.add_argument("--parallel", type=int)
+    sm.add_argument("--study")
+    sm.add_argument("--storage")
+    for name, text in (
+        ("status", "a job's status"),
+        ("logs", "a job's output"),
+        ("cancel", "stop a job"),
+        ("result", "a finished job's JSON result"),
+    ):
+        jp = sub.add_parser(name, help=text)
+        jp.add_argument("job_id")
+        jp.add_argument(
+            "--cluster", help="the Ray dashboard address, for a job submitted elsewhere"
+        )
     show = sub.add_parser("show", help="print the resolved config")
     show.add_argument("config", help="experiment YAML file")
     show.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -56,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _sweep(args)
-        return _run(args)
+        if args.command == "run":
+            return _run(args)
+        return _jobs(args)
     except (ConfigError, SpaceError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -106,8 +131,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from orchestrator.jobs import JobError, get_job, submit
+
+    try:
+        if args.command == "submit":
+            job = submit(
+                args.config,
+                args.space,
+                args.overrides,
+                args.cluster,
+                trials=args.trials,
+                parallel=args.parallel,
+                study=args.study,
+                storage=args.storage,
+            )
+            print(job.job_id)
+            return 0
+        job = get_job(args.job_id, args.cluster)
+        if args.command == "status":
+            print(job.status().value)
+        elif args.command == "logs":
+            print(job.logs(), end="")
+        elif args.command == "cancel":
+            job.cancel()
+            print(job.status().value)
+        else:
+            print(json.dumps(job.result()))
+    except JobError as exc:
+        print(f"job error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import sweep
+    from orchestrator.sweeps import sweep
 
     for flag in ("trials", "parallel"):
         value = getattr(args, flag)

@@ -15,7 +15,9 @@ def ray_session():
     """A real local Ray (2 CPUs, no dashboard), started once and always shut down."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        num_cpus=2, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1"
+    )
     try:
         yield ray
     finally:
@@ -53,3 +55,22 @@ def tiny(**extra: object) -> dict:
             node = node.setdefault(part, {})
         node[last] = value
     return cfg
+
+
+from .postgres import postgres_url  # noqa: E402,F401 - a fixture for the storage tests
+
+
+def reap_orphaned_ray(before: set[int]) -> None:
+    """Kills Ray processes started since ``before`` that lost their parent (a head or a driver
+    that a test killed): they are reparented to init and would otherwise live on."""
+    import psutil
+
+    for p in psutil.process_iter(["ppid", "name", "cmdline"]):
+        if p.pid in before or p.info["ppid"] != 1:
+            continue
+        text = " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])
+        if "ray" in text:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass

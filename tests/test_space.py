@@ -7,7 +7,7 @@ from optuna.trial import FixedTrial
 
 from orchestrator import load_config
 from orchestrator.config import to_dict
-from orchestrator.sweep import check_space
+from orchestrator.sweeps import check_space
 from search_spaces import SHIPPED, SpaceError, load_space, parse_space
 
 from .conftest import tiny

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clusters import InProcessTaskRunner
-from orchestrator.sweep import make_storage, sweep
+from orchestrator.sweeps import make_storage, sweep
 from search_spaces import parse_space
 from trainers import TRAINERS, FedAvg
 
@@ -258,3 +258,27 @@ def test_cli_sweep_json_and_bad_space(workdir):
     assert out["study"] == "quickstart-s" and out["n_complete"] == 2
     assert set(out["best"]) == {"values", "params", "run_id", "model_uri"}
     assert "2/2" in proc.stderr  # the live progress line
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_on_postgresql_storage(ray_session, tracking_uri, postgres_url):
+    space = parse_space({**SPACE, "pruner": {"name": "median", "n_startup_trials": 1}})
+    result = sweep(
+        cfg(tracking_uri, log_model=False),
+        space,
+        trials=3,
+        parallel=2,
+        study="pg",
+        storage=postgres_url,
+    )
+    assert result.n_complete + result.n_pruned == 3
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert len(study.trials) == 3
+    assert study.user_attrs["mlflow_parent_run_id"] == result.parent_run_id
+    # the workers wrote each round's objective into PostgreSQL (what the pruner reads)
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    assert (
+        MlflowClient(tracking_uri).get_run(result.parent_run_id).data.params["sweep.storage_url"]
+        == postgres_url
+    )

@@ -14,10 +14,10 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep import make_storage, sweep
+from orchestrator.sweeps import make_storage, sweep
 from search_spaces import parse_space
 
-from .conftest import CONFIGS, tiny
+from .conftest import CONFIGS, reap_orphaned_ray, tiny
 
 SPACE = "objective: [test_accuracy]\nparams:\n  trainer.lr: {type: float, low: 0.01, high: 0.2}\nsampler: {name: random, seed: 0}\n"
 
@@ -71,9 +71,8 @@ def reap_ray():
     """Kills Ray processes a killed driver leaves behind."""
     before = {p.pid for p in psutil.process_iter()}
     yield
-    for p in psutil.process_iter(["cmdline"]):
-        if p.pid not in before and any("ray" in part for part in (p.info["cmdline"] or [])):
-            p.kill()
+    time.sleep(1)
+    reap_orphaned_ray(before)
 
 
 @pytest.mark.slow
