@@ -60,9 +60,12 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     port = _free_port()
-    run = lambda *cmd: subprocess.run(
-        [*as_postgres, *cmd], check=True, capture_output=True, text=True, timeout=120
-    )  # noqa: E731
+
+    def run(*cmd):
+        return subprocess.run(
+            [*as_postgres, *cmd], check=True, capture_output=True, text=True, timeout=120
+        )  # noqa: E731
+
     run(f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
     run(
         f"{bin_dir}/pg_ctl",
