@@ -26,6 +26,7 @@ from orchestrator.data import Prepared, prepare, write_partitions
 from trainers.base import StopTraining, TrainResult
 from trainers.fedavg import TRAINERS
 from trainers.local import warm_up
+from trainers.models import ModelSpec, save_checkpoint
 
 __all__ = ["RunResult", "make_executor", "run"]
 
@@ -43,7 +44,8 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     """One metrics dict per round, with a ``round`` key."""
     model_uri: str | None = None
-    """``models:/<model id>`` when the model was logged (MLflow 3's logged model)."""
+    """``models:/<model id>`` when the model was logged as an MLflow model, or
+    ``runs:/<run id>/checkpoint/model.pt`` for a checkpoint."""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "metrics": self.metrics}
@@ -171,7 +173,14 @@ def _run_tracked(
                     plots.learning_curve(result.history, f"{cfg.trainer.name} on {cfg.data.name}"),
                     "learning_curve.png",
                 )
-            if cfg.tracking.log_model:
+            if cfg.tracking.log_model and cfg.tracking.model_format == "checkpoint":
+                spec = ModelSpec.from_config(
+                    cfg.model, prepared.data.n_features, prepared.data.n_classes
+                )
+                model_uri = tracker.log_bytes(
+                    save_checkpoint(result.model, spec), "checkpoint/model.pt"
+                )
+            elif cfg.tracking.log_model:
                 model_uri = tracker.log_model(
                     result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
                 )

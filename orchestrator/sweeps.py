@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +75,8 @@ class SweepResult:
     n_pruned: int
     best: Any = None
     registered: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent running trials and finishing the study (plots, table, registry)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -316,6 +317,8 @@ def sweep(
     storage_url = storage or sc.storage or _default_storage(tracking_uri)
     trial_cfg = to_dict(base)
     trial_cfg["tracking"].update(uri=tracking_uri, plots=sc.trial_plots)
+    if sc.trial_models == "checkpoint":
+        trial_cfg["tracking"]["model_format"] = "checkpoint"
     trial_cfg["runtime"]["executor"] = "local"
 
     st = optuna.create_study(
@@ -335,7 +338,6 @@ def sweep(
         else None
     )
     parent_run_id = tracker.run_id if tracker else None
-    session = uuid.uuid4().hex[:12]
     _recover(st, tracker)
     if runner is None:
         from clusters import RayTaskRunner
@@ -343,24 +345,23 @@ def sweep(
         runner = RayTaskRunner(address, cpus_per_task=sc.cpus_per_trial)
     width = parallel or sc.parallel or runner.capacity
     tallies = _tallies(st)
+    best = _best_value(st)
     running: dict[TaskHandle, TrialSpec] = {}
     prune = space_prunes(parsed)
 
     def report() -> None:
         if progress is not None:
-            progress(
-                {**tallies, "running": len(running), "target": target, "best": _best_value(st)}
-            )
+            progress({**tallies, "running": len(running), "target": target, "best": best})
 
     def launch(spec: TrialSpec) -> None:
         running[runner.submit(spec.number, run_trial, spec)] = spec
 
     report()
+    started = time.perf_counter()
     try:
         while True:
             while len(running) < width and tallies["finished"] + len(running) < target:
                 trial = st.ask()
-                trial.set_user_attr("fedsweep_session", session)
                 params = parsed.suggest(trial)
                 launch(
                     TrialSpec(
@@ -395,7 +396,11 @@ def sweep(
                 except Exception as exc:  # the task itself broke, outside the trial's own handling
                     outcome = TrialOutcome(spec.number, FAIL, error=f"{type(exc).__name__}: {exc}")
                 _tell(st, spec, outcome)
-                tallies = _tallies(st)
+                key = {COMPLETE: "complete", PRUNED: "pruned"}.get(outcome.state, "failed")
+                tallies[key] += 1
+                tallies["finished"] += 1
+                if outcome.state == COMPLETE and outcome.values:
+                    best = _better(best, outcome.values, parsed)
                 report()
     except KeyboardInterrupt as exc:
         _stop_running(runner, running)
@@ -411,9 +416,14 @@ def sweep(
             tracker.close_children("FAILED", f"the sweep's driver failed: {exc}")
             tracker.end("FAILED", exc)
         raise
+    trials_done = time.perf_counter()
     result = _finish(st, parsed, tracker, base, study_name)
     if tracker is not None:
         tracker.end("FINISHED")
+    result.timings = {
+        "trials_s": trials_done - started,
+        "finish_s": time.perf_counter() - trials_done,
+    }
     return result
 
 
@@ -459,9 +469,22 @@ def _best_value(st: Any) -> Any:
         return None
 
 
+def _better(best: Any, values: Sequence[float], space: Space) -> Any:
+    """The best value so far, for the progress line (the Pareto front's size is shown for
+    multi-objective studies, recomputed at the end)."""
+    if space.multi_objective:
+        return best
+    value = values[0]
+    if best is None:
+        return value
+    return max(best, value) if space.objectives[0].direction == "maximize" else min(best, value)
+
+
 def _tell(st: Any, spec: TrialSpec, outcome: TrialOutcome) -> None:
     from optuna.trial import TrialState
 
+    # Each storage write is an append under a file lock (journal) or a transaction (RDB):
+    # only what is needed later is written.
     storage = st._storage
     if outcome.run_id:
         storage.set_trial_user_attr(spec.trial_id, "mlflow_run_id", outcome.run_id)
@@ -583,6 +606,8 @@ def _finish(
         study_report.log_plots(st, space, tracker)
         name = base.sweep.register_as or f"{study_name}-best"
         for entry in entries:
+            if entry["model_uri"] and entry["model_uri"].endswith("checkpoint/model.pt"):
+                entry["model_uri"] = _package_checkpoint(tracker, entry, base.tracking.model_format)
             if entry["model_uri"]:
                 version = tracker.register_model(
                     entry["model_uri"],
@@ -608,6 +633,18 @@ def _finish(
         best,
         registered,
     )
+
+
+def _package_checkpoint(tracker: Any, entry: dict, model_format: str) -> str:
+    """Turns a best trial's checkpoint into an MLflow model logged in that trial's run."""
+    import numpy as np
+
+    from trainers.models import load_checkpoint
+
+    model, spec = load_checkpoint(tracker.read_bytes(entry["model_uri"]))
+    example = np.zeros((2, spec.n_features), dtype=np.float32)
+    fmt = model_format if model_format in ("pt2", "pickle") else "pt2"
+    return tracker.log_model(model, example, serialization=fmt, run_id=entry["run_id"])
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -58,8 +58,9 @@ class MlflowTracker:
         parent_run_id: str | None = None,
     ) -> str:
         """Creates the run with its params and tags; returns its id."""
-        exp = self.client.get_experiment_by_name(self.experiment)
+        exp = self.client.get_experiment_by_name(self.experiment)  # creates a new store's tables
         exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        _use_wal(self.uri)
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -129,6 +130,21 @@ class MlflowTracker:
         self.client.log_figure(self._run(), fig, path)
         plt.close(fig)
 
+    def log_bytes(self, data: bytes, path: str) -> str:
+        """Logs raw bytes as the artifact ``path``; returns its ``runs:/`` URI."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            local.write_bytes(data)
+            parent = str(Path(path).parent)
+            self.client.log_artifact(self._run(), str(local), None if parent == "." else parent)
+        return f"runs:/{self.run_id}/{path}"
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The content of an artifact given by its ``runs:/<run id>/<path>`` URI."""
+        run_id, _, path = uri.removeprefix("runs:/").partition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(run_id, path, tmp)).read_bytes()
+
     def log_table(self, table: pa.Table, path: str) -> None:
         """Logs an Arrow table as a Parquet artifact at ``path``."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +154,12 @@ class MlflowTracker:
             self.client.log_artifact(self._run(), str(local), None if parent == "." else parent)
 
     def log_model(
-        self, model: Any, example: Any, name: str = "model", serialization: str = "pt2"
+        self,
+        model: Any,
+        example: Any,
+        name: str = "model",
+        serialization: str = "pt2",
+        run_id: str | None = None,
     ) -> str:
         """Logs a torch model with mlflow.pytorch; returns its URI (``models:/<model id>``).
 
@@ -148,6 +169,7 @@ class MlflowTracker:
                 format, is what the graph is traced with.
             name: artifact name.
             serialization: ``pt2`` (a traced graph, safe to load) or ``pickle``.
+            run_id: log into this run instead of the tracker's own (a finished one is fine).
         """
         import mlflow.pytorch
         import torch
@@ -155,8 +177,10 @@ class MlflowTracker:
         mlflow.set_tracking_uri(self.uri)
         # log_model works on the active run: resume ours for the call, then leave it open so
         # that end() sets its final status.
+        target = run_id or self._run()
+        status = self.client.get_run(target).info.status
         with (
-            mlflow.start_run(run_id=self._run(), nested=mlflow.active_run() is not None),
+            mlflow.start_run(run_id=target, nested=mlflow.active_run() is not None),
             warnings.catch_warnings(),
         ):
             warnings.filterwarnings("ignore", message="No complete tensor found")
@@ -167,7 +191,7 @@ class MlflowTracker:
                 serialization_format=serialization,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
-        self.client.update_run(self._run(), status="RUNNING")
+        self.client.update_run(target, status=status)  # start_run/end_run changed it
         return info.model_uri
 
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
@@ -192,6 +216,23 @@ class MlflowTracker:
         if self.run_id is None:
             raise RuntimeError("the MLflow run has not been started")
         return self.run_id
+
+
+_WAL_DONE: set[str] = set()
+
+
+def _use_wal(uri: str) -> None:
+    """Puts a SQLite store in write-ahead-log mode (a setting the file keeps): commits get
+    cheaper and parallel trials no longer block each other's writes while one reads."""
+    if not uri.startswith("sqlite:///") or uri in _WAL_DONE:
+        return
+    import sqlite3
+
+    path = uri.removeprefix("sqlite:///")
+    if Path(path).exists():
+        with sqlite3.connect(path, timeout=30) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        _WAL_DONE.add(uri)
 
 
 def _param_value(v: Any) -> str:

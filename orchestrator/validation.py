@@ -67,7 +67,8 @@ _NAMES: dict[str, Callable[[], list[str]]] = {
     "trainer.name": TRAINERS.names,
     "trainer.optimizer": lambda: list(OPTIMIZERS),
     "runtime.executor": lambda: list(EXECUTORS),
-    "tracking.model_format": lambda: ["pickle", "pt2"],
+    "tracking.model_format": lambda: ["checkpoint", "pickle", "pt2"],
+    "sweep.trial_models": lambda: ["checkpoint", "mlflow"],
 }
 
 

@@ -60,9 +60,11 @@ def test_sweep_on_ray_nests_trials_and_registers_the_best(ray_session, tracking_
     kids = children(client, result.parent_run_id)
     assert sorted(int(r.data.tags["fedsweep.trial"]) for r in kids) == [0, 1, 2, 3]
     assert all(r.data.tags["fedsweep.study"] == "s1" and r.info.status == "FINISHED" for r in kids)
-    for r in kids:  # each trial holds its params, per-round metrics and model
+    for r in kids:  # each trial holds its params, per-round metrics and model (a checkpoint)
         assert len(client.get_metric_history(r.info.run_id, "test_accuracy")) == 3
-        assert r.outputs.model_outputs
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")] == [
+            "checkpoint/model.pt"
+        ]
     # the trial's params are the sampled ones
     study = optuna.load_study(
         study_name="s1", storage=make_storage(str(workdir / "optuna.journal"))
@@ -90,6 +92,37 @@ def test_sweep_on_ray_nests_trials_and_registers_the_best(ray_session, tracking_
     assert reg["name"] == "s1-best"
     assert version.tags["study"] == "s1" and version.tags["trial"] == str(study.best_trial.number)
     assert result.best["run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    # the best trial's checkpoint became an MLflow model in the best trial's own run
+    best_run = client.get_run(result.best["run_id"])
+    (output,) = best_run.outputs.model_outputs
+    assert (
+        result.best["model_uri"] == f"models:/{output.model_id}"
+        and best_run.info.status == "FINISHED"
+    )
+    import mlflow.pytorch
+
+    from orchestrator import load_config
+    from orchestrator.data import prepare
+    from trainers.fedavg import evaluate
+
+    data = prepare(
+        load_config(
+            cfg(tracking_uri),
+            [
+                f"trainer.lr={result.best['params']['trainer.lr']}",
+                f"trainer.optimizer={result.best['params']['trainer.optimizer']}",
+            ]
+            + (
+                [f"trainer.momentum={result.best['params']['trainer.momentum']}"]
+                if "trainer.momentum" in result.best["params"]
+                else []
+            ),
+        )
+    ).data
+    acc, _ = evaluate(mlflow.pytorch.load_model(version.source), data.x_test, data.y_test)
+    assert acc == pytest.approx(
+        result.best["values"][0], abs=1e-6
+    )  # the registered model is the best trial's
     # a second call resumes: nothing re-runs, the parent is reused
     again = sweep(cfg(tracking_uri), parse_space(SPACE), trials=4, parallel=2, study="s1")
     assert again.parent_run_id == result.parent_run_id and again.n_complete == 4

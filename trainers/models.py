@@ -21,7 +21,9 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "get_flat",
+    "load_checkpoint",
     "num_parameters",
+    "save_checkpoint",
     "set_flat",
 ]
 
@@ -108,6 +110,34 @@ def build_model(spec: ModelSpec, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS.get(spec.name)(spec)
+
+
+def save_checkpoint(model: nn.Module, spec: ModelSpec) -> bytes:
+    """The model's architecture and weights as bytes (a light checkpoint: no code is pickled)."""
+    import dataclasses
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"spec": dataclasses.asdict(spec), "state_dict": model.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(data: bytes) -> tuple[nn.Module, ModelSpec]:
+    """Rebuilds a model saved by :func:`save_checkpoint`."""
+    import io
+
+    blob = torch.load(io.BytesIO(data), weights_only=True)
+    raw = blob["spec"]
+    spec = ModelSpec(
+        raw["name"],
+        raw["n_features"],
+        raw["n_classes"],
+        tuple(raw["hidden"]),
+        tuple(raw["channels"]),
+    )
+    model = build_model(spec, seed=0)
+    model.load_state_dict(blob["state_dict"])
+    return model, spec
 
 
 def num_parameters(model: nn.Module) -> int:
