@@ -10,6 +10,7 @@ the study, reuses its parent run and closes what a killed driver left open.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -105,6 +106,13 @@ def make_storage(url: str) -> Any:
     return optuna.storages.RDBStorage(url)
 
 
+def _construct(kind: str, classes: Mapping[str, Any], name: str, opts: dict) -> Any:
+    try:
+        return classes[name](**opts)
+    except TypeError as exc:
+        raise SpaceError(kind, f"bad option for {name}: {exc}") from None
+
+
 def _sampler(space: Space, seed: int | None) -> Any:
     import optuna
 
@@ -112,17 +120,28 @@ def _sampler(space: Space, seed: int | None) -> Any:
     opts.setdefault("seed", seed)
     name = space.sampler["name"]
     if name == "grid":
-        return _GridSampler(grid_of(space), seed=opts.get("seed"))
-    cls = {
+        opts = {"search_space": grid_of(space), "seed": opts["seed"]}
+    classes = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "nsga2": optuna.samplers.NSGAIISampler,
-    }[name]
-    try:
-        return cls(**opts)
-    except TypeError as exc:
-        raise SpaceError("sampler", f"bad option for {name}: {exc}") from None
+        "grid": _grid_sampler_class(),
+    }
+    return _construct("sampler", classes, name, opts)
+
+
+def _make_pruner(spec: Mapping[str, Any]) -> Any:
+    import optuna
+
+    classes = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    return _construct("pruner", classes, spec["name"], opts)
 
 
 def grid_of(space: Space) -> dict[str, list]:
@@ -136,7 +155,8 @@ def _grid_size(space: Space) -> int:
     return size
 
 
-def _make_grid_sampler_class() -> type:
+@functools.lru_cache(maxsize=1)
+def _grid_sampler_class() -> type:
     import optuna
 
     class GridSampler(optuna.samplers.GridSampler):
@@ -147,27 +167,6 @@ def _make_grid_sampler_class() -> type:
             return None
 
     return GridSampler
-
-
-def _GridSampler(grid: dict[str, list], seed: int | None) -> Any:  # noqa: N802 - a class factory
-    return _make_grid_sampler_class()(grid, seed=seed)
-
-
-def _make_pruner(spec: Mapping[str, Any]) -> Any:
-    import optuna
-
-    opts = {k: v for k, v in spec.items() if k != "name"}
-    name = spec["name"]
-    cls = {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-    }[name]
-    try:
-        return cls(**opts)
-    except TypeError as exc:
-        raise SpaceError("pruner", f"bad option for {name}: {exc}") from None
 
 
 # ------------------------------------------------------------------ checking a space
@@ -343,7 +342,8 @@ def sweep(
         from clusters import RayTaskRunner
 
         runner = RayTaskRunner(address, cpus_per_task=sc.cpus_per_trial)
-    width = parallel or sc.parallel or runner.capacity
+    # A trial with its own actor pool also needs a CPU for each of its actors.
+    width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
     tallies = _tallies(st)
     best = _best_value(st)
     running: dict[TaskHandle, TrialSpec] = {}

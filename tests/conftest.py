@@ -37,6 +37,15 @@ def tracking_uri(workdir) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny(**extra: object) -> dict:
     """A small, fast experiment config as a dict."""
     cfg: dict = {

@@ -9,13 +9,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
+
+from .conftest import free_port
 
 
 def _bin_dir() -> str | None:
@@ -37,12 +38,6 @@ def _install() -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """Starts PostgreSQL on a free loopback port; yields a SQLAlchemy URL of an empty database."""
@@ -59,7 +54,7 @@ def postgres_url() -> Iterator[str]:
     data = os.path.join(root, "data")
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
 
     def run(*cmd):
         return subprocess.run(

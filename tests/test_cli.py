@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import run
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, free_port
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
@@ -76,12 +75,6 @@ def test_shipped_config_runs_on_ray(ray_session, tracking_uri, config):
     assert MlflowClient(tracking_uri).get_run(result.run_id).info.status == "FINISHED"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str):
     with urllib.request.urlopen(url, timeout=10) as resp:
         body = resp.read()
@@ -94,7 +87,7 @@ def test_mlflow_ui_shows_the_run(workdir, tracking_uri):
         CONFIGS / "quickstart.yaml",
         ["trainer.rounds=3", "runtime.executor=local", f"tracking.uri={tracking_uri}"],
     )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,13 +18,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import JobStatus, get_job, submit
 from orchestrator.cli import main
 
-from .conftest import CONFIGS, reap_orphaned_ray
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import CONFIGS, free_port, reap_orphaned_ray
 
 
 @pytest.fixture()
@@ -98,7 +91,7 @@ def ray_head():
     where jobs are submitted from, as Ray documents).
     """
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    port, dash, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
     before = {p.pid for p in psutil.process_iter()}
     subprocess.run(
         [

@@ -315,3 +315,13 @@ def test_sweep_on_postgresql_storage(ray_session, tracking_uri, postgres_url):
         MlflowClient(tracking_uri).get_run(result.parent_run_id).data.params["sweep.storage_url"]
         == postgres_url
     )
+
+
+@pytest.mark.ray
+def test_trial_with_its_own_actor_pool(ray_session, tracking_uri):
+    space = parse_space(
+        {**SPACE, "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}}}
+    )
+    base = cfg(tracking_uri, log_model=False, sweep={"trial_actors": 1})
+    result = sweep(base, space, trials=1, study="pool")
+    assert result.n_complete == 1 and result.best["values"][0] > 0.5
