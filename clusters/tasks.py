@@ -50,8 +50,8 @@ class TaskRunner(abc.ABC):
     def result(self, handle: TaskHandle) -> Any:
         """The task's return value; raises its exception, or WorkerLost."""
 
-    def cancel(self, handle: TaskHandle) -> None:  # noqa: B027 - nothing to cancel by default
-        """Stops a running task, killing its worker if need be."""
+    def cancel(self, handle: TaskHandle, force: bool = True) -> None:  # noqa: B027
+        """Stops a running task: interrupts it, or with ``force`` kills its worker."""
 
     def close(self) -> None:  # noqa: B027
         """Releases the runner's resources."""
@@ -144,8 +144,8 @@ class RayTaskRunner(TaskRunner):
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
             raise cause from None
 
-    def cancel(self, handle: TaskHandle) -> None:
+    def cancel(self, handle: TaskHandle, force: bool = True) -> None:
         try:
-            self._ray.cancel(handle.ref, force=True)
+            self._ray.cancel(handle.ref, force=force)
         except Exception:  # noqa: BLE001 - already finished or gone: nothing left to stop
             pass

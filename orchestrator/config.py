@@ -124,6 +124,9 @@ class TrackingConfig:
     """Rounds of metrics buffered before one batched write."""
     plots: bool = True
     """Log the learning curve and the partition's label histogram with the run."""
+    deferred: bool = False
+    """Record the run in memory and hand it back (RunResult.record) instead of writing it as
+    it goes: sweeps use this so the driver writes a trial while the next one trains."""
 
 
 @dataclass

@@ -46,6 +46,8 @@ class RunResult:
     model_uri: str | None = None
     """``models:/<model id>`` when the model was logged as an MLflow model, or
     ``runs:/<run id>/checkpoint/model.pt`` for a checkpoint."""
+    record: Any = None
+    """With ``tracking.deferred``: the run's RunRecord, written by whoever receives it."""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "metrics": self.metrics}
@@ -128,9 +130,10 @@ def _run_tracked(
 ) -> RunResult:
     tracker = None
     if cfg.tracking.enabled:
-        from orchestrator.tracking import MlflowTracker
+        from orchestrator.tracking import MlflowTracker, RecordingTracker
 
-        tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
+        cls = RecordingTracker if cfg.tracking.deferred else MlflowTracker
+        tracker = cls(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
         tracker.start(
             flatten(to_dict(cfg)),
             {**_run_tags(cfg), **(extra_tags or {})},
@@ -151,6 +154,7 @@ def _run_tracked(
     except StopTraining as exc:
         if tracker is not None:  # stopped on purpose (a pruned trial): not a failure
             exc.run_id = tracker.run_id  # type: ignore[attr-defined]
+            exc.record = getattr(tracker, "record", None)  # type: ignore[attr-defined]
             tracker.set_tags({"stopped_early": str(exc) or "yes"})
             tracker.end("FINISHED")
         raise
@@ -161,6 +165,7 @@ def _run_tracked(
     except BaseException as exc:
         if tracker is not None:
             exc.run_id = tracker.run_id  # type: ignore[attr-defined]
+            exc.record = getattr(tracker, "record", None)  # type: ignore[attr-defined]
             tracker.end("FAILED", exc)
         raise
     metrics = {**result.final_metrics, "wall_time_s": time.perf_counter() - start}
@@ -188,7 +193,13 @@ def _run_tracked(
             tracker.end("FAILED", exc)
             raise
         tracker.end("FINISHED")
-    return RunResult(tracker.run_id if tracker else None, metrics, result.history, model_uri)
+    return RunResult(
+        tracker.run_id if tracker else None,
+        metrics,
+        result.history,
+        model_uri,
+        getattr(tracker, "record", None),
+    )
 
 
 def _run_tags(cfg: ExperimentConfig) -> dict[str, str]:

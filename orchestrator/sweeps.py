@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,6 +65,8 @@ class TrialOutcome:
     run_id: str | None = None
     model_uri: str | None = None
     error: str | None = None
+    record: Any = None
+    """The trial's MLflow run, recorded, for the driver to write (deferred tracking)."""
 
 
 @dataclass
@@ -247,7 +251,11 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         )
     except StopTraining as exc:
         return TrialOutcome(
-            spec.number, PRUNED, run_id=getattr(exc, "run_id", None), error=str(exc)
+            spec.number,
+            PRUNED,
+            run_id=getattr(exc, "run_id", None),
+            error=str(exc),
+            record=getattr(exc, "record", None),
         )
     except Exception as exc:  # a failing trial is a result: recorded, and the sweep goes on
         return TrialOutcome(
@@ -255,14 +263,19 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
             FAIL,
             run_id=getattr(exc, "run_id", None),
             error=f"{type(exc).__name__}: {exc}",
+            record=getattr(exc, "record", None),
         )
     finally:
         executor.close()
     try:
         values = tuple(o.value(result.history) for o in spec.objectives)
     except KeyError as exc:
-        return TrialOutcome(spec.number, FAIL, run_id=result.run_id, error=str(exc))
-    return TrialOutcome(spec.number, COMPLETE, values, result.run_id, result.model_uri)
+        return TrialOutcome(
+            spec.number, FAIL, run_id=result.run_id, error=str(exc), record=result.record
+        )
+    return TrialOutcome(
+        spec.number, COMPLETE, values, result.run_id, result.model_uri, record=result.record
+    )
 
 
 # ------------------------------------------------------------------ the driver
@@ -317,7 +330,8 @@ def sweep(
     trial_cfg = to_dict(base)
     trial_cfg["tracking"].update(uri=tracking_uri, plots=sc.trial_plots)
     if sc.trial_models == "checkpoint":
-        trial_cfg["tracking"]["model_format"] = "checkpoint"
+        # Trials record their runs and the driver writes them while the next trial trains.
+        trial_cfg["tracking"].update(model_format="checkpoint", deferred=True)
     trial_cfg["runtime"]["executor"] = "local"
 
     st = optuna.create_study(
@@ -356,11 +370,27 @@ def sweep(
     def launch(spec: TrialSpec) -> None:
         running[runner.submit(spec.number, run_trial, spec)] = spec
 
+    lock = threading.Lock()
+
+    def told(outcome: TrialOutcome) -> None:  # on the writer's thread, once a trial is told
+        nonlocal best
+        with lock:
+            key = {COMPLETE: "complete", PRUNED: "pruned"}.get(outcome.state, "failed")
+            tallies[key] += 1
+            tallies["finished"] += 1
+            if outcome.state == COMPLETE and outcome.values:
+                best = _better(best, outcome.values, parsed)
+        report()
+
+    writer = _Writer(st, tracking_uri, told)
     report()
     started = time.perf_counter()
     try:
         while True:
-            while len(running) < width and tallies["finished"] + len(running) < target:
+            while (
+                len(running) < width
+                and tallies["finished"] + writer.pending + len(running) < target
+            ):
                 trial = st.ask()
                 params = parsed.suggest(trial)
                 launch(
@@ -380,7 +410,10 @@ def sweep(
                     )
                 )
             if not running:
-                break
+                writer.join()
+                if tallies["finished"] + len(running) >= target:
+                    break
+                continue
             for handle in runner.wait(list(running), timeout=1.0):
                 spec = running.pop(handle)
                 try:
@@ -395,15 +428,10 @@ def sweep(
                     )
                 except Exception as exc:  # the task itself broke, outside the trial's own handling
                     outcome = TrialOutcome(spec.number, FAIL, error=f"{type(exc).__name__}: {exc}")
-                _tell(st, spec, outcome)
-                key = {COMPLETE: "complete", PRUNED: "pruned"}.get(outcome.state, "failed")
-                tallies[key] += 1
-                tallies["finished"] += 1
-                if outcome.state == COMPLETE and outcome.values:
-                    best = _better(best, outcome.values, parsed)
-                report()
+                writer.put(spec, outcome)
     except KeyboardInterrupt as exc:
         _stop_running(runner, running)
+        writer.join()  # the trials that did finish are written and told
         for spec in running.values():
             _fail_interrupted(st, spec.trial_id)
         if tracker is not None:
@@ -412,6 +440,7 @@ def sweep(
         raise
     except BaseException as exc:
         _stop_running(runner, running)
+        writer.join()
         if tracker is not None:
             tracker.close_children("FAILED", f"the sweep's driver failed: {exc}")
             tracker.end("FAILED", exc)
@@ -427,16 +456,69 @@ def sweep(
     return result
 
 
+class _Writer:
+    """Writes finished trials' recorded MLflow runs, then tells Optuna, on a thread of its own,
+    so the next trial trains meanwhile. A trial counts as finished in the study only once its
+    run is written: a driver killed in between leaves it RUNNING, to be re-run on resume."""
+
+    def __init__(self, study: Any, tracking_uri: str, told: Callable[[TrialOutcome], None]) -> None:
+        self.study, self.uri, self.told = study, tracking_uri, told
+        self.queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self.pending = 0
+        """Trials handed over and not yet told."""
+        self.thread = threading.Thread(target=self._loop, name="fedsweep-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
+        with self._lock:
+            self.pending += 1
+        self.queue.put((spec, outcome))
+
+    def join(self) -> None:
+        self.queue.join()
+
+    def _loop(self) -> None:
+        while True:
+            spec, outcome = self.queue.get()
+            try:
+                if outcome.record is not None:
+                    from orchestrator.tracking import write_record
+
+                    try:
+                        run_id = write_record(outcome.record, self.uri)
+                        path = outcome.record.model_path
+                        model_uri = f"runs:/{run_id}/{path}" if path else outcome.model_uri
+                        outcome = replace(outcome, run_id=run_id, model_uri=model_uri, record=None)
+                    except Exception as exc:  # noqa: BLE001 - recorded on the trial, sweep goes on
+                        outcome = TrialOutcome(
+                            spec.number, FAIL, error=f"writing its MLflow run failed: {exc}"
+                        )
+                _tell(self.study, spec, outcome)
+                with self._lock:
+                    self.pending -= 1
+                self.told(outcome)
+            finally:
+                self.queue.task_done()
+
+
 def _stop_running(runner: TaskRunner, running: Mapping[TaskHandle, TrialSpec]) -> None:
-    """Kills the running trials and waits (briefly) for their workers to be gone, so that
-    none of them opens or closes an MLflow run after the driver has closed them."""
+    """Stops the running trials and waits (briefly) for them to be gone, so that none of them
+    writes after the driver has closed the study's runs. Trials that already ended are left
+    alone (cancelling a task as it completes trips Ray); the others are interrupted, and their
+    workers killed if they do not stop within a few seconds."""
     handles = list(running)
-    for handle in handles:
-        runner.cancel(handle)
-    deadline = time.monotonic() + 10
-    while handles and time.monotonic() < deadline:
-        done = runner.wait(handles, timeout=0.5)
-        handles = [h for h in handles if h not in done]
+    done = runner.wait(handles, timeout=0) if handles else []
+    handles = [h for h in handles if h not in done]
+    for force, grace in ((False, 5.0), (True, 10.0)):
+        for handle in handles:
+            runner.cancel(handle, force=force)
+        deadline = time.monotonic() + grace
+        while handles and time.monotonic() < deadline:
+            finished = runner.wait(handles, timeout=0.5)
+            handles = [h for h in handles if h not in finished]
+        if not handles:
+            return
 
 
 def space_prunes(space: Space) -> bool:

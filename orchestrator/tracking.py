@@ -11,6 +11,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,14 @@ from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["DEFAULT_TRACKING_URI", "MlflowTracker", "resolve_tracking_uri"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "MlflowTracker",
+    "RecordingTracker",
+    "RunRecord",
+    "resolve_tracking_uri",
+    "write_record",
+]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _MAX_PARAMS, _MAX_METRICS, _MAX_PARAM_LEN = 100, 1000, 6000
@@ -216,6 +224,137 @@ class MlflowTracker:
         if self.run_id is None:
             raise RuntimeError("the MLflow run has not been started")
         return self.run_id
+
+
+@dataclass
+class RunRecord:
+    """Everything one run would log, kept in memory to be written later, elsewhere, at once
+    (a sweep's trial hands it to the driver, which writes it while the next trial trains)."""
+
+    experiment: str
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)
+    """(key, value, timestamp in ms, step)."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Artifact path -> content."""
+    status: str = "RUNNING"
+    start_ms: int = 0
+    end_ms: int | None = None
+    model_path: str | None = None
+    """The artifact path of the model checkpoint, if one was logged."""
+
+
+class RecordingTracker:
+    """The MlflowTracker interface, recording into a :class:`RunRecord` instead of writing.
+
+    Only checkpoints can be logged as models (an MLflow model needs a live run to log into).
+    """
+
+    run_id = None
+
+    def __init__(self, uri: str | None, experiment: str, flush_every: int = 20) -> None:
+        self.record = RunRecord(experiment)
+
+    def start(
+        self,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
+        r = self.record
+        r.params = {k: _param_value(v) for k, v in params.items()}
+        r.tags, r.run_name, r.parent_run_id = dict(tags), run_name, parent_run_id
+        r.start_ms = int(time.time() * 1000)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.record.metrics += [(k, float(v), now, step) for k, v in metrics.items()]
+
+    def flush(self) -> None:
+        """Nothing to write yet: the record is written as a whole."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.record.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_text(self, text: str, path: str) -> None:
+        self.record.files[path] = text.encode()
+
+    def log_figure(self, fig: Figure, path: str) -> None:
+        import io
+
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        self.record.files[path] = buffer.getvalue()
+
+    def log_table(self, table: pa.Table, path: str) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.record.files[path] = sink.getvalue().to_pybytes()
+
+    def log_bytes(self, data: bytes, path: str) -> None:
+        self.record.files[path] = data
+        self.record.model_path = path if path.startswith("checkpoint/") else self.record.model_path
+
+    def log_model(self, *args: Any, **kwargs: Any) -> str:
+        raise RuntimeError(
+            "a recorded run logs checkpoints only (tracking.model_format=checkpoint)"
+        )
+
+    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        if error is not None:
+            import traceback
+
+            self.record.tags["error"] = f"{type(error).__name__}: {error}"[:5000]
+            self.record.files["error.txt"] = "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)
+            ).encode()
+        self.record.status = status
+        self.record.end_ms = int(time.time() * 1000)
+
+
+_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
+
+
+def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | None = None) -> str:
+    """Writes a recorded run in a few transactions (create, one batch, end); returns its id."""
+    uri = resolve_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    key = (uri, record.experiment)
+    exp_id = _EXPERIMENT_IDS.get(key)
+    if exp_id is None:
+        exp = client.get_experiment_by_name(record.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(record.experiment)
+        _EXPERIMENT_IDS[key] = exp_id
+        _use_wal(uri)
+    tags = {**record.tags, **(extra_tags or {})}
+    if record.parent_run_id:
+        tags["mlflow.parentRunId"] = record.parent_run_id
+    run_id = client.create_run(
+        exp_id, start_time=record.start_ms or None, tags=tags, run_name=record.run_name
+    ).info.run_id
+    params = [Param(k, v) for k, v in record.params.items()]
+    metrics = [Metric(k, v, ts, step) for k, v, ts, step in record.metrics]
+    while params or metrics:
+        chunk_p, params = params[:_MAX_PARAMS], params[_MAX_PARAMS:]
+        room = _MAX_METRICS - len(chunk_p)
+        chunk_m, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=chunk_m, params=chunk_p)
+    if record.files:
+        with tempfile.TemporaryDirectory() as tmp:
+            for path, data in record.files.items():
+                local = Path(tmp) / path
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(data)
+            client.log_artifacts(run_id, tmp)
+    client.set_terminated(run_id, status=record.status, end_time=record.end_ms)
+    return run_id
 
 
 _WAL_DONE: set[str] = set()
