@@ -124,6 +124,11 @@ class TrackingConfig:
     """Rounds of metrics buffered before one batched write."""
     plots: bool = True
     """Log the learning curve and the partition's label histogram with the run."""
+    params: Optional[list[str]] = None  # noqa: UP045
+    """Config keys logged as params (default: the whole flattened config). Sweep trials log
+    their searched keys and a few identifying ones; the parent run holds the rest."""
+    partition: bool = True
+    """Log the partition's statistics (partition/stats.parquet, and its plot with plots)."""
     deferred: bool = False
     """Record the run in memory and hand it back (RunResult.record) instead of writing it as
     it goes: sweeps use this so the driver writes a trial while the next one trains."""

@@ -135,14 +135,15 @@ def _run_tracked(
         cls = RecordingTracker if cfg.tracking.deferred else MlflowTracker
         tracker = cls(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
         tracker.start(
-            flatten(to_dict(cfg)),
+            _params(cfg),
             {**_run_tags(cfg), **(extra_tags or {})},
             run_name=cfg.tracking.run_name,
             parent_run_id=parent_run_id,
         )
         tracker.log_text(to_yaml(cfg), "config.yaml")
-        tracker.log_table(prepared.stats, "partition/stats.parquet")
-        if cfg.tracking.plots:
+        if cfg.tracking.partition:
+            tracker.log_table(prepared.stats, "partition/stats.parquet")
+        if cfg.tracking.partition and cfg.tracking.plots:
             tracker.log_figure(
                 plots.label_histogram(prepared.stats), "partition/label_histogram.png"
             )
@@ -200,6 +201,12 @@ def _run_tracked(
         model_uri,
         getattr(tracker, "record", None),
     )
+
+
+def _params(cfg: ExperimentConfig) -> dict[str, Any]:
+    flat = flatten(to_dict(cfg))
+    keys = cfg.tracking.params
+    return flat if keys is None else {k: flat[k] for k in keys if k in flat}
 
 
 def _run_tags(cfg: ExperimentConfig) -> dict[str, str]:

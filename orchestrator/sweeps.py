@@ -32,6 +32,7 @@ from trainers.fedavg import TRAINERS
 __all__ = ["SweepResult", "TrialOutcome", "TrialSpec", "check_space", "run_trial", "sweep"]
 
 COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
+_IDENTITY_PARAMS = ("trainer.name", "data.name", "model.name", "partition.name", "seed")
 _PARENT_ATTR = "mlflow_parent_run_id"
 _INTERRUPTED_ATTR = "fedsweep_interrupted"
 
@@ -332,6 +333,13 @@ def sweep(
     if sc.trial_models == "checkpoint":
         # Trials record their runs and the driver writes them while the next trial trains.
         trial_cfg["tracking"].update(model_format="checkpoint", deferred=True)
+    # A trial's run logs what tells it apart (the parent holds the whole base config), and the
+    # partition only when the search can change it.
+    searched = [p.key for p in parsed.params]
+    trial_cfg["tracking"]["params"] = [*_IDENTITY_PARAMS, *searched]
+    trial_cfg["tracking"]["partition"] = any(
+        k == "seed" or k.startswith(("data.", "partition.")) for k in searched
+    )
     trial_cfg["runtime"]["executor"] = "local"
 
     st = optuna.create_study(
@@ -467,8 +475,8 @@ class _Writer:
         self._lock = threading.Lock()
         self.pending = 0
         """Trials handed over and not yet told."""
-        self.thread = threading.Thread(target=self._loop, name="fedsweep-writer", daemon=True)
-        self.thread.start()
+        # One thread: two writers on one SQLite store mostly wait on each other's locks.
+        threading.Thread(target=self._loop, name="fedsweep-writer", daemon=True).start()
 
     def put(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
         with self._lock:
