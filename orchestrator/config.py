@@ -157,9 +157,10 @@ class SweepConfig:
     trial_plots: bool = False
     """Log per-trial plots (the parent run holds the study's plots either way)."""
     trial_models: str = "checkpoint"
-    """checkpoint: each trial logs checkpoint/model.pt and only the best trials become MLflow
-    models (in their own runs) and are registered; mlflow: every trial logs an MLflow model
-    in tracking.model_format."""
+    """checkpoint: each trial records its run, with checkpoint/model.pt, for the driver to
+    write when it ends, and only the best trials become MLflow models (in their own runs) and
+    are registered; mlflow: every trial writes its run live and logs an MLflow model in
+    tracking.model_format."""
 
 
 @dataclass
