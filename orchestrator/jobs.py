@@ -127,7 +127,17 @@ def submit(
             submission; None runs the job in a local background process.
         trials, parallel, study, storage: the sweep's options.
         working_dir: shipped to the cluster as the job's runtime environment.
+
+    Raises:
+        ConfigError, SpaceError: the config or space is refused before anything is submitted.
     """
+    # Bad input fails here, in one line, rather than in a job somewhere else later.
+    from orchestrator.config import load_config
+    from search_spaces import load_space
+
+    load_config(Path(working_dir) / config, list(overrides))
+    if space is not None:
+        load_space(Path(working_dir) / space)
     flags: list[str] = []
     for name, value in (
         ("--trials", trials),

@@ -79,6 +79,12 @@ def test_local_sweep_job_cancel_and_cli(project, capsys):
     assert not [r for r in runs if r.info.status == "RUNNING"]  # cancelled cleanly
     assert main(["result", job_id]) == 2
     assert main(["status", "nope"]) == 2
+    assert main(["submit", "exp.yaml", "trainer.rounds=0"]) == 2  # refused before submitting
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("config error: trainer.rounds: must be >= 1, got 0")
+    )
 
 
 @pytest.fixture()
