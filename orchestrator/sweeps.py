@@ -54,6 +54,8 @@ class TrialSpec:
     pruner: Mapping[str, Any] | None
     """The space's pruner, rebuilt on the worker (None: no pruning)."""
     trial_actors: int = 0
+    cpus: float = 1.0
+    """CPUs the trial reserved."""
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,11 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     """Runs one trial: the experiment with the trial's overrides, nested under the study's run,
     reporting each round's objective to the study for pruning."""
     import optuna
+    import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # As many torch threads as CPUs the trial reserved: parallel trials must not oversubscribe.
+    torch.set_num_threads(max(1, int(spec.cpus)))
     trial = None
     if spec.pruner is not None:
         study = optuna.load_study(
@@ -415,6 +420,7 @@ def sweep(
                         objectives=parsed.objectives,
                         pruner=dict(parsed.pruner) if prune else None,
                         trial_actors=sc.trial_actors,
+                        cpus=sc.cpus_per_trial,
                     )
                 )
             if not running:
