@@ -24,8 +24,6 @@ class WorkerLost(RuntimeError):
 class TaskHandle:
     """A submitted task."""
 
-    key: Any
-    """The caller's label for the task (e.g. a trial number)."""
     ref: Any = None
     outcome: tuple[bool, Any] | None = field(default=None, repr=False)
 
@@ -39,7 +37,7 @@ class TaskRunner(abc.ABC):
         """How many tasks can run at once."""
 
     @abc.abstractmethod
-    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> TaskHandle:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> TaskHandle:
         """Starts ``fn(*args)``."""
 
     @abc.abstractmethod
@@ -64,12 +62,12 @@ class InProcessTaskRunner(TaskRunner):
     def capacity(self) -> int:
         return 1
 
-    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> TaskHandle:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> TaskHandle:
         try:
             outcome = (True, fn(*args))
         except Exception as exc:  # handed back by result(), as a remote runner would
             outcome = (False, exc)
-        return TaskHandle(key, outcome=outcome)
+        return TaskHandle(outcome=outcome)
 
     def wait(self, handles: Sequence[TaskHandle], timeout: float) -> list[TaskHandle]:
         return list(handles)
@@ -111,13 +109,13 @@ class RayTaskRunner(TaskRunner):
         cpus = self._ray.cluster_resources().get("CPU", 1.0)
         return max(1, int(cpus // self.cpus_per_task))
 
-    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> TaskHandle:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> TaskHandle:
         remote = self._remote.get(fn)
         if remote is None:
             remote = self._remote[fn] = self._ray.remote(
                 num_cpus=self.cpus_per_task, max_retries=0
             )(fn)
-        return TaskHandle(key, ref=remote.remote(*args))
+        return TaskHandle(ref=remote.remote(*args))
 
     def wait(self, handles: Sequence[TaskHandle], timeout: float) -> list[TaskHandle]:
         if not handles:

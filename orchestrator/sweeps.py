@@ -183,7 +183,7 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def check_space(space: Space, cfg: ExperimentConfig, base: Any, overrides: Sequence[str]) -> None:
+def check_space(space: Space, cfg: ExperimentConfig) -> None:
     """Fails before any trial runs if the space names an unknown key or metric, or a value the
     config would refuse (every bound and every choice is tried against the config)."""
     known = TRAINERS.get(cfg.trainer.name).metrics + ("wall_time_s",)
@@ -193,13 +193,14 @@ def check_space(space: Space, cfg: ExperimentConfig, base: Any, overrides: Seque
                 f"objective[{i}].metric",
                 f"unknown metric {obj.metric!r}; {cfg.trainer.name} reports: {', '.join(known)}",
             )
+    base = to_dict(cfg)
     for p in space.params:
         samples = list(p.choices) if p.type == "categorical" else [p.low, p.high]
         if p.type == "int":
             samples = [int(v) for v in samples]
         for value in samples:
             try:
-                load_config(base, [*overrides, _override(p.key, value)])
+                load_config(base, [_override(p.key, value)])
             except ConfigError as exc:
                 problem = "unknown config key" if exc.problem == "unknown key" else exc.problem
                 raise SpaceError(f"params.{p.key}", f"value {value!r}: {problem}") from None
@@ -325,7 +326,7 @@ def sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = _absolute_paths(load_config(config, list(overrides)))
     parsed = space if isinstance(space, Space) else load_space(space)
-    check_space(parsed, base, to_dict(base), [])
+    check_space(parsed, base)
     sc = base.sweep
     target = trials or sc.trials
     if parsed.sampler["name"] == "grid":
@@ -381,7 +382,7 @@ def sweep(
             progress({**tallies, "running": len(running), "target": target, "best": best})
 
     def launch(spec: TrialSpec) -> None:
-        running[runner.submit(spec.number, run_trial, spec)] = spec
+        running[runner.submit(run_trial, spec)] = spec
 
     lock = threading.Lock()
 

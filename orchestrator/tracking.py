@@ -66,9 +66,7 @@ class MlflowTracker:
         parent_run_id: str | None = None,
     ) -> str:
         """Creates the run with its params and tags; returns its id."""
-        exp = self.client.get_experiment_by_name(self.experiment)  # creates a new store's tables
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
-        _use_wal(self.uri)
+        exp_id = _experiment_id(self.client, self.uri, self.experiment)
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -322,17 +320,21 @@ class RecordingTracker:
 _EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
 
 
+def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    """The experiment's id, created when missing; looked up once per process and store."""
+    key = (uri, name)
+    if key not in _EXPERIMENT_IDS:
+        exp = client.get_experiment_by_name(name)  # on a new store, this creates its tables
+        _EXPERIMENT_IDS[key] = exp.experiment_id if exp else client.create_experiment(name)
+        _use_wal(uri)
+    return _EXPERIMENT_IDS[key]
+
+
 def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | None = None) -> str:
     """Writes a recorded run in a few transactions (create, one batch, end); returns its id."""
     uri = resolve_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
-    key = (uri, record.experiment)
-    exp_id = _EXPERIMENT_IDS.get(key)
-    if exp_id is None:
-        exp = client.get_experiment_by_name(record.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(record.experiment)
-        _EXPERIMENT_IDS[key] = exp_id
-        _use_wal(uri)
+    exp_id = _experiment_id(client, uri, record.experiment)
     tags = {**record.tags, **(extra_tags or {})}
     if record.parent_run_id:
         tags["mlflow.parentRunId"] = record.parent_run_id

@@ -6,7 +6,6 @@ import pytest
 from optuna.trial import FixedTrial
 
 from orchestrator import load_config
-from orchestrator.config import to_dict
 from orchestrator.sweeps import check_space
 from search_spaces import SHIPPED, SpaceError, load_space, parse_space
 
@@ -174,7 +173,7 @@ def test_space_checked_against_the_config(params, objective, key, fragment):
     cfg = load_config(tiny())
     s = parse_space({"objective": [{"metric": objective}], "params": params})
     with pytest.raises(SpaceError) as info:
-        check_space(s, cfg, to_dict(cfg), [])
+        check_space(s, cfg)
     assert info.value.key == key and fragment in info.value.problem
 
 
@@ -187,7 +186,7 @@ def test_shipped_spaces_are_valid(path):
         else ("fedprox" if path.stem == "fedprox" else "fedavg")
     )
     cfg = load_config(tiny(trainer__name=name))
-    check_space(s, cfg, to_dict(cfg), [])
+    check_space(s, cfg)
     assert s.params
 
 
