@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         "--storage", help="Optuna storage URL (default: a journal beside the MLflow store)"
     )
     sw.add_argument("--address", help="Ray address to join (auto, ray://host:port)")
+    sw.add_argument(
+        "--out", help="write the space's results table (Parquet, Markdown, charts) here"
+    )
     sw.add_argument("--quiet", action="store_true", help="no progress line")
     sw.add_argument("--json", action="store_true", help="end stdout with one JSON line")
     sm = sub.add_parser("submit", help="submit a run (or, with --space, a sweep) as a job")
@@ -226,6 +229,13 @@ def _sweep(args: argparse.Namespace) -> int:
     print(line)
     for reg in result.registered:
         print(f"registered model {reg['name']} version {reg['version']} (trial {reg['trial']})")
+    if result.report is not None:
+        print(result.report.markdown)
+        if args.out:
+            for path in result.report.write(args.out):
+                print(f"wrote {path}")
+    elif args.out:
+        print("no results table: the space has no report, or no trial finished", file=sys.stderr)
     if args.json:
         print(json.dumps(out, default=str))
     return 0

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from orchestrator.errors import ConfigError
 from orchestrator.validation import validate
-from trainers.fedavg import TrainerConfig
+from trainers.config import TrainerConfig
 from trainers.models import ModelConfig
 
 __all__ = [
@@ -138,8 +138,9 @@ class TrackingConfig:
 class SweepConfig:
     """How ``fedsweep sweep`` runs its trials (the command's flags override these)."""
 
-    trials: int = 20
-    """Finished trials the study should hold; re-running the command resumes up to this."""
+    trials: Optional[int] = None  # noqa: UP045
+    """Finished trials the study should hold; re-running the command resumes up to this
+    (default: the whole grid for a grid sampler, else 20)."""
     parallel: Optional[int] = None  # noqa: UP045
     """Trials running at once (default: as many as the CPUs allow)."""
     study: Optional[str] = None  # noqa: UP045

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from clusters import Executor, InProcessExecutor
 from orchestrator import plots
 from orchestrator.config import (
@@ -24,8 +26,8 @@ from orchestrator.config import (
     to_yaml,
 )
 from orchestrator.data import Prepared, prepare, write_partitions
+from trainers import TRAINERS
 from trainers.base import StopTraining, TrainResult
-from trainers.fedavg import TRAINERS
 from trainers.local import warm_up
 from trainers.models import ModelSpec, save_checkpoint
 
@@ -180,6 +182,9 @@ def _run_tracked(
                     plots.learning_curve(result.history, f"{cfg.trainer.name} on {cfg.data.name}"),
                     "learning_curve.png",
                 )
+            for name, rows in result.tables.items():
+                if rows:
+                    tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
             if cfg.tracking.log_model and cfg.tracking.model_format == "checkpoint":
                 spec = ModelSpec.from_config(
                     cfg.model, prepared.data.n_features, prepared.data.n_classes

@@ -26,14 +26,15 @@ from orchestrator.config import ExperimentConfig, flatten, load_config, to_dict,
 from orchestrator.errors import ConfigError
 from orchestrator.runner import run
 from search_spaces import Objective, Space, SpaceError, load_space
+from trainers import TRAINERS
 from trainers.base import StopTraining
-from trainers.fedavg import TRAINERS
 
 __all__ = ["SweepResult", "TrialOutcome", "TrialSpec", "check_space", "run_trial", "sweep"]
 
 COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
 _IDENTITY_PARAMS = ("trainer.name", "data.name", "model.name", "partition.name", "seed")
 _PARENT_ATTR = "mlflow_parent_run_id"
+_DEFAULT_TRIALS = 20
 _INTERRUPTED_ATTR = "fedsweep_interrupted"
 
 
@@ -56,6 +57,8 @@ class TrialSpec:
     trial_actors: int = 0
     cpus: float = 1.0
     """CPUs the trial reserved."""
+    summaries: tuple[Objective, ...] = ()
+    """Metrics the study's report tabulates, reduced over the trial's rounds."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class TrialOutcome:
     error: str | None = None
     record: Any = None
     """The trial's MLflow run, recorded, for the driver to write (deferred tracking)."""
+    summary: dict[str, float] | None = None
+    """The report's metrics for this trial (None without a report)."""
 
 
 @dataclass
@@ -83,6 +88,8 @@ class SweepResult:
     n_pruned: int
     best: Any = None
     registered: list[dict] = field(default_factory=list)
+    report: Any = None
+    """With a space ``report``: the results table (see :mod:`orchestrator.grid_report`)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent running trials and finishing the study (plots, table, registry)."""
 
@@ -185,25 +192,41 @@ def _override(key: str, value: Any) -> str:
 
 def check_space(space: Space, cfg: ExperimentConfig) -> None:
     """Fails before any trial runs if the space names an unknown key or metric, or a value the
-    config would refuse (every bound and every choice is tried against the config)."""
+    config would refuse (every bound, every choice and every preset is tried on the config)."""
     known = TRAINERS.get(cfg.trainer.name).metrics + ("wall_time_s",)
-    for i, obj in enumerate(space.objectives):
-        if obj.metric not in known:
+    trainers = {cfg.trainer.name}
+    for p in space.params:
+        for values in p.sets.values():
+            trainers.add(values.get("trainer.name", cfg.trainer.name))
+    if len(trainers) > 1:  # presets switch trainers: a metric must be reported by all of them
+        known = tuple(m for m in known if all(m in TRAINERS.get(t).metrics for t in trainers))
+    metrics = [(f"objective[{i}].metric", o.metric) for i, o in enumerate(space.objectives)]
+    if space.report is not None:
+        metrics += [("report.metrics", m) for m in space.report.metrics]
+    for where, metric in metrics:
+        if metric not in known:
             raise SpaceError(
-                f"objective[{i}].metric",
-                f"unknown metric {obj.metric!r}; {cfg.trainer.name} reports: {', '.join(known)}",
+                where,
+                f"unknown metric {metric!r}; {', '.join(sorted(trainers))} report: "
+                f"{', '.join(known)}",
             )
     base = to_dict(cfg)
     for p in space.params:
-        samples = list(p.choices) if p.type == "categorical" else [p.low, p.high]
-        if p.type == "int":
-            samples = [int(v) for v in samples]
-        for value in samples:
+        if p.type == "preset":
+            trials = [(f"params.{p.key}.{name}", values) for name, values in p.sets.items()]
+        else:
+            samples = list(p.choices) if p.type == "categorical" else [p.low, p.high]
+            if p.type == "int":
+                samples = [int(v) for v in samples]
+            trials = [(f"params.{p.key}", {p.key: v}) for v in samples]
+        for where, values in trials:
             try:
-                load_config(base, [_override(p.key, value)])
+                load_config(base, [_override(k, v) for k, v in values.items()])
             except ConfigError as exc:
                 problem = "unknown config key" if exc.problem == "unknown key" else exc.problem
-                raise SpaceError(f"params.{p.key}", f"value {value!r}: {problem}") from None
+                raise SpaceError(
+                    where, f"{exc.key}={values.get(exc.key, '')!r}: {problem}"
+                ) from None
 
 
 # ------------------------------------------------------------------ one trial, on a worker
@@ -246,6 +269,7 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         "fedsweep.study": spec.study,
         "fedsweep.trial": str(spec.number),
         "fedsweep.attempt": str(spec.attempt),
+        **{f"fedsweep.param.{k}": str(v) for k, v in spec.params.items()},
     }
     try:
         result = run(
@@ -276,12 +300,19 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         executor.close()
     try:
         values = tuple(o.value(result.history) for o in spec.objectives)
+        summary = {o.metric: o.value(result.history) for o in spec.summaries}
     except KeyError as exc:
         return TrialOutcome(
             spec.number, FAIL, run_id=result.run_id, error=str(exc), record=result.record
         )
     return TrialOutcome(
-        spec.number, COMPLETE, values, result.run_id, result.model_uri, record=result.record
+        spec.number,
+        COMPLETE,
+        values,
+        result.run_id,
+        result.model_uri,
+        record=result.record,
+        summary=summary or None,
     )
 
 
@@ -310,7 +341,8 @@ def sweep(
         config: the base experiment (YAML path, dict or ExperimentConfig).
         space: a search-space YAML path or a parsed Space.
         overrides: ``dotted.key=value`` applied to the base config.
-        trials: finished trials the study should hold (default ``sweep.trials``).
+        trials: finished trials the study should hold (default ``sweep.trials``, else the
+            whole grid for a grid sampler, else 20).
         parallel: trials at once (default ``sweep.parallel``, else what the CPUs allow).
         study: study name (default ``sweep.study``, else ``<config>-<space>``).
         storage: Optuna storage URL (default: ``<dir of the MLflow store>/optuna.journal``).
@@ -328,9 +360,10 @@ def sweep(
     parsed = space if isinstance(space, Space) else load_space(space)
     check_space(parsed, base)
     sc = base.sweep
-    target = trials or sc.trials
-    if parsed.sampler["name"] == "grid":
-        target = min(target, _grid_size(parsed))
+    grid = _grid_size(parsed) if parsed.sampler["name"] == "grid" else None
+    target = trials or sc.trials or grid or _DEFAULT_TRIALS
+    if grid is not None:
+        target = min(target, grid)
     study_name = study or sc.study or _default_study_name(config, space)
     tracking_uri = _tracking_uri(base.tracking.uri)
     storage_url = storage or sc.storage or _default_storage(tracking_uri)
@@ -341,7 +374,7 @@ def sweep(
         trial_cfg["tracking"].update(model_format="checkpoint", deferred=True)
     # A trial's run logs what tells it apart (the parent holds the whole base config), and the
     # partition only when the search can change it.
-    searched = [p.key for p in parsed.params]
+    searched = parsed.config_keys()
     trial_cfg["tracking"]["params"] = [*_IDENTITY_PARAMS, *searched]
     trial_cfg["tracking"]["partition"] = any(
         k == "seed" or k.startswith(("data.", "partition.")) for k in searched
@@ -376,6 +409,11 @@ def sweep(
     best = _best_value(st)
     running: dict[TaskHandle, TrialSpec] = {}
     prune = space_prunes(parsed)
+    summaries = (
+        tuple(Objective(m, reduce=parsed.report.reduce) for m in parsed.report.metrics)
+        if parsed.report
+        else ()
+    )
 
     def report() -> None:
         if progress is not None:
@@ -410,7 +448,9 @@ def sweep(
                 launch(
                     TrialSpec(
                         config=trial_cfg,
-                        overrides=tuple(_override(k, v) for k, v in params.items()),
+                        overrides=tuple(
+                            _override(k, v) for k, v in parsed.config_values(params).items()
+                        ),
                         params=params,
                         study=study_name,
                         storage=storage_url,
@@ -422,6 +462,7 @@ def sweep(
                         pruner=dict(parsed.pruner) if prune else None,
                         trial_actors=sc.trial_actors,
                         cpus=sc.cpus_per_trial,
+                        summaries=summaries,
                     )
                 )
             if not running:
@@ -589,6 +630,8 @@ def _tell(st: Any, spec: TrialSpec, outcome: TrialOutcome) -> None:
         storage.set_trial_user_attr(spec.trial_id, "model_uri", outcome.model_uri)
     if outcome.error:
         storage.set_trial_user_attr(spec.trial_id, "error", outcome.error[:2000])
+    if outcome.summary:
+        storage.set_trial_user_attr(spec.trial_id, "summary", outcome.summary)
     if spec.attempt:
         storage.set_trial_user_attr(spec.trial_id, "attempts", spec.attempt + 1)
     if outcome.state == COMPLETE:
@@ -663,6 +706,7 @@ def _space_yaml(space: Space) -> str:
             },
             "sampler": dict(space.sampler),
             "pruner": dict(space.pruner),
+            **({"report": vars(space.report)} if space.report else {}),
         },
         sort_keys=False,
     ).replace("!!python/tuple", "")
@@ -687,6 +731,9 @@ def _finish(
         for t in best_trials
     ]
     registered: list[dict] = []
+    from orchestrator.grid_report import build_report
+
+    report = build_report(st, space)
     if tracker is not None:
         from orchestrator import study_report
 
@@ -701,6 +748,8 @@ def _finish(
             tracker.set_tags({f"best.{k}": str(v) for k, v in entries[0]["params"].items()})
         study_report.log_trials_table(st, tracker)
         study_report.log_plots(st, space, tracker)
+        if report is not None:
+            report.log(tracker)
         name = base.sweep.register_as or f"{study_name}-best"
         for entry in entries:
             if entry["model_uri"] and entry["model_uri"].endswith("checkpoint/model.pt"):
@@ -729,6 +778,7 @@ def _finish(
         tallies["pruned"],
         best,
         registered,
+        report,
     )
 
 

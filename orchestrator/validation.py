@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.data import DATASETS, PARTITIONERS
 from orchestrator.errors import ConfigError
-from trainers.fedavg import TRAINERS
+from trainers import AGGREGATORS, ATTACKS, TRAINERS
+from trainers.aggregators import AggregatorError, build_aggregator
+from trainers.cmfl import Roles
 from trainers.models import MODELS
 
 if TYPE_CHECKING:
@@ -50,6 +52,21 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "trainer.weight_decay": (_at_least(0), "must be >= 0"),
     "trainer.fedprox.mu": (_at_least(0), "must be >= 0"),
+    "trainer.attack.fraction": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "trainer.attack.range": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "trainer.attack.sigma": (_at_least(0), "must be >= 0"),
+    "trainer.attack.z": (_at_least(0), "must be >= 0"),
+    "trainer.aggregator.trim": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    "trainer.aggregator.f": (_at_least(0), "must be >= 0"),
+    "trainer.aggregator.m": (_at_least(1), "must be >= 1"),
+    "trainer.aggregator.iters": (_at_least(1), "must be >= 1"),
+    "trainer.aggregator.tol": (_positive, "must be > 0"),
+    "trainer.aggregator.tau": (_positive, "must be > 0"),
+    "trainer.aggregator.clip_iters": (_at_least(1), "must be >= 1"),
+    "trainer.cmfl.active_rate": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "trainer.cmfl.committee_rate": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "trainer.cmfl.aggregation_rate": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "trainer.cmfl.strategy": (lambda v: v in (1, 2), "must be 1 (closest) or 2 (farthest)"),
     "runtime.num_workers": (_at_least(1), "must be >= 1"),
     "runtime.num_cpus": (_at_least(1), "must be >= 1"),
     "tracking.flush_every": (_at_least(1), "must be >= 1"),
@@ -66,6 +83,10 @@ _NAMES: dict[str, Callable[[], list[str]]] = {
     "model.name": MODELS.names,
     "trainer.name": TRAINERS.names,
     "trainer.optimizer": lambda: list(OPTIMIZERS),
+    "trainer.attack.name": ATTACKS.names,
+    "trainer.attack.target": lambda: ["update", "weights"],
+    "trainer.aggregator.name": AGGREGATORS.names,
+    "trainer.cmfl.election": lambda: ["median", "top"],
     "runtime.executor": lambda: list(EXECUTORS),
     "tracking.model_format": lambda: ["checkpoint", "pickle", "pt2"],
     "sweep.trial_models": lambda: ["checkpoint", "mlflow"],
@@ -104,3 +125,23 @@ def validate(cfg: ExperimentConfig) -> None:
         path = Path(data.path)
         if not path.is_file():
             raise ConfigError("data.path", f"no such file: {data.path}")
+    _check_roles(cfg)
+
+
+def _check_roles(cfg: ExperimentConfig) -> None:
+    """Aggregators and committees that cannot work with the configured number of parties."""
+    t = cfg.trainer
+    parties = 1 if t.name == "centralized" else cfg.partition.num_parties
+    if t.name == "cmfl":
+        try:
+            Roles.of(parties, t.cmfl)
+        except ValueError as exc:
+            raise ConfigError("trainer.cmfl", str(exc)) from None
+        return
+    per_round = min(t.parties_per_round or max(1, round(t.fraction * parties)), parties)
+    try:
+        build_aggregator(t.aggregator, t.attack.fraction).check(per_round)
+    except AggregatorError as exc:
+        raise ConfigError(
+            "trainer.aggregator", f"{exc} ({per_round} parties upload each round)"
+        ) from None

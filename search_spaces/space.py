@@ -15,7 +15,25 @@ A space file is YAML::
 
 ``when`` makes a parameter conditional: it is suggested only when an earlier parameter took
 one of the given values. The objective's value is the metric's last round value (``reduce:
-last``, the default) or its best over rounds (``reduce: max`` / ``min``).
+last``, the default), its best over rounds (``reduce: max`` / ``min``) or its mean over the
+last tenth of the rounds (``reduce: tail``, steadier than one round under attack).
+
+A ``preset`` parameter chooses among named sets of config values, for what one key cannot
+say (a method is a trainer plus its aggregator; an attack is a name plus a fraction)::
+
+    params:
+      method:
+        type: preset
+        choices:
+          fedavg: {trainer.name: fedavg}
+          median: {trainer.name: fedavg, trainer.aggregator.name: median}
+      seed: {type: categorical, choices: [0, 1, 2]}
+    sampler: {name: grid}
+    report: {rows: method, columns: attack, metrics: [test_accuracy]}
+
+``report`` turns a (grid) study into a results table: for every (rows, columns) pair, the
+mean and standard deviation over the other parameters (the seeds) of each metric, reduced
+like the objective.
 """
 
 from __future__ import annotations
@@ -28,11 +46,19 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Objective", "Param", "Space", "SpaceError", "load_space", "parse_space"]
+__all__ = [
+    "Objective",
+    "Param",
+    "Report",
+    "Space",
+    "SpaceError",
+    "load_space",
+    "parse_space",
+]
 
-_TYPES = ("categorical", "float", "int")
+_TYPES = ("categorical", "float", "int", "preset")
 _DIRECTIONS = ("maximize", "minimize")
-_REDUCE = ("last", "max", "min")
+_REDUCE = ("last", "max", "min", "tail")
 SAMPLERS = ("cmaes", "grid", "nsga2", "random", "tpe")
 PRUNERS = ("hyperband", "median", "none", "successive_halving")
 
@@ -57,6 +83,8 @@ class Param:
     step: float | None = None
     choices: tuple = ()
     when: Mapping[str, tuple] = field(default_factory=dict)
+    sets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """preset: choice name -> the config values it stands for."""
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether this parameter exists given the values chosen before it."""
@@ -64,7 +92,7 @@ class Param:
 
     def suggest(self, trial: Any) -> Any:
         """Draws a value from an Optuna trial (or a FixedTrial)."""
-        if self.type == "categorical":
+        if self.type in ("categorical", "preset"):
             return trial.suggest_categorical(self.key, list(self.choices))
         if self.type == "int":
             return trial.suggest_int(
@@ -74,7 +102,7 @@ class Param:
 
     def grid(self) -> list:
         """The values a grid search visits."""
-        if self.type == "categorical":
+        if self.type in ("categorical", "preset"):
             return list(self.choices)
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
@@ -102,7 +130,20 @@ class Objective:
             return max(series)
         if self.reduce == "min":
             return min(series)
+        if self.reduce == "tail":
+            tail = series[-max(1, len(series) // 10) :]
+            return sum(tail) / len(tail)
         return series[-1]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A results table over a study: metrics by (rows, columns), aggregated over the rest."""
+
+    rows: str
+    columns: str
+    metrics: tuple[str, ...]
+    reduce: str = "last"
 
 
 @dataclass(frozen=True)
@@ -113,6 +154,7 @@ class Space:
     objectives: tuple[Objective, ...]
     sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "none"})
+    report: Report | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -129,6 +171,27 @@ class Space:
             if p.active(chosen):
                 chosen[p.key] = p.suggest(trial)
         return chosen
+
+    def config_values(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
+        """Dotted config key -> value for the chosen parameters, presets expanded."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.key not in chosen:
+                continue
+            if p.type == "preset":
+                values.update(p.sets[chosen[p.key]])
+            else:
+                values[p.key] = chosen[p.key]
+        return values
+
+    def config_keys(self) -> list[str]:
+        """Every config key the search may set."""
+        keys: list[str] = []
+        for p in self.params:
+            for k in [k for s in p.sets.values() for k in s] if p.type == "preset" else [p.key]:
+                if k not in keys:
+                    keys.append(k)
+        return keys
 
 
 def load_space(path: str | Path) -> Space:
@@ -151,10 +214,10 @@ def parse_space(data: Any) -> Space:
     """Builds a Space from the parsed YAML, checking every entry."""
     if not isinstance(data, dict):
         raise SpaceError("<space>", "the top level must be a mapping")
-    unknown = set(data) - {"objective", "params", "sampler", "pruner"}
+    unknown = set(data) - {"objective", "params", "sampler", "pruner", "report"}
     if unknown:
         raise SpaceError(
-            sorted(unknown)[0], "unknown key; valid: objective, params, sampler, pruner"
+            sorted(unknown)[0], "unknown key; valid: objective, params, sampler, pruner, report"
         )
     objectives = _objectives(data.get("objective"))
     raw_params = data.get("params") or {}
@@ -173,7 +236,34 @@ def parse_space(data: Any) -> Space:
         )
     if sampler["name"] == "nsga2" and len(objectives) == 1:
         pass  # NSGA-II works on one objective too, though TPE is usually the better choice
-    return Space(tuple(params), tuple(objectives), sampler, pruner)
+    report = _report(data.get("report"), params, objectives)
+    return Space(tuple(params), tuple(objectives), sampler, pruner, report)
+
+
+def _report(raw: Any, params: list[Param], objectives: list[Objective]) -> Report | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpaceError("report", "must be a mapping with rows and columns")
+    extra = set(raw) - {"rows", "columns", "metrics", "reduce"}
+    if extra:
+        raise SpaceError(
+            f"report.{sorted(extra)[0]}", "unknown key; valid: rows, columns, metrics, reduce"
+        )
+    keys = [p.key for p in params]
+    for axis in ("rows", "columns"):
+        if raw.get(axis) not in keys:
+            raise SpaceError(
+                f"report.{axis}",
+                f"must name a parameter ({', '.join(keys)}), got {raw.get(axis)!r}",
+            )
+    metrics = raw.get("metrics") or [objectives[0].metric]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    reduce = raw.get("reduce", objectives[0].reduce)
+    if reduce not in _REDUCE:
+        raise SpaceError("report.reduce", f"must be one of {', '.join(_REDUCE)}, got {reduce!r}")
+    return Report(raw["rows"], raw["columns"], tuple(str(m) for m in metrics), reduce)
 
 
 def _objectives(raw: Any) -> list[Objective]:
@@ -214,12 +304,21 @@ def _param(key: str, spec: Any, earlier: Mapping[str, Param]) -> Param:
     if kind not in _TYPES:
         raise SpaceError(f"{where}.type", f"must be one of {', '.join(_TYPES)}, got {kind!r}")
     allowed = {"type", "when"} | (
-        {"choices"} if kind == "categorical" else {"low", "high", "log", "step"}
+        {"choices"} if kind in ("categorical", "preset") else {"low", "high", "log", "step"}
     )
     extra = set(spec) - allowed
     if extra:
         raise SpaceError(f"{where}.{sorted(extra)[0]}", f"not a key of a {kind} parameter")
     when = _when(where, spec.get("when"), earlier)
+    if kind == "preset":
+        sets = spec.get("choices")
+        if not isinstance(sets, dict) or not sets:
+            raise SpaceError(f"{where}.choices", "must map each choice's name to config values")
+        for name, values in sets.items():
+            if not isinstance(values, dict) or not values:
+                raise SpaceError(f"{where}.choices.{name}", "must map dotted config keys to values")
+        clean = {str(n): {str(k): v for k, v in vs.items()} for n, vs in sets.items()}
+        return Param(key, kind, choices=tuple(clean), when=when, sets=clean)
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -254,7 +353,7 @@ def _when(where: str, raw: Any, earlier: Mapping[str, Param]) -> dict[str, tuple
             raise SpaceError(f"{where}.when", f"{k!r} is not a parameter declared before this one")
         values = tuple(v) if isinstance(v, list) else (v,)
         parent = earlier[k]
-        if parent.type == "categorical":
+        if parent.type in ("categorical", "preset"):
             bad = [x for x in values if x not in parent.choices]
             if bad:
                 raise SpaceError(f"{where}.when", f"{bad[0]!r} is not a choice of {k}")

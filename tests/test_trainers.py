@@ -31,9 +31,8 @@ def test_bytes_communicated_count_the_model_both_ways():
 def test_fedprox_with_zero_mu_is_fedavg_exactly():
     a = run(tiny(trainer__name="fedavg"))
     b = run(tiny(trainer__name="fedprox", trainer__fedprox={"mu": 0.0}))
-    assert a.history == [
-        {**h, "round_time_s": a.history[i]["round_time_s"]} for i, h in enumerate(b.history)
-    ]
+    untimed = lambda r: [{k: v for k, v in h.items() if not k.endswith("_s")} for h in r.history]  # noqa: E731
+    assert untimed(a) == untimed(b)
 
 
 def test_fedprox_mu_changes_training():
@@ -55,7 +54,7 @@ def test_models_train(model):
 
 
 def test_same_seed_same_metrics_other_seed_differs():
-    strip = lambda r: [{k: v for k, v in h.items() if k != "round_time_s"} for h in r.history]  # noqa: E731
+    strip = lambda r: [{k: v for k, v in h.items() if not k.endswith("_s")} for h in r.history]  # noqa: E731 - timings differ
     a, b = run(tiny(seed=4)), run(tiny(seed=4))
     c = run(tiny(seed=5))
     assert strip(a) == strip(b)

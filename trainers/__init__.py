@@ -1,6 +1,9 @@
 """The science: what parties, nodes and committee members compute, in plain PyTorch/NumPy."""
 
+from trainers.aggregators import AGGREGATORS, Aggregate, Aggregator, AggregatorError
+from trainers.attacks import ATTACKS, Adversary, Attack
 from trainers.base import (
+    TRAINERS,
     FederatedData,
     PartyData,
     Reporter,
@@ -9,13 +12,32 @@ from trainers.base import (
     TrainResult,
     derive_seed,
 )
-from trainers.fedavg import TRAINERS, Centralized, FedAvg, FedProx, FedProxConfig, TrainerConfig
+from trainers.cmfl import CMFL
+from trainers.config import (
+    AggregatorConfig,
+    AttackConfig,
+    CMFLConfig,
+    FedProxConfig,
+    TrainerConfig,
+)
+from trainers.fedavg import Centralized, FedAvg, FedProx
 from trainers.models import MODELS, ModelConfig, ModelSpec, build_model
 from trainers.registry import Registry, UnknownNameError
 
 __all__ = [
+    "AGGREGATORS",
+    "ATTACKS",
+    "CMFL",
     "MODELS",
     "TRAINERS",
+    "Adversary",
+    "Aggregate",
+    "Aggregator",
+    "AggregatorConfig",
+    "AggregatorError",
+    "Attack",
+    "AttackConfig",
+    "CMFLConfig",
     "Centralized",
     "FedAvg",
     "FedProx",

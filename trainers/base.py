@@ -15,8 +15,10 @@ import numpy as np
 from torch import nn
 
 from clusters import Executor
+from trainers.registry import Registry
 
 __all__ = [
+    "TRAINERS",
     "FederatedData",
     "PartyData",
     "Reporter",
@@ -79,6 +81,9 @@ class TrainResult:
     """The final (global) model."""
     history: list[dict[str, float]] = field(default_factory=list)
     """One metrics dict per round, with a ``round`` key."""
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    """Records that are not per-round numbers (committee membership, participation per
+    party), as rows; the orchestrator stores each as ``tables/<name>.parquet``."""
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -113,3 +118,7 @@ def derive_seed(seed: int, *keys: int) -> int:
     """
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+TRAINERS: Registry[type[Trainer]] = Registry("trainer")
+"""Every trainer by name; each algorithm's module registers its own."""

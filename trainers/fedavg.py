@@ -1,21 +1,24 @@
-"""FedAvg, FedProx and the centralized baseline.
+"""FedAvg, FedProx and the centralized baseline, with Byzantine parties and robust aggregation.
 
 FedAvg (McMahan et al. 2017), each round:
 
 1. sample parties (a fraction or a count of all parties);
 2. every sampled party starts from the global weights w and trains locally -> w_k;
-3. w <- sum_k n_k w_k / sum_k n_k (sample-weighted average of the uploads).
+3. Byzantine parties among them replace w_k with their attack's output (``trainer.attack``);
+4. w <- aggregate(w_1..w_k): by default the sample-weighted mean sum_k n_k w_k / sum_k n_k,
+   or a robust aggregator (``trainer.aggregator``: median, trimmed mean, Krum, ...).
 
 FedProx (Li et al. 2020) is FedAvg whose local objective adds (mu/2)||w - w_global||^2.
 The centralized baseline is FedAvg with a single party holding all the pooled training data:
 one round is then ``local_epochs`` passes of minibatch training over everything.
+
+With the plain mean and no model attack, workers pre-combine their parties' uploads (one
+reply per worker per round); otherwise every upload comes back to be attacked and aggregated.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -23,10 +26,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusters import Executor
-from trainers.base import FederatedData, PartyData, Reporter, Trainer, TrainResult, derive_seed
+from trainers.aggregators import Mean, build_aggregator
+from trainers.attacks import LabelFlipping, build_adversary, byzantine_parties
+from trainers.base import (
+    TRAINERS,
+    FederatedData,
+    PartyData,
+    Reporter,
+    Trainer,
+    TrainResult,
+    derive_seed,
+)
+from trainers.config import FedProxConfig, TrainerConfig
+from trainers.ledger import ROBUSTNESS_METRICS, Ledger
 from trainers.local import LocalTraining, PartyUpdate, RoundPayload
-from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, set_flat
-from trainers.registry import Registry
+from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, layer_slices, set_flat
 
 __all__ = [
     "TRAINERS",
@@ -36,47 +50,13 @@ __all__ = [
     "FedProxConfig",
     "TrainerConfig",
     "evaluate",
+    "local_task",
+    "stack_uploads",
 ]
 
 _SAMPLE_STREAM = 2
 _INIT_STREAM = 3
-_BYTES_PER_PARAM = 4  # float32 on the wire
-
-
-@dataclass
-class FedProxConfig:
-    """FedProx's addition to FedAvg."""
-
-    mu: float = 0.01
-    """Proximal coefficient: weight of (mu/2)||w - w_global||^2 in each party's local loss."""
-
-
-@dataclass
-class TrainerConfig:
-    """How training runs: rounds, party sampling and each party's local optimisation."""
-
-    name: str = "fedavg"
-    """One of the registered trainers: centralized, fedavg, fedprox."""
-    rounds: int = 20
-    """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
-    fraction: float = 1.0
-    """Fraction of parties sampled each round, in (0, 1]."""
-    parties_per_round: Optional[int] = None  # noqa: UP045 - OmegaConf needs typing.Optional
-    """Parties sampled each round; overrides ``fraction`` when set."""
-    local_epochs: int = 1
-    """Passes over its own data each sampled party makes per round."""
-    batch_size: int = 32
-    """Local minibatch size."""
-    optimizer: str = "sgd"
-    """Local optimizer: sgd or adam."""
-    lr: float = 0.05
-    """Local learning rate."""
-    momentum: float = 0.0
-    """SGD momentum (reset every round: it is local optimizer state)."""
-    weight_decay: float = 0.0
-    """L2 weight decay of the local optimizer."""
-    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
-    """FedProx settings (read by the fedprox trainer only)."""
+BYTES_PER_PARAM = 4  # float32 on the wire
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -89,11 +69,43 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
     return acc, loss
 
 
+def local_task(
+    cfg: TrainerConfig,
+    spec: ModelSpec,
+    seed: int,
+    byzantine: frozenset[int] = frozenset(),
+    prox_mu: float = 0.0,
+):
+    """The party function every active party runs: local training, on flipped labels for the
+    Byzantine parties under the label_flip attack."""
+    task = LocalTraining(
+        model=spec,
+        seed=seed,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        prox_mu=prox_mu,
+    )
+    if cfg.attack.name == "label_flip" and byzantine:
+        return LabelFlipping(task, byzantine, spec.n_classes)
+    return task
+
+
+def stack_uploads(updates: list[PartyUpdate]) -> tuple[np.ndarray, np.ndarray]:
+    """The uploaded weights as rows of a float64 matrix, and the sample counts."""
+    counts = np.array([u.n_samples for u in updates], dtype=np.float64)
+    uploads = np.stack([u.weighted_sum for u in updates]) / counts[:, None]
+    return uploads, counts
+
+
 class FedAvg(Trainer):
-    """Sample-weighted federated averaging.
+    """Federated averaging, with optional Byzantine parties and a robust aggregator.
 
     Args:
-        config: rounds, sampling and local training settings.
+        config: rounds, sampling, local training, aggregator and attack settings.
         model: the model to train.
     """
 
@@ -107,6 +119,9 @@ class FedAvg(Trainer):
         "bytes_communicated",
         "bytes_cumulative",
         "round_time_s",
+        "time_train_s",
+        "time_aggregate_s",
+        *ROBUSTNESS_METRICS,
     )
     """What :meth:`fit` reports every round (searches may optimise any of them)."""
 
@@ -132,10 +147,6 @@ class FedAvg(Trainer):
         rng = np.random.default_rng(derive_seed(seed, _SAMPLE_STREAM, round_))
         return sorted(rng.choice(party_ids, size=k, replace=False).tolist())
 
-    def aggregate(self, weights: np.ndarray, update: PartyUpdate) -> np.ndarray:
-        """The new global weights from the round's combined uploads."""
-        return update.average()
-
     def fit(
         self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
     ) -> TrainResult:
@@ -144,43 +155,64 @@ class FedAvg(Trainer):
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
         weights = get_flat(model)
         parties = self.parties(data)
-        executor.load(parties, sizes={pid: len(p) for pid, p in parties.items()})
-        task = LocalTraining(
-            model=spec,
-            seed=seed,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            optimizer=cfg.optimizer,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            prox_mu=self.prox_mu(),
-        )
+        sizes = {pid: len(p) for pid, p in parties.items()}
+        executor.load(parties, sizes=sizes)
         ids = sorted(parties)
-        model_bytes = weights.size * _BYTES_PER_PARAM
+        ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
+        adversary = build_adversary(cfg.attack, seed)
+        aggregator = build_aggregator(cfg.aggregator, cfg.attack.fraction, layer_slices(model))
+        task = local_task(cfg, spec, seed, ledger.byzantine, self.prox_mu())
+        # The plain mean of honest-or-data-poisoned uploads can be summed on the workers.
+        on_workers = isinstance(aggregator, Mean) and (
+            adversary is None or adversary.attack.data_attack
+        )
+        model_bytes = weights.size * BYTES_PER_PARAM
         history: list[dict[str, float]] = []
         total_bytes = 0
         for r in range(cfg.rounds):
             start = time.perf_counter()
             chosen = self.sample(ids, r, seed)
-            update = executor.map(task, chosen, RoundPayload(r, weights), reduce=PartyUpdate.merge)
-            weights = self.aggregate(weights, update)
+            payload = RoundPayload(r, weights)
+            if on_workers:
+                update = executor.map(task, chosen, payload, reduce=PartyUpdate.merge)
+                trained = time.perf_counter()
+                weights = update.average()
+                aggregate_s = time.perf_counter() - trained
+                counts = np.array([sizes[p] for p in chosen], dtype=np.float64)
+                influence = counts / counts.sum()
+                loss_sum, n_samples = update.loss_sum, update.n_samples
+            else:
+                updates = executor.map(task, chosen, payload)
+                trained = time.perf_counter()
+                uploads, counts = stack_uploads(updates)
+                if adversary is not None:
+                    uploads = adversary(uploads, ledger.mask(chosen), weights, r)
+                begin = time.perf_counter()
+                result = aggregator(uploads, counts, weights)
+                aggregate_s = time.perf_counter() - begin
+                weights = result.vector.astype(np.float32)
+                influence = result.influence
+                loss_sum = sum(u.loss_sum for u in updates)
+                n_samples = int(counts.sum())
             set_flat(model, weights)
             acc, loss = evaluate(model, data.x_test, data.y_test)
             sent = 2 * len(chosen) * model_bytes if self.communicates else 0
             total_bytes += sent
             metrics = {
-                "train_loss": update.loss_sum / update.n_samples,
+                "train_loss": loss_sum / n_samples,
                 "test_accuracy": acc,
                 "test_loss": loss,
                 "parties": float(len(chosen)),
                 "bytes_communicated": float(sent),
                 "bytes_cumulative": float(total_bytes),
                 "round_time_s": time.perf_counter() - start,
+                "time_train_s": trained - start,
+                "time_aggregate_s": aggregate_s,
+                **ledger.record(chosen, influence),
             }
             history.append({"round": float(r), **metrics})
             reporter.report(r, metrics)
-        return TrainResult(model, history)
+        return TrainResult(model, history, {"participation": ledger.table()})
 
 
 class FedProx(FedAvg):
@@ -199,7 +231,6 @@ class Centralized(FedAvg):
         return {0: data.pooled()}
 
 
-TRAINERS: Registry[type[Trainer]] = Registry("trainer")
 TRAINERS.register("fedavg")(FedAvg)
 TRAINERS.register("fedprox")(FedProx)
 TRAINERS.register("centralized")(Centralized)

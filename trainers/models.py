@@ -21,6 +21,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "get_flat",
+    "layer_slices",
     "load_checkpoint",
     "num_parameters",
     "save_checkpoint",
@@ -142,6 +143,15 @@ def load_checkpoint(data: bytes) -> tuple[nn.Module, ModelSpec]:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def layer_slices(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """(start, stop) of every parameter tensor (a "layer") in the model's flat vector."""
+    out, start = [], 0
+    for p in model.parameters():
+        out.append((start, start + p.numel()))
+        start += p.numel()
+    return tuple(out)
 
 
 def get_flat(model: nn.Module) -> np.ndarray:

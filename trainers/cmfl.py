@@ -1,0 +1,237 @@
+"""CMFL: committee mechanism based federated learning.
+
+Che, Li, Chen, He and Zheng, "A Decentralized Federated Learning Framework via Committee
+Mechanism with Convergence Guarantee" (IEEE TPDS 2022, arXiv 2108.00365), following the
+authors' code (``Hide-on-bush2/CMFL``, ``src/flearn/trainers/cmfl.py``). Not to be confused
+with "communication-mitigated federated learning", which shares the acronym.
+
+There is no server: each round the active parties split into committee members C and
+trainers T, and the committee's choice is the aggregation. Each round:
+
+1. every party in C and T starts from the global model w and trains locally -> w_k
+   (Byzantine parties, members included, then corrupt their model);
+2. the committee scores each trainer: score_k = sum over members c, sum over layers of
+   ||w_k[layer] - w_c[layer]||_2 (per-layer norms summed, not one global norm);
+3. the trainers are ranked by score, ascending for selection strategy I (closest to the
+   committee: robustness) or descending for strategy II (farthest: accuracy), and the first
+   n_agg are aggregated: w <- sum n_k w_k / sum n_k over the selected trainers only
+   (committee models score, they are never aggregated);
+4. the next committee is elected from the ranked trainers: the |C| in the middle of the
+   ranking (the authors' rule) or, with ``election: top``, the |C| closest to the committee;
+   the next trainers are |T| parties drawn at random from everyone outside the new committee.
+
+|C| = round(N a c), |T| = round(N a (1 - c)), n_agg = floor(N a r) for N parties and active,
+committee and aggregation rates a, c, r (n_agg is capped at |T|).
+
+Communication counted per round (no server): every active party receives the model
+(|C| + |T|), every trainer sends its model to every member (|T| |C|), and the n_agg selected
+models travel to be combined (n_agg).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusters import Executor
+from trainers.aggregators import layer_distances
+from trainers.attacks import build_adversary, byzantine_parties
+from trainers.base import TRAINERS, FederatedData, Reporter, Trainer, TrainResult, derive_seed
+from trainers.config import CMFLConfig, TrainerConfig
+from trainers.fedavg import BYTES_PER_PARAM, FedAvg, evaluate, local_task, stack_uploads
+from trainers.ledger import Ledger
+from trainers.local import RoundPayload
+from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, layer_slices, set_flat
+
+__all__ = ["CMFL", "Roles", "committee_scores", "elect", "rank"]
+
+_INIT_STREAM = 3
+_ROLE_STREAM = 6
+
+
+@dataclass(frozen=True)
+class Roles:
+    """How many parties play each role in a round."""
+
+    committee: int
+    trainers: int
+    aggregated: int
+
+    @classmethod
+    def of(cls, n_parties: int, cfg: CMFLConfig) -> Roles:
+        """The role sizes for ``n_parties`` parties; ValueError when they cannot work."""
+        active = n_parties * cfg.active_rate
+        committee = round(active * cfg.committee_rate)
+        trainers = round(active * (1 - cfg.committee_rate))
+        aggregated = min(math.floor(active * cfg.aggregation_rate + 1e-9), trainers)
+        if committee < 1:
+            raise ValueError(
+                f"no committee: {n_parties} parties x active_rate x committee_rate rounds to 0"
+            )
+        if trainers < 1 or aggregated < 1:
+            raise ValueError(
+                f"no trainer to aggregate: {n_parties} parties give {trainers} trainers and "
+                f"{aggregated} aggregated updates"
+            )
+        if committee > trainers:
+            raise ValueError(
+                f"the committee ({committee}) must not outnumber the trainers ({trainers}) "
+                "it is elected from: lower committee_rate"
+            )
+        if committee + trainers > n_parties:
+            raise ValueError(
+                f"{committee} members and {trainers} trainers do not fit in {n_parties} parties"
+            )
+        return cls(committee, trainers, aggregated)
+
+
+def committee_scores(
+    trainers: np.ndarray, members: np.ndarray, layers: tuple[tuple[int, int], ...] | None
+) -> np.ndarray:
+    """Each trainer's score: its summed per-layer L2 distance to every committee model."""
+    return layer_distances(trainers, members, layers).sum(axis=1)
+
+
+def rank(scores: np.ndarray, strategy: int) -> np.ndarray:
+    """Trainer positions in selection order: closest first (strategy 1) or farthest first
+    (strategy 2); ties keep the trainers' order."""
+    key = scores if strategy == 1 else -scores
+    return np.argsort(key, kind="stable")
+
+
+def elect(ranked: np.ndarray, scores: np.ndarray, size: int, rule: str) -> np.ndarray:
+    """Positions of the trainers who form the next committee.
+
+    Args:
+        ranked: trainer positions in selection order (see :func:`rank`).
+        scores: the trainers' scores.
+        size: committee size.
+        rule: ``median``, the middle ``size`` ranks of ``ranked`` (the authors' rule), or
+            ``top``, the ``size`` trainers closest to the committee.
+    """
+    if rule == "top":
+        return np.argsort(scores, kind="stable")[:size]
+    start = (len(ranked) - size) // 2
+    return ranked[start : start + size]
+
+
+class CMFL(Trainer):
+    """Serverless FL in which an elected committee scores and selects the updates.
+
+    Args:
+        config: local training settings, ``cmfl`` rates and strategy, and the attack.
+        model: the model to train.
+    """
+
+    metrics = (
+        *FedAvg.metrics,
+        "time_scoring_s",
+        "aggregated",
+        "byzantine_committee",
+    )
+    """What :meth:`fit` reports every round."""
+
+    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
+        self.config = config
+        self.model_config = model
+
+    def fit(
+        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
+    ) -> TrainResult:
+        cfg, ccfg = self.config, self.config.cmfl
+        spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
+        model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
+        layers = layer_slices(model)
+        weights = get_flat(model)
+        ids = sorted(data.parties)
+        executor.load(data.parties, sizes={pid: len(p) for pid, p in data.parties.items()})
+        roles = Roles.of(len(ids), ccfg)
+        ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
+        adversary = build_adversary(cfg.attack, seed)
+        task = local_task(cfg, spec, seed, ledger.byzantine)
+
+        rng = np.random.default_rng(derive_seed(seed, _ROLE_STREAM))
+        committee = sorted(rng.choice(ids, size=roles.committee, replace=False).tolist())
+        trainers = _draw_trainers(ids, committee, roles.trainers, rng)
+
+        model_bytes = weights.size * BYTES_PER_PARAM
+        history: list[dict[str, float]] = []
+        rounds: list[dict] = []
+        total_bytes = 0
+        for r in range(cfg.rounds):
+            start = time.perf_counter()
+            active = committee + trainers
+            updates = executor.map(task, active, RoundPayload(r, weights))
+            trained = time.perf_counter()
+            uploads, counts = stack_uploads(updates)
+            if adversary is not None:
+                uploads = adversary(uploads, ledger.mask(active), weights, r)
+            members, candidates = uploads[: len(committee)], uploads[len(committee) :]
+
+            begin = time.perf_counter()
+            scores = committee_scores(candidates, members, layers)
+            ranked = rank(scores, ccfg.strategy)
+            scored = time.perf_counter()
+            selected = ranked[: roles.aggregated]
+            share = np.zeros(len(candidates))
+            share[selected] = counts[len(committee) :][selected]
+            share /= share.sum()
+            weights = (share @ candidates).astype(np.float32)
+            aggregated = time.perf_counter()
+
+            set_flat(model, weights)
+            acc, loss = evaluate(model, data.x_test, data.y_test)
+            sent = (len(active) + len(trainers) * len(committee) + len(selected)) * model_bytes
+            total_bytes += sent
+            influence = np.concatenate([np.zeros(len(committee)), share])
+            chosen = [trainers[i] for i in selected]
+            metrics = {
+                "train_loss": sum(u.loss_sum for u in updates) / counts.sum(),
+                "test_accuracy": acc,
+                "test_loss": loss,
+                "parties": float(len(active)),
+                "bytes_communicated": float(sent),
+                "bytes_cumulative": float(total_bytes),
+                "round_time_s": 0.0,
+                "time_train_s": trained - start,
+                "time_scoring_s": scored - begin,
+                "time_aggregate_s": aggregated - scored,
+                "aggregated": float(len(selected)),
+                "byzantine_committee": float(ledger.mask(committee).sum()),
+                **ledger.record(active, influence),
+            }
+            rounds.append(
+                {
+                    "round": r,
+                    "committee": list(committee),
+                    "trainers": list(trainers),
+                    "selected": chosen,
+                    "scores": scores.tolist(),
+                    "byzantine_committee": int(metrics["byzantine_committee"]),
+                    "byzantine_selected": int(ledger.mask(chosen).sum()),
+                }
+            )
+            # The election: the committee comes from this round's ranked trainers.
+            committee = sorted(
+                trainers[i] for i in elect(ranked, scores, roles.committee, ccfg.election)
+            )
+            trainers = _draw_trainers(ids, committee, roles.trainers, rng)
+            metrics["round_time_s"] = time.perf_counter() - start
+            history.append({"round": float(r), **metrics})
+            reporter.report(r, metrics)
+        return TrainResult(model, history, {"cmfl_rounds": rounds, "participation": ledger.table()})
+
+
+def _draw_trainers(
+    ids: list[int], committee: list[int], size: int, rng: np.random.Generator
+) -> list[int]:
+    """``size`` parties drawn at random from those outside the committee, in id order."""
+    members = set(committee)
+    pool = [p for p in ids if p not in members]
+    return sorted(rng.choice(pool, size=size, replace=False).tolist())
+
+
+TRAINERS.register("cmfl")(CMFL)
