@@ -12,7 +12,7 @@ from search_spaces.space import SpaceError
 
 __all__ = ["main"]
 
-_SHOWN = ("test_accuracy", "test_loss", "train_loss")
+_SHOWN = ("test_accuracy", "test_loss", "train_loss", "suboptimality", "epochs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,9 +104,18 @@ def _run(args: argparse.Namespace) -> int:
         if bar is None:  # made at the first round, so that a data error prints nothing else
             from tqdm import tqdm
 
-            bar = tqdm(
-                total=cfg.trainer.rounds, desc=cfg.trainer.name, unit="round", file=sys.stderr
+            if "epochs" in metrics:  # decentralized: the budget is in epochs
+                total, unit = cfg.trainer.decentralized.epochs, "epoch"
+            else:
+                total, unit = cfg.trainer.rounds, "round"
+            bar = tqdm(total=total, desc=cfg.trainer.name, unit=unit, file=sys.stderr)
+        if "epochs" in metrics:
+            bar.set_postfix(
+                sub=f"{metrics['suboptimality']:.2e}", acc=f"{metrics['test_accuracy']:.4f}"
             )
+            bar.n = min(round(metrics["epochs"], 2), bar.total)
+            bar.refresh()
+            return
         bar.set_postfix(acc=f"{metrics['test_accuracy']:.4f}", loss=f"{metrics['train_loss']:.4f}")
         bar.update(1)
 

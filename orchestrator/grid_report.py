@@ -100,11 +100,21 @@ def build_report(study: Any, space: Space) -> ResultsTable | None:
         f"{metric}.png": _bars(records, rep.rows, rep.columns, rows, cols, metric)
         for metric in rep.metrics
     }
+    if rep.curves:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for c in cols:
+            series = [
+                (str(t.params[rep.rows]), t.user_attrs["series"])
+                for t in trials
+                if str(t.params.get(rep.columns)) == c and "series" in t.user_attrs
+            ]
+            if series:
+                figures[f"curves_{c}.png"] = _curves(series, rows, rep.curves, f"{rep.columns}={c}")
     return ResultsTable(table, markdown, figures)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
+    if not values or any(math.isnan(v) for v in values):  # NaN: not reached by some trial
         return math.nan, math.nan
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -134,6 +144,8 @@ def _markdown(records, row_key, col_key, rows, cols, metrics, reduce) -> str:
                 rec = cell.get((r, c))
                 if rec is None or not rec["n"]:
                     entries.append("–")
+                elif math.isnan(rec["mean"]):
+                    entries.append("not reached")
                 else:
                     entries.append(f"{rec['mean']:.4f} ± {rec['std']:.4f}")
             lines.append(f"| {r} | " + " | ".join(entries) + " |")
@@ -162,5 +174,31 @@ def _bars(records, row_key, col_key, rows, cols, metric):
     ax.set_title(f"{metric} per {row_key} per {col_key} (mean ± std)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title=row_key, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def _curves(series, rows, keys, title):
+    """One panel per x: every trial's y against x, log scale, coloured by its row value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, xs = keys[0], keys[1:]
+    fig, axes = plt.subplots(1, len(xs), figsize=(6 * len(xs), 4.2), squeeze=False)
+    colours = {r: f"C{i}" for i, r in enumerate(rows)}
+    for ax, x in zip(axes[0], xs):
+        seen = set()
+        for row, s in series:
+            label = row if row not in seen else None
+            seen.add(row)
+            values = [max(v, 1e-16) for v in s[y]]
+            ax.semilogy(s[x], values, color=colours.get(row, "k"), alpha=0.8, lw=1, label=label)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

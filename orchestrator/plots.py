@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["label_histogram", "learning_curve"]
+__all__ = ["convergence", "label_histogram", "learning_curve", "network"]
 
 
 def learning_curve(history: Sequence[dict[str, float]], title: str = "") -> Figure:
@@ -62,5 +62,46 @@ def label_histogram(stats: pa.Table, max_parties: int = 200) -> Figure:
         loc="upper left",
     )
     ax.set_title("label histogram per party")
+    fig.tight_layout()
+    return fig
+
+
+def convergence(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """Suboptimality and consensus error (log scale) against epochs and communication rounds."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    epochs = [h["epochs"] for h in history]
+    comm = [h["comm_rounds"] for h in history]
+    sub = [max(h["suboptimality"], 1e-16) for h in history]
+    axes[0].semilogy(epochs, sub)
+    axes[0].set_xlabel("epochs (gradient evaluations / samples)")
+    axes[1].semilogy(comm, sub)
+    axes[1].set_xlabel("communication rounds")
+    for ax in axes[:2]:
+        ax.set_ylabel("F(x_bar) - F*")
+    axes[2].semilogy(epochs, [max(h["consensus_error"], 1e-30) for h in history])
+    axes[2].set_xlabel("epochs")
+    axes[2].set_ylabel("consensus error")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def network(edges: Sequence[dict[str, int]], n: int, title: str = "") -> Figure:
+    """The communication graph, nodes on a circle."""
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for e in edges:
+        ax.plot(*xy[[e["u"], e["v"]]].T, color="tab:gray", lw=0.6, alpha=0.7)
+    ax.scatter(xy[:, 0], xy[:, 1], s=max(6, 2000 / n), color="tab:blue", zorder=3)
+    if n <= 40:
+        for i, (x, y) in enumerate(xy):
+            ax.annotate(str(i), (x, y), fontsize=6, ha="center", va="center", color="white")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.axis("off")
     fig.tight_layout()
     return fig

@@ -178,10 +178,7 @@ def _run_tracked(
         try:
             tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
             if cfg.tracking.plots:
-                tracker.log_figure(
-                    plots.learning_curve(result.history, f"{cfg.trainer.name} on {cfg.data.name}"),
-                    "learning_curve.png",
-                )
+                _log_plots(tracker, cfg, result)
             for name, rows in result.tables.items():
                 if rows:
                     tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
@@ -207,6 +204,20 @@ def _run_tracked(
         model_uri,
         getattr(tracker, "record", None),
     )
+
+
+def _log_plots(tracker: Any, cfg: ExperimentConfig, result: TrainResult) -> None:
+    title = f"{cfg.trainer.name} on {cfg.data.name}"
+    if result.history and "suboptimality" in result.history[0]:
+        tracker.log_figure(plots.convergence(result.history, title), "convergence.png")
+    elif result.history:
+        tracker.log_figure(plots.learning_curve(result.history, title), "learning_curve.png")
+    if "edges" in result.tables:
+        net = result.tables.get("network", [{}])[0]
+        name = f"{net.get('graph', '')}, {net.get('nodes', '')} nodes, gap {net.get('spectral_gap', 0):.4f}"
+        tracker.log_figure(
+            plots.network(result.tables["edges"], cfg.partition.num_parties, name), "network.png"
+        )
 
 
 def _params(cfg: ExperimentConfig) -> dict[str, Any]:

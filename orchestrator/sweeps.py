@@ -59,6 +59,8 @@ class TrialSpec:
     """CPUs the trial reserved."""
     summaries: tuple[Objective, ...] = ()
     """Metrics the study's report tabulates, reduced over the trial's rounds."""
+    curves: tuple[str, ...] = ()
+    """Metrics whose per-round series the study's report plots (y first, then the x's)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class TrialOutcome:
     """The trial's MLflow run, recorded, for the driver to write (deferred tracking)."""
     summary: dict[str, float] | None = None
     """The report's metrics for this trial (None without a report)."""
+    series: dict[str, list[float]] | None = None
+    """The report's curves for this trial: metric -> values at the rounds that report y."""
 
 
 @dataclass
@@ -203,6 +207,7 @@ def check_space(space: Space, cfg: ExperimentConfig) -> None:
     metrics = [(f"objective[{i}].metric", o.metric) for i, o in enumerate(space.objectives)]
     if space.report is not None:
         metrics += [("report.metrics", m) for m in space.report.metrics]
+        metrics += [("report.curves", m) for m in space.report.curves]
     for where, metric in metrics:
         if metric not in known:
             raise SpaceError(
@@ -313,7 +318,16 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         result.model_uri,
         record=result.record,
         summary=summary or None,
+        series=_series(result.history, spec.curves) if spec.curves else None,
     )
+
+
+def _series(history: list[dict[str, float]], keys: tuple[str, ...], points: int = 300) -> dict:
+    """The curves' metrics at the rounds that report all of them, thinned to ``points``."""
+    rows = [h for h in history if all(k in h for k in keys)]
+    if len(rows) > points:
+        rows = [rows[round(i * (len(rows) - 1) / (points - 1))] for i in range(points)]
+    return {k: [float(h[k]) for h in rows] for k in keys}
 
 
 # ------------------------------------------------------------------ the driver
@@ -463,6 +477,7 @@ def sweep(
                         trial_actors=sc.trial_actors,
                         cpus=sc.cpus_per_trial,
                         summaries=summaries,
+                        curves=parsed.report.curves if parsed.report else (),
                     )
                 )
             if not running:
@@ -632,6 +647,8 @@ def _tell(st: Any, spec: TrialSpec, outcome: TrialOutcome) -> None:
         storage.set_trial_user_attr(spec.trial_id, "error", outcome.error[:2000])
     if outcome.summary:
         storage.set_trial_user_attr(spec.trial_id, "summary", outcome.summary)
+    if outcome.series:
+        storage.set_trial_user_attr(spec.trial_id, "series", outcome.series)
     if spec.attempt:
         storage.set_trial_user_attr(spec.trial_id, "attempts", spec.attempt + 1)
     if outcome.state == COMPLETE:
@@ -798,6 +815,9 @@ def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Makes relative file paths absolute, so that workers in other directories find them."""
     if cfg.data.path and not Path(cfg.data.path).is_absolute():
         cfg.data.path = str(Path(cfg.data.path).resolve())
+    cache = cfg.trainer.decentralized.cache_dir
+    if cache and not Path(cache).is_absolute():
+        cfg.trainer.decentralized.cache_dir = str(Path(cache).resolve())
     return cfg
 
 

@@ -12,6 +12,7 @@ from trainers import AGGREGATORS, ATTACKS, TRAINERS
 from trainers.aggregators import AggregatorError, build_aggregator
 from trainers.cmfl import Roles
 from trainers.models import MODELS
+from trainers.topology import GRAPHS
 
 if TYPE_CHECKING:
     from orchestrator.config import ExperimentConfig
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["validate"]
 
 OPTIMIZERS = ("adam", "sgd")
+DECENTRALIZED = ("dpsvrg", "dsgd", "dspg")
 EXECUTORS = ("local", "ray")
 
 
@@ -67,6 +69,21 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.cmfl.committee_rate": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "trainer.cmfl.aggregation_rate": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "trainer.cmfl.strategy": (lambda v: v in (1, 2), "must be 1 (closest) or 2 (farthest)"),
+    "trainer.decentralized.l1": (_at_least(0), "must be >= 0"),
+    "trainer.decentralized.l2": (_at_least(0), "must be >= 0"),
+    "trainer.decentralized.p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "trainer.decentralized.k": (_at_least(1), "must be >= 1"),
+    "trainer.decentralized.q": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "trainer.decentralized.b": (_at_least(1), "must be >= 1"),
+    "trainer.decentralized.batch_size": (_at_least(1), "must be >= 1"),
+    "trainer.decentralized.a0": (_positive, "must be > 0"),
+    "trainer.decentralized.alpha": (_positive, "must be > 0"),
+    "trainer.decentralized.inner_steps": (_at_least(1), "must be >= 1"),
+    "trainer.decentralized.gossip_rounds": (_at_least(1), "must be >= 1"),
+    "trainer.decentralized.gossip_growth": (_at_least(0), "must be >= 0"),
+    "trainer.decentralized.epochs": (_positive, "must be > 0"),
+    "trainer.decentralized.max_steps": (_at_least(1), "must be >= 1"),
+    "trainer.decentralized.eval_every": (_at_least(1), "must be >= 1"),
     "runtime.num_workers": (_at_least(1), "must be >= 1"),
     "runtime.num_cpus": (_at_least(1), "must be >= 1"),
     "tracking.flush_every": (_at_least(1), "must be >= 1"),
@@ -87,6 +104,10 @@ _NAMES: dict[str, Callable[[], list[str]]] = {
     "trainer.attack.target": lambda: ["update", "weights"],
     "trainer.aggregator.name": AGGREGATORS.names,
     "trainer.cmfl.election": lambda: ["median", "top"],
+    "trainer.decentralized.loss": lambda: ["least_squares", "logistic", "multinomial"],
+    "trainer.decentralized.topology": lambda: list(GRAPHS),
+    "trainer.decentralized.varying": lambda: ["cycle", "edges", "none"],
+    "trainer.decentralized.schedule": lambda: ["constant", "diminishing"],
     "runtime.executor": lambda: list(EXECUTORS),
     "tracking.model_format": lambda: ["checkpoint", "pickle", "pt2"],
     "sweep.trial_models": lambda: ["checkpoint", "mlflow"],
@@ -132,6 +153,20 @@ def _check_roles(cfg: ExperimentConfig) -> None:
     """Aggregators and committees that cannot work with the configured number of parties."""
     t = cfg.trainer
     parties = 1 if t.name == "centralized" else cfg.partition.num_parties
+    if t.name in DECENTRALIZED:
+        if cfg.model.name != "logreg":
+            raise ConfigError(
+                "model.name", f"{t.name} optimises a linear model: set model.name=logreg"
+            )
+        d = t.decentralized
+        if parties < 2:
+            raise ConfigError("partition.num_parties", "a network needs at least 2 nodes")
+        if d.topology == "regular" and (d.k >= parties or d.k * parties % 2):
+            raise ConfigError(
+                "trainer.decentralized.k",
+                f"no {d.k}-regular graph on {parties} nodes (need k < n and k * n even)",
+            )
+        return
     if t.name == "cmfl":
         try:
             Roles.of(parties, t.cmfl)

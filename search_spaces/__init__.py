@@ -1,7 +1,10 @@
 """What sweeps explore: search spaces as YAML data, parsed into small typed objects.
 
 The shipped spaces sit beside this file: ``centralized.yaml``, ``fedavg.yaml``,
-``fedprox.yaml`` and ``fedavg_accuracy_vs_bytes.yaml`` (multi-objective).
+``fedprox.yaml``, ``fedavg_accuracy_vs_bytes.yaml`` (multi-objective), ``robust.yaml``,
+``cmfl.yaml``, ``cmfl_comparison.yaml`` (a grid with a results table), ``dpsvrg.yaml``,
+``dspg.yaml``, their step-only versions ``dpsvrg_step.yaml`` and ``dspg_step.yaml``, and
+``decentralized_comparison.yaml`` (a grid with curves).
 """
 
 from pathlib import Path

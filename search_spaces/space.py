@@ -144,6 +144,9 @@ class Report:
     columns: str
     metrics: tuple[str, ...]
     reduce: str = "last"
+    curves: tuple[str, ...] = ()
+    """Optional: (y, x1, x2, ...): one figure per column value with every trial's y against
+    each x, coloured by row (log scale), e.g. suboptimality against epochs and rounds."""
 
 
 @dataclass(frozen=True)
@@ -245,11 +248,17 @@ def _report(raw: Any, params: list[Param], objectives: list[Objective]) -> Repor
         return None
     if not isinstance(raw, dict):
         raise SpaceError("report", "must be a mapping with rows and columns")
-    extra = set(raw) - {"rows", "columns", "metrics", "reduce"}
+    extra = set(raw) - {"rows", "columns", "metrics", "reduce", "curves"}
     if extra:
         raise SpaceError(
-            f"report.{sorted(extra)[0]}", "unknown key; valid: rows, columns, metrics, reduce"
+            f"report.{sorted(extra)[0]}",
+            "unknown key; valid: rows, columns, metrics, reduce, curves",
         )
+    curves = raw.get("curves") or {}
+    if curves and (not isinstance(curves, dict) or "y" not in curves or not curves.get("x")):
+        raise SpaceError("report.curves", "must be {y: metric, x: [metric, ...]}")
+    xs = curves.get("x", [])
+    xs = [xs] if isinstance(xs, str) else list(xs)
     keys = [p.key for p in params]
     for axis in ("rows", "columns"):
         if raw.get(axis) not in keys:
@@ -263,7 +272,13 @@ def _report(raw: Any, params: list[Param], objectives: list[Objective]) -> Repor
     reduce = raw.get("reduce", objectives[0].reduce)
     if reduce not in _REDUCE:
         raise SpaceError("report.reduce", f"must be one of {', '.join(_REDUCE)}, got {reduce!r}")
-    return Report(raw["rows"], raw["columns"], tuple(str(m) for m in metrics), reduce)
+    return Report(
+        raw["rows"],
+        raw["columns"],
+        tuple(str(m) for m in metrics),
+        reduce,
+        (str(curves["y"]), *map(str, xs)) if curves else (),
+    )
 
 
 def _objectives(raw: Any) -> list[Objective]:

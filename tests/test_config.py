@@ -51,7 +51,11 @@ def test_interpolation_resolves(tmp_path):
         (["trainer.fedprox.mu=-1"], "trainer.fedprox.mu", ">= 0"),
         (["data.test_fraction=1"], "data.test_fraction", "(0, 1)"),
         (["partition.alpha=0"], "partition.alpha", "> 0"),
-        (["trainer.name=fedsgd"], "trainer.name", "valid: centralized, cmfl, fedavg, fedprox"),
+        (
+            ["trainer.name=fedsgd"],
+            "trainer.name",
+            "valid: centralized, cmfl, dpsvrg, dsgd, dspg, fedavg, fedprox",
+        ),
         (
             ["data.name=mnist"],
             "data.name",

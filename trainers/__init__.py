@@ -17,9 +17,11 @@ from trainers.config import (
     AggregatorConfig,
     AttackConfig,
     CMFLConfig,
+    DecentralizedConfig,
     FedProxConfig,
     TrainerConfig,
 )
+from trainers.decentralized import DPSVRG, DSGD, DSPG
 from trainers.fedavg import Centralized, FedAvg, FedProx
 from trainers.models import MODELS, ModelConfig, ModelSpec, build_model
 from trainers.registry import Registry, UnknownNameError
@@ -28,6 +30,9 @@ __all__ = [
     "AGGREGATORS",
     "ATTACKS",
     "CMFL",
+    "DPSVRG",
+    "DSGD",
+    "DSPG",
     "MODELS",
     "TRAINERS",
     "Adversary",
@@ -39,6 +44,7 @@ __all__ = [
     "AttackConfig",
     "CMFLConfig",
     "Centralized",
+    "DecentralizedConfig",
     "FedAvg",
     "FedProx",
     "FedProxConfig",

@@ -14,6 +14,7 @@ __all__ = [
     "AggregatorConfig",
     "AttackConfig",
     "CMFLConfig",
+    "DecentralizedConfig",
     "FedProxConfig",
     "TrainerConfig",
 ]
@@ -94,11 +95,62 @@ class CMFLConfig:
 
 
 @dataclass
+class DecentralizedConfig:
+    """Decentralized optimisation (dspg, dpsvrg, dsgd): the problem, the network, the steps."""
+
+    loss: str = "logistic"
+    """logistic (binary labels), multinomial or least_squares (on one-hot targets)."""
+    l1: float = 1.0e-4
+    """h(x) = l1 ||x||_1 + (l2/2) ||x||^2; l1 = l2 = 0 means no regulariser."""
+    l2: float = 0.0
+    """Elastic-net part of h."""
+    topology: str = "ring"
+    """ring, torus, star, complete, erdos_renyi or regular."""
+    p: float = 0.3
+    """erdos_renyi: edge probability (the graph is redrawn until connected)."""
+    k: int = 4
+    """regular: every node's degree."""
+    varying: str = "none"
+    """none; edges (each edge kept with probability q at each step); cycle (step t uses the
+    (t mod b)-th of b sparse edge groups whose union is the base graph)."""
+    q: float = 0.5
+    """varying=edges: probability an edge exists at a step."""
+    b: int = 3
+    """varying=cycle: graphs in the cycle."""
+    lazy: bool = False
+    """Mix with (I + W) / 2 instead of the Metropolis-Hastings W."""
+    batch_size: int = 8
+    """Samples per node per stochastic gradient."""
+    a0: float = 0.1
+    """dspg, dsgd: the step a0 / sqrt(t + 1) (schedule=diminishing) or a0 (constant)."""
+    schedule: str = "diminishing"
+    """dspg, dsgd: diminishing or constant."""
+    alpha: float = 0.1
+    """dpsvrg: the constant step."""
+    inner_steps: Optional[int] = None  # noqa: UP045
+    """dpsvrg: K, steps between snapshots (default: one local pass, ceil(mean m_i / batch))."""
+    gossip_rounds: int = 1
+    """Mixing steps per step (W applied this many times)."""
+    gossip_growth: float = 0.0
+    """With c > 0, mixing steps at step t: max(gossip_rounds, ceil(c log(t + 2)))."""
+    epochs: float = 50.0
+    """Budget: stop after this many passes' worth of sample gradients over all the data."""
+    max_steps: int = 1000000
+    """Budget: stop after this many steps at most."""
+    eval_every: int = 1
+    """Steps between metric evaluations."""
+    target: float = 1.0e-4
+    """Suboptimality whose first crossing is reported as epochs_to_target."""
+    cache_dir: Optional[str] = ".fedsweep/cache"  # noqa: UP045
+    """Where the reference optimum F* of each problem is cached (None: memory only)."""
+
+
+@dataclass
 class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
 
     name: str = "fedavg"
-    """One of the registered trainers: centralized, fedavg, fedprox, cmfl."""
+    """One of the registered trainers: centralized, fedavg, fedprox, cmfl, dspg, dpsvrg, dsgd."""
     rounds: int = 20
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
     fraction: float = 1.0
@@ -125,3 +177,5 @@ class TrainerConfig:
     """Byzantine parties and their attack (every federated trainer)."""
     cmfl: CMFLConfig = field(default_factory=CMFLConfig)
     """CMFL settings (read by the cmfl trainer only)."""
+    decentralized: DecentralizedConfig = field(default_factory=DecentralizedConfig)
+    """Settings of the decentralized trainers (dspg, dpsvrg, dsgd)."""

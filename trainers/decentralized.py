@@ -1,0 +1,437 @@
+"""Decentralized proximal optimisation over a network: DSPG, DPSVRG and decentralized SGD.
+
+n nodes, no server. Node i holds its samples and minimises, together with the others,
+
+    F(x) = (1/n) sum_i f_i(x) + h(x),    h(x) = l1 ||x||_1 + (l2/2) ||x||^2,
+
+where f_i is the mean loss over node i's samples (logistic, multinomial logistic or least
+squares, on the features plus a constant 1). Each step every node mixes its neighbours'
+models with the weights of W(t) (gossip, ``gossip_rounds`` times, along the edges of G(t)
+only) and takes a local step:
+
+DSPG (decentralized stochastic proximal gradient; the standard step, reconstructed)::
+
+    y_i = sum_j W_ij(t) x_j ;  g_i = grad f_{i,xi}(x_i) ;  x_i = prox_{a_t h}(y_i - a_t g_i)
+    a_t = a0 / sqrt(t + 1)    (or constant a0)
+
+DPSVRG (Li et al., arXiv 2112.10389; the update rule is reconstructed from the abstract, as
+ALGORITHMS.md section 1 sets out: an SVRG double loop with a proximal step)::
+
+    every K steps, each node: x~_i = x_i ; mu_i = grad f_i(x~_i)       (local full gradient)
+    y_i = sum_j W_ij(t) x_j
+    v_i = grad f_{i,xi}(y_i) - grad f_{i,xi}(x~_i) + mu_i               (variance reduced)
+    x_i = prox_{a h}(y_i - a v_i)                                        (constant a)
+
+Decentralized SGD (reference): x_i = y_i - a_t (g_i + l1 sign(x_i) + l2 x_i), no prox.
+
+prox_{a h}(z) = soft_threshold(z, a l1) / (1 + a l2). Minibatches are drawn without
+replacement by ``numpy.random.default_rng([seed, 9, t, node])``, so an independent
+implementation can reproduce the iterates exactly. Gradient evaluations are counted per
+sample: |xi| per DSPG step, 2|xi| per DPSVRG step and m_i per snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clusters import Executor, PartyContext
+from trainers.base import TRAINERS, FederatedData, PartyData, Reporter, Trainer, TrainResult
+from trainers.config import TrainerConfig
+from trainers.models import ModelConfig, ModelSpec, build_model
+from trainers.topology import Topology
+
+__all__ = [
+    "DPSVRG",
+    "DSGD",
+    "DSPG",
+    "Problem",
+    "gradient",
+    "objective",
+    "prox",
+    "solve_reference",
+]
+
+_BATCH_STREAM = 9
+LOSSES = ("least_squares", "logistic", "multinomial")
+
+
+# ------------------------------------------------------------------ the problem
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The loss and regulariser every node shares."""
+
+    loss: str
+    n_classes: int
+    l1: float = 0.0
+    l2: float = 0.0
+
+    def dim(self, n_features: int) -> int:
+        """Length of the parameter vector (features + 1 for the bias, times classes)."""
+        return (n_features + 1) * (1 if self.loss == "logistic" else self.n_classes)
+
+
+def _design(x: np.ndarray) -> np.ndarray:
+    return np.hstack([np.asarray(x, dtype=np.float64), np.ones((len(x), 1))])
+
+
+def _loss_grad(p: Problem, a: np.ndarray, y: np.ndarray, w: np.ndarray, want_loss: bool):
+    """Mean loss (or None) and its gradient over the rows (a, y), at w (flat)."""
+    m = len(y)
+    if p.loss == "logistic":
+        s = np.where(y > 0, 1.0, -1.0)
+        margin = s * (a @ w)
+        grad = -(a.T @ (s * _sigmoid(-margin))) / m
+        loss = float(np.mean(np.logaddexp(0.0, -margin))) if want_loss else None
+        return loss, grad
+    W = w.reshape(a.shape[1], p.n_classes)
+    z = a @ W
+    onehot = np.eye(p.n_classes)[y]
+    if p.loss == "multinomial":
+        z = z - z.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        prob = ez / ez.sum(axis=1, keepdims=True)
+        grad = a.T @ (prob - onehot) / m
+        loss = (
+            float(np.mean(np.log(ez.sum(axis=1)) - (z * onehot).sum(axis=1))) if want_loss else None
+        )
+        return loss, grad.ravel()
+    resid = z - onehot  # least squares on one-hot targets
+    loss = float(0.5 * np.mean((resid**2).sum(axis=1))) if want_loss else None
+    return loss, (a.T @ resid / m).ravel()
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def gradient(p: Problem, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """grad of the mean loss over samples (x, y) at w (x without the bias column)."""
+    return _loss_grad(p, _design(x), y, w, False)[1]
+
+
+def prox(p: Problem, z: np.ndarray, step: float) -> np.ndarray:
+    """prox_{step h}(z) for h = l1 ||.||_1 + (l2/2) ||.||^2."""
+    out = np.sign(z) * np.maximum(np.abs(z) - step * p.l1, 0.0) if p.l1 else z
+    return out / (1.0 + step * p.l2) if p.l2 else out
+
+
+def objective(p: Problem, nodes: list[PartyData], w: np.ndarray) -> float:
+    """F(w) = (1/n) sum_i f_i(w) + h(w)."""
+    losses = [_loss_grad(p, _design(d.x), d.y, w, True)[0] for d in nodes]
+    return float(np.mean(losses) + p.l1 * np.abs(w).sum() + 0.5 * p.l2 * w @ w)
+
+
+def smoothness(p: Problem, nodes: list[PartyData]) -> float:
+    """An upper bound on the largest node's gradient Lipschitz constant."""
+    factor = {"logistic": 0.25, "multinomial": 0.5, "least_squares": 1.0}[p.loss]
+    return max(factor * np.linalg.norm(_design(d.x), 2) ** 2 / len(d) for d in nodes)
+
+
+_REFERENCE: dict[str, tuple[np.ndarray, float]] = {}
+
+
+def solve_reference(
+    p: Problem, nodes: list[PartyData], cache_dir: str | None = None, iters: int = 20000
+) -> tuple[np.ndarray, float]:
+    """x* and F* = F(x*), by FISTA with step 1/L on the whole problem, to high precision.
+
+    Cached by the problem and the nodes' data: in memory, and under ``cache_dir`` as JSON.
+    """
+    digest = hashlib.sha256(json.dumps([p.loss, p.n_classes, p.l1, p.l2]).encode())
+    for d in nodes:
+        digest.update(np.ascontiguousarray(d.x, dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(d.y, dtype=np.int64).tobytes())
+    key = digest.hexdigest()[:24]
+    if key in _REFERENCE:
+        return _REFERENCE[key]
+    path = Path(cache_dir) / f"fstar-{key}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        blob = json.loads(path.read_text())
+        _REFERENCE[key] = (np.array(blob["x"]), float(blob["f"]))
+        return _REFERENCE[key]
+    designs = [(_design(d.x), d.y) for d in nodes]
+    step = 1.0 / (smoothness(p, nodes) + p.l2)
+    w = v = np.zeros(p.dim(nodes[0].x.shape[1]))
+    tk = 1.0
+    for _ in range(iters):
+        g = np.mean([_loss_grad(p, a, y, v, False)[1] for a, y in designs], axis=0)
+        w_next = prox(p, v - step * g, step)
+        t_next = (1 + math.sqrt(1 + 4 * tk * tk)) / 2
+        v = w_next + ((tk - 1) / t_next) * (w_next - w)
+        if np.linalg.norm(w_next - w) < 1e-13 * max(1.0, np.linalg.norm(w)):
+            w = w_next
+            break
+        w, tk = w_next, t_next
+    result = (w, objective(p, nodes, w))
+    _REFERENCE[key] = result
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"x": w.tolist(), "f": result[1]}))
+    return result
+
+
+# ------------------------------------------------------------------ what a node computes
+
+
+@dataclass(frozen=True)
+class StepPayload:
+    """What the network delivers to the nodes at step t."""
+
+    t: int
+    mixed: np.ndarray
+    """Row i: y_i, node i's mix of its neighbours' models (only row i is node i's)."""
+    step: float
+    snapshot: bool = False
+    """DPSVRG: take a snapshot and its local full gradient before this step."""
+
+
+@dataclass(frozen=True)
+class NodeUpdate:
+    x: np.ndarray
+    grad_evals: int
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    """One node's local step (the party function the executor runs)."""
+
+    problem: Problem
+    algorithm: str
+    batch_size: int
+    seed: int
+
+    def __call__(self, ctx: PartyContext, payload: StepPayload) -> NodeUpdate:
+        p, st = self.problem, ctx.state
+        if "design" not in st:
+            data: PartyData = ctx.data
+            st["design"], st["y"] = _design(data.x), np.asarray(data.y)
+            st["x"] = np.zeros_like(payload.mixed[0])
+        a, y, m = st["design"], st["y"], len(st["y"])
+        evals = 0
+        if self.algorithm == "dpsvrg" and payload.snapshot:
+            st["snap"] = st["x"].copy()
+            st["mu"] = _loss_grad(p, a, y, st["snap"], False)[1]
+            evals += m
+        rng = np.random.default_rng([self.seed, _BATCH_STREAM, payload.t, ctx.party_id])
+        batch = rng.choice(m, size=min(self.batch_size, m), replace=False)
+        ab, yb = a[batch], y[batch]
+        mixed = payload.mixed[ctx.party_id]
+        alpha = payload.step
+        if self.algorithm == "dpsvrg":
+            v = (
+                _loss_grad(p, ab, yb, mixed, False)[1]
+                - _loss_grad(p, ab, yb, st["snap"], False)[1]
+                + st["mu"]
+            )
+            x = prox(p, mixed - alpha * v, alpha)
+            evals += 2 * len(batch)
+        elif self.algorithm == "dspg":
+            g = _loss_grad(p, ab, yb, st["x"], False)[1]
+            x = prox(p, mixed - alpha * g, alpha)
+            evals += len(batch)
+        else:  # dsgd: a subgradient step on the whole objective, no prox
+            g = _loss_grad(p, ab, yb, st["x"], False)[1] + p.l1 * np.sign(st["x"]) + p.l2 * st["x"]
+            x = mixed - alpha * g
+            evals += len(batch)
+        st["x"] = x
+        return NodeUpdate(x, evals)
+
+
+# ------------------------------------------------------------------ the trainers
+
+
+class Decentralized(Trainer):
+    """The shared round loop: gossip along G(t), every node's local step, metrics.
+
+    Args:
+        config: ``decentralized`` settings (problem, topology, steps, budget).
+        model: unused (the models are linear in the problem's parameters).
+    """
+
+    algorithm = ""
+    metrics = (
+        "suboptimality",
+        "objective",
+        "consensus_error",
+        "test_accuracy",
+        "sparsity",
+        "epochs",
+        "grad_evals",
+        "comm_rounds",
+        "step_size",
+        "spectral_gap",
+        "step_time_s",
+        "epochs_to_target",
+        "loglog_slope",
+    )
+
+    def __init__(self, config: TrainerConfig, model: ModelConfig | None = None) -> None:
+        self.config = config
+
+    def step_size(self, t: int) -> float:
+        c = self.config.decentralized
+        return c.a0 / math.sqrt(t + 1) if c.schedule == "diminishing" else c.a0
+
+    def snapshot(self, t: int, inner: int) -> bool:
+        return False
+
+    def fit(
+        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
+    ) -> TrainResult:
+        c = self.config.decentralized
+        ids = sorted(data.parties)
+        nodes = [data.parties[i] for i in ids]
+        if ids != list(range(len(ids))):
+            raise ValueError("decentralized nodes must be numbered 0..n-1")
+        problem = Problem(c.loss, data.n_classes, c.l1, c.l2)
+        if c.loss == "logistic" and data.n_classes != 2:
+            raise ValueError(
+                f"logistic needs 2 classes, the data has {data.n_classes}: use multinomial"
+            )
+        topology = Topology(c.topology, len(ids), c.p, c.k, c.varying, c.q, c.b, c.lazy, seed=seed)
+        _, f_star = solve_reference(problem, nodes, c.cache_dir)
+        executor.load(data.parties, sizes={i: len(d) for i, d in data.parties.items()})
+        task = NodeStep(problem, self.algorithm, c.batch_size, seed)
+        total = sum(len(d) for d in nodes)
+        mean_m = total / len(nodes)
+        inner = c.inner_steps or max(1, math.ceil(mean_m / c.batch_size))
+        x = np.zeros((len(ids), problem.dim(data.n_features)))
+        test_design = _design(data.x_test)
+        history: list[dict[str, float]] = []
+        gap = topology.gap
+        grad_evals = comm = 0
+        t = 0
+        while grad_evals < c.epochs * total and t < c.max_steps:
+            start = time.perf_counter()
+            w = topology.matrix(t)
+            rounds = self.gossip_rounds(t)
+            mixed = x
+            for _ in range(rounds):  # W(t) is zero off G(t)'s edges: messages follow edges
+                mixed = w @ mixed
+            comm += rounds
+            payload = StepPayload(t, mixed, self.step_size(t), self.snapshot(t, inner))
+            updates = executor.map(task, ids, payload)
+            x = np.stack([u.x for u in updates])
+            grad_evals += sum(u.grad_evals for u in updates)
+            elapsed = time.perf_counter() - start
+            if t % c.eval_every == 0 or grad_evals >= c.epochs * total:
+                xbar = x.mean(axis=0)
+                f = objective(problem, nodes, xbar)
+                metrics = {
+                    "suboptimality": max(f - f_star, 0.0),
+                    "objective": f,
+                    "consensus_error": float(np.mean(((x - xbar) ** 2).sum(axis=1))),
+                    "test_accuracy": _accuracy(problem, test_design, data.y_test, xbar),
+                    "sparsity": float(np.mean(np.abs(xbar) < 1e-12)),
+                    "epochs": grad_evals / total,
+                    "grad_evals": float(grad_evals),
+                    "comm_rounds": float(comm),
+                    "step_size": payload.step,
+                    "spectral_gap": gap,
+                    "step_time_s": elapsed,
+                }
+                history.append({"round": float(t), **metrics})
+                reporter.report(t, metrics)
+            t += 1
+        if history:  # run summaries, reported with the last evaluation
+            summary = _summary(history, c.target)
+            history[-1].update(summary)
+            reporter.report(int(history[-1]["round"]) + 1, summary)
+        final = x.mean(axis=0)
+        return TrainResult(
+            _linear_model(final, problem, data.n_features),
+            history,
+            {
+                "network": [
+                    {
+                        "graph": c.topology,
+                        "varying": c.varying,
+                        "nodes": len(ids),
+                        "edges": int(len(topology.edges)),
+                        "spectral_gap": gap,
+                        "f_star": f_star,
+                        "inner_steps": inner if self.algorithm == "dpsvrg" else 0,
+                    }
+                ],
+                "edges": [{"u": int(u), "v": int(v)} for u, v in topology.edges],
+                "nodes": [{"node": i, "x": x[i].tolist()} for i in ids],
+            },
+        )
+
+    def gossip_rounds(self, t: int) -> int:
+        c = self.config.decentralized
+        if c.gossip_growth > 0:
+            return max(c.gossip_rounds, math.ceil(c.gossip_growth * math.log(t + 2)))
+        return c.gossip_rounds
+
+
+def _summary(history: list[dict[str, float]], target: float) -> dict[str, float]:
+    """Epochs until the suboptimality first reached ``target`` (NaN: never), and the slope of
+    log suboptimality against log t over the second half of the run."""
+    reached = [h["epochs"] for h in history if h["suboptimality"] <= target]
+    tail = history[len(history) // 2 :]
+    t = np.log(np.array([h["round"] for h in tail]) + 1.0)
+    sub = np.log(np.maximum([h["suboptimality"] for h in tail], 1e-300))
+    slope = float(np.polyfit(t, sub, 1)[0]) if len(tail) > 1 and np.ptp(t) > 0 else math.nan
+    return {"epochs_to_target": reached[0] if reached else math.nan, "loglog_slope": slope}
+
+
+def _accuracy(p: Problem, design: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    if p.loss == "logistic":
+        pred = (design @ w > 0).astype(np.int64)
+    else:
+        pred = (design @ w.reshape(design.shape[1], p.n_classes)).argmax(axis=1)
+    return float(np.mean(pred == y))
+
+
+class DSPG(Decentralized):
+    """Decentralized stochastic proximal gradient."""
+
+    algorithm = "dspg"
+
+
+class DPSVRG(Decentralized):
+    """Decentralized proximal SVRG: constant step, a snapshot every K inner steps."""
+
+    algorithm = "dpsvrg"
+
+    def step_size(self, t: int) -> float:
+        return self.config.decentralized.alpha
+
+    def snapshot(self, t: int, inner: int) -> bool:
+        return t % inner == 0
+
+
+class DSGD(Decentralized):
+    """Plain decentralized SGD with a subgradient of h (the reference)."""
+
+    algorithm = "dsgd"
+
+
+def _linear_model(w: np.ndarray, problem: Problem, n_features: int):
+    """The consensus model x_bar as the registered ``logreg`` module (a binary logistic model
+    becomes logits (0, a.w): the same argmax, and softmax equals the sigmoid)."""
+    import torch
+
+    weights = w.reshape(n_features + 1, -1)
+    if problem.loss == "logistic":
+        weights = np.hstack([np.zeros_like(weights), weights])
+    layer = build_model(ModelSpec("logreg", n_features, weights.shape[1]), seed=0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weights[:-1].T.astype(np.float32)))
+        layer.bias.copy_(torch.from_numpy(weights[-1].astype(np.float32)))
+    return layer
+
+
+TRAINERS.register("dspg")(DSPG)
+TRAINERS.register("dpsvrg")(DPSVRG)
+TRAINERS.register("dsgd")(DSGD)
