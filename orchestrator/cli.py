@@ -99,24 +99,31 @@ def _run(args: argparse.Namespace) -> int:
 
     def progress(step: int, metrics: Mapping[str, float]) -> None:
         nonlocal bar
-        if args.quiet:
+        if args.quiet or "test_accuracy" not in metrics:  # e.g. a run's closing summary
             return
+        decentralized = "epochs" in metrics  # budgeted in epochs, not rounds
         if bar is None:  # made at the first round, so that a data error prints nothing else
             from tqdm import tqdm
 
-            if "epochs" in metrics:  # decentralized: the budget is in epochs
-                total, unit = cfg.trainer.decentralized.epochs, "epoch"
-            else:
-                total, unit = cfg.trainer.rounds, "round"
-            bar = tqdm(total=total, desc=cfg.trainer.name, unit=unit, file=sys.stderr)
-        if "epochs" in metrics:
-            bar.set_postfix(
-                sub=f"{metrics['suboptimality']:.2e}", acc=f"{metrics['test_accuracy']:.4f}"
+            bar = tqdm(
+                total=cfg.trainer.decentralized.epochs if decentralized else cfg.trainer.rounds,
+                desc=cfg.trainer.name,
+                unit="epoch" if decentralized else "round",
+                file=sys.stderr,
             )
-            bar.n = min(round(metrics["epochs"], 2), bar.total)
-            bar.refresh()
+        if decentralized:
+            bar.set_postfix(
+                sub=f"{metrics['suboptimality']:.2e}",
+                acc=f"{metrics['test_accuracy']:.4f}",
+                refresh=False,
+            )
+            bar.update(min(round(metrics["epochs"], 2), bar.total) - bar.n)
             return
-        bar.set_postfix(acc=f"{metrics['test_accuracy']:.4f}", loss=f"{metrics['train_loss']:.4f}")
+        bar.set_postfix(
+            acc=f"{metrics['test_accuracy']:.4f}",
+            loss=f"{metrics['train_loss']:.4f}",
+            refresh=False,
+        )
         bar.update(1)
 
     try:

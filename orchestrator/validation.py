@@ -154,10 +154,12 @@ def _check_roles(cfg: ExperimentConfig) -> None:
     t = cfg.trainer
     parties = 1 if t.name == "centralized" else cfg.partition.num_parties
     if t.name in DECENTRALIZED:
-        if cfg.model.name != "logreg":
+        if cfg.model.name not in ("logreg", "mlp"):
             raise ConfigError(
-                "model.name", f"{t.name} optimises a linear model: set model.name=logreg"
+                "model.name", f"{t.name} trains logreg or an mlp with one hidden layer"
             )
+        if cfg.model.name == "mlp" and len(cfg.model.hidden) != 1:
+            raise ConfigError("model.hidden", f"{t.name}'s mlp has one hidden layer: [width]")
         d = t.decentralized
         if parties < 2:
             raise ConfigError("partition.num_parties", "a network needs at least 2 nodes")

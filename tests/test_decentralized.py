@@ -194,7 +194,8 @@ def test_time_varying_graphs_use_only_base_edges():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["trainer.name=dspg"], "model.name: dspg optimises a linear model"),
+        (["trainer.name=dspg", "model.name=cnn"], "model.name: dspg trains logreg or an mlp"),
+        (["trainer.name=dspg", "model.hidden=[8,8]"], "model.hidden: dspg's mlp has one hidden"),
         (
             ["trainer.name=dspg", "model.name=logreg", "trainer.decentralized.topology=mesh"],
             "valid: complete, erdos_renyi, regular, ring, star, torus",
@@ -257,3 +258,71 @@ def test_run_logs_curves_network_and_gap(tracking_uri):
     gap = client.get_run(result.run_id).data.metrics["spectral_gap"]
     assert gap == pytest.approx(1 - (1 + 2 * math.cos(2 * math.pi / 6)) / 3)
     assert math.isnan(result.metrics["epochs_to_target"])  # 1e-4 is not reached in 2 epochs
+
+
+@pytest.mark.parametrize("loss", ["logistic", "multinomial", "least_squares"])
+def test_mlp_gradient_matches_finite_differences(loss):
+    from trainers.decentralized import _design, _loss_grad
+
+    rng = np.random.default_rng(0)
+    a, y = _design(rng.normal(size=(9, 4))), rng.integers(0, 2 if loss == "logistic" else 3, 9)
+    p = Problem(loss, 2 if loss == "logistic" else 3, hidden=5)
+    w = p.initial(4, seed=1)
+    _, g = _loss_grad(p, a, y, w, False)
+    eps = 1e-6
+    numeric = [
+        (_loss_grad(p, a, y, w + eps * e, True)[0] - _loss_grad(p, a, y, w - eps * e, True)[0])
+        / (2 * eps)
+        for e in np.eye(len(w))
+    ]
+    np.testing.assert_allclose(g, numeric, atol=1e-7)
+
+
+def test_mlp_nodes_train_and_the_logged_model_predicts_like_the_iterate():
+    import torch
+
+    from trainers.decentralized import _design, _logits
+
+    _, data = small_problem(n=4, m=20)
+    cfg = TrainerConfig(
+        decentralized=DecentralizedConfig(
+            topology="complete", epochs=30, cache_dir=None, alpha=0.2, batch_size=5
+        )
+    )
+    model_cfg = load_config(tiny(model={"name": "mlp", "hidden": [6]})).model
+    result = DPSVRG(cfg, model_cfg).fit(data, InProcessExecutor(), _Sink(), seed=2)
+    first, last = result.history[0], result.history[-1]
+    assert last["objective"] < 0.8 * first["objective"]
+    xbar = np.mean([row["x"] for row in result.tables["nodes"]], axis=0)
+    ours = _logits(Problem("logistic", 2, hidden=6), _design(data.x_test), xbar)[:, 0]
+    with torch.no_grad():
+        logits = result.model(torch.from_numpy(data.x_test.astype(np.float32))).numpy()
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], ours, atol=1e-4)
+
+
+def test_cli_runs_a_decentralized_mlp(workdir):
+    import subprocess
+    import sys
+
+    from .conftest import CONFIGS
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(CONFIGS / "decentralized_breast_cancer.yaml"),
+            "trainer.decentralized.epochs=3",
+            "model.name=mlp",
+            "model.hidden=[8]",
+            "runtime.executor=local",
+            "tracking.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "suboptimality=" in proc.stdout and "epoch" in proc.stderr

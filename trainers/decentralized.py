@@ -5,7 +5,8 @@ n nodes, no server. Node i holds its samples and minimises, together with the ot
     F(x) = (1/n) sum_i f_i(x) + h(x),    h(x) = l1 ||x||_1 + (l2/2) ||x||^2,
 
 where f_i is the mean loss over node i's samples (logistic, multinomial logistic or least
-squares, on the features plus a constant 1). Each step every node mixes its neighbours'
+squares) of a linear model or of an MLP with one hidden ReLU layer, on the features plus a
+constant 1. Each step every node mixes its neighbours'
 models with the weights of W(t) (gossip, ``gossip_rounds`` times, along the edges of G(t)
 only) and takes a local step:
 
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 _BATCH_STREAM = 9
+_INIT_STREAM = 10
 LOSSES = ("least_squares", "logistic", "multinomial")
 
 
@@ -67,46 +69,85 @@ LOSSES = ("least_squares", "logistic", "multinomial")
 
 @dataclass(frozen=True)
 class Problem:
-    """The loss and regulariser every node shares."""
+    """The loss, the model and the regulariser every node shares."""
 
     loss: str
     n_classes: int
     l1: float = 0.0
     l2: float = 0.0
+    hidden: int = 0
+    """0: a linear model; h > 0: one hidden layer of h ReLU units (non-convex)."""
+
+    @property
+    def outputs(self) -> int:
+        return 1 if self.loss == "logistic" else self.n_classes
 
     def dim(self, n_features: int) -> int:
-        """Length of the parameter vector (features + 1 for the bias, times classes)."""
-        return (n_features + 1) * (1 if self.loss == "logistic" else self.n_classes)
+        """Length of the parameter vector (each layer's weights with a bias row, flattened)."""
+        if self.hidden:
+            return (n_features + 1) * self.hidden + (self.hidden + 1) * self.outputs
+        return (n_features + 1) * self.outputs
+
+    def initial(self, n_features: int, seed: int) -> np.ndarray:
+        """Every node's starting point: zeros for a linear model; for the MLP a seeded draw
+        (all nodes the same), since zeros would leave every hidden unit identical."""
+        if not self.hidden:
+            return np.zeros(self.dim(n_features))
+        rng = np.random.default_rng([seed, _INIT_STREAM])
+        w1 = rng.normal(0.0, 1.0 / math.sqrt(n_features + 1), (n_features + 1) * self.hidden)
+        w2 = rng.normal(0.0, 1.0 / math.sqrt(self.hidden + 1), (self.hidden + 1) * self.outputs)
+        return np.concatenate([w1, w2])
 
 
 def _design(x: np.ndarray) -> np.ndarray:
     return np.hstack([np.asarray(x, dtype=np.float64), np.ones((len(x), 1))])
 
 
-def _loss_grad(p: Problem, a: np.ndarray, y: np.ndarray, w: np.ndarray, want_loss: bool):
-    """Mean loss (or None) and its gradient over the rows (a, y), at w (flat)."""
+def _head(p: Problem, b: np.ndarray, y: np.ndarray, w: np.ndarray, want_loss: bool):
+    """The output layer: mean loss (or None), its gradient in w, and dloss/dlogits."""
     m = len(y)
     if p.loss == "logistic":
         s = np.where(y > 0, 1.0, -1.0)
-        margin = s * (a @ w)
-        grad = -(a.T @ (s * _sigmoid(-margin))) / m
+        margin = s * (b @ w)
+        dz = -(s * _sigmoid(-margin)) / m
         loss = float(np.mean(np.logaddexp(0.0, -margin))) if want_loss else None
-        return loss, grad
-    W = w.reshape(a.shape[1], p.n_classes)
-    z = a @ W
+        return loss, b.T @ dz, dz
+    z = b @ w.reshape(b.shape[1], p.n_classes)
     onehot = np.eye(p.n_classes)[y]
     if p.loss == "multinomial":
         z = z - z.max(axis=1, keepdims=True)
         ez = np.exp(z)
-        prob = ez / ez.sum(axis=1, keepdims=True)
-        grad = a.T @ (prob - onehot) / m
+        dz = (ez / ez.sum(axis=1, keepdims=True) - onehot) / m
         loss = (
             float(np.mean(np.log(ez.sum(axis=1)) - (z * onehot).sum(axis=1))) if want_loss else None
         )
-        return loss, grad.ravel()
+        return loss, (b.T @ dz).ravel(), dz
     resid = z - onehot  # least squares on one-hot targets
     loss = float(0.5 * np.mean((resid**2).sum(axis=1))) if want_loss else None
-    return loss, (a.T @ resid / m).ravel()
+    return loss, (b.T @ resid / m).ravel(), resid / m
+
+
+def _loss_grad(p: Problem, a: np.ndarray, y: np.ndarray, w: np.ndarray, want_loss: bool):
+    """Mean loss (or None) and its gradient over the rows (a, y), at w (flat)."""
+    if not p.hidden:
+        loss, grad, _ = _head(p, a, y, w, want_loss)
+        return loss, grad
+    n1 = a.shape[1] * p.hidden
+    w1, w2 = w[:n1].reshape(a.shape[1], p.hidden), w[n1:]
+    pre = a @ w1
+    b = _design(np.maximum(pre, 0.0))
+    loss, g2, dz = _head(p, b, y, w2, want_loss)
+    w2m = w2.reshape(p.hidden + 1, p.outputs)
+    db = np.outer(dz, w2m[:, 0]) if p.loss == "logistic" else dz @ w2m.T
+    g1 = a.T @ (db[:, : p.hidden] * (pre > 0))  # backpropagation through the ReLU layer
+    return loss, np.concatenate([g1.ravel(), g2])
+
+
+def _logits(p: Problem, a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if p.hidden:
+        n1 = a.shape[1] * p.hidden
+        a, w = _design(np.maximum(a @ w[:n1].reshape(a.shape[1], p.hidden), 0.0)), w[n1:]
+    return a @ w.reshape(a.shape[1], p.outputs)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -140,16 +181,26 @@ _REFERENCE: dict[str, tuple[np.ndarray, float]] = {}
 
 
 def solve_reference(
-    p: Problem, nodes: list[PartyData], cache_dir: str | None = None, iters: int = 20000
+    p: Problem,
+    nodes: list[PartyData],
+    cache_dir: str | None = None,
+    iters: int = 20000,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """x* and F* = F(x*), by FISTA with step 1/L on the whole problem, to high precision.
+    """The reference point and value that suboptimality is measured against.
 
-    Cached by the problem and the nodes' data: in memory, and under ``cache_dir`` as JSON.
+    Linear models (convex): x* and F* = F(x*) by FISTA with step 1/L on the whole problem, to
+    high precision. The MLP (non-convex): a local optimum, by proximal gradient with
+    backtracking from ``start`` (the nodes' common starting point), ``iters // 4`` steps.
+    Cached by the problem, the data and the start: in memory, and under ``cache_dir`` as JSON.
     """
-    digest = hashlib.sha256(json.dumps([p.loss, p.n_classes, p.l1, p.l2]).encode())
+    digest = hashlib.sha256(json.dumps([p.loss, p.n_classes, p.l1, p.l2, p.hidden]).encode())
     for d in nodes:
         digest.update(np.ascontiguousarray(d.x, dtype=np.float64).tobytes())
         digest.update(np.ascontiguousarray(d.y, dtype=np.int64).tobytes())
+    x0 = np.zeros(p.dim(nodes[0].x.shape[1])) if start is None else np.asarray(start, float)
+    if p.hidden:
+        digest.update(x0.tobytes())
     key = digest.hexdigest()[:24]
     if key in _REFERENCE:
         return _REFERENCE[key]
@@ -159,6 +210,21 @@ def solve_reference(
         _REFERENCE[key] = (np.array(blob["x"]), float(blob["f"]))
         return _REFERENCE[key]
     designs = [(_design(d.x), d.y) for d in nodes]
+    w = _prox_gradient(p, designs, x0, iters // 4) if p.hidden else _fista(p, nodes, designs, iters)
+    result = (w, objective(p, nodes, w))
+    _REFERENCE[key] = result
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"x": w.tolist(), "f": result[1]}))
+    return result
+
+
+def _smooth_part(p: Problem, designs, w: np.ndarray) -> tuple[float, np.ndarray]:
+    parts = [_loss_grad(p, a, y, w, True) for a, y in designs]
+    return float(np.mean([f for f, _ in parts])), np.mean([g for _, g in parts], axis=0)
+
+
+def _fista(p: Problem, nodes, designs, iters: int) -> np.ndarray:
     step = 1.0 / (smoothness(p, nodes) + p.l2)
     w = v = np.zeros(p.dim(nodes[0].x.shape[1]))
     tk = 1.0
@@ -168,15 +234,27 @@ def solve_reference(
         t_next = (1 + math.sqrt(1 + 4 * tk * tk)) / 2
         v = w_next + ((tk - 1) / t_next) * (w_next - w)
         if np.linalg.norm(w_next - w) < 1e-13 * max(1.0, np.linalg.norm(w)):
-            w = w_next
-            break
+            return w_next
         w, tk = w_next, t_next
-    result = (w, objective(p, nodes, w))
-    _REFERENCE[key] = result
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"x": w.tolist(), "f": result[1]}))
-    return result
+    return w
+
+
+def _prox_gradient(p: Problem, designs, w: np.ndarray, iters: int) -> np.ndarray:
+    """Proximal gradient with a backtracking step (the non-convex case has no global L)."""
+    lip = 1.0
+    f, g = _smooth_part(p, designs, w)
+    for _ in range(iters):
+        while True:
+            nxt = prox(p, w - g / lip, 1.0 / lip)
+            f_next, g_next = _smooth_part(p, designs, nxt)
+            d = nxt - w
+            if f_next <= f + g @ d + 0.5 * lip * (d @ d) + 1e-15:
+                break
+            lip *= 2.0
+        if np.linalg.norm(d) < 1e-12 * max(1.0, np.linalg.norm(w)):
+            return nxt
+        w, f, g, lip = nxt, f_next, g_next, max(lip / 1.5, 1e-3)
+    return w
 
 
 # ------------------------------------------------------------------ what a node computes
@@ -214,7 +292,7 @@ class NodeStep:
         if "design" not in st:
             data: PartyData = ctx.data
             st["design"], st["y"] = _design(data.x), np.asarray(data.y)
-            st["x"] = np.zeros_like(payload.mixed[0])
+            st["x"] = payload.mixed[ctx.party_id].copy()  # step 0: every node's start, mixed
         a, y, m = st["design"], st["y"], len(st["y"])
         evals = 0
         if self.algorithm == "dpsvrg" and payload.snapshot:
@@ -276,6 +354,7 @@ class Decentralized(Trainer):
 
     def __init__(self, config: TrainerConfig, model: ModelConfig | None = None) -> None:
         self.config = config
+        self.hidden = model.hidden[0] if model is not None and model.name == "mlp" else 0
 
     def step_size(self, t: int) -> float:
         c = self.config.decentralized
@@ -292,19 +371,20 @@ class Decentralized(Trainer):
         nodes = [data.parties[i] for i in ids]
         if ids != list(range(len(ids))):
             raise ValueError("decentralized nodes must be numbered 0..n-1")
-        problem = Problem(c.loss, data.n_classes, c.l1, c.l2)
+        problem = Problem(c.loss, data.n_classes, c.l1, c.l2, self.hidden)
         if c.loss == "logistic" and data.n_classes != 2:
             raise ValueError(
                 f"logistic needs 2 classes, the data has {data.n_classes}: use multinomial"
             )
         topology = Topology(c.topology, len(ids), c.p, c.k, c.varying, c.q, c.b, c.lazy, seed=seed)
-        _, f_star = solve_reference(problem, nodes, c.cache_dir)
+        x0 = problem.initial(data.n_features, seed)
+        _, f_star = solve_reference(problem, nodes, c.cache_dir, start=x0)
         executor.load(data.parties, sizes={i: len(d) for i, d in data.parties.items()})
         task = NodeStep(problem, self.algorithm, c.batch_size, seed)
         total = sum(len(d) for d in nodes)
         mean_m = total / len(nodes)
         inner = c.inner_steps or max(1, math.ceil(mean_m / c.batch_size))
-        x = np.zeros((len(ids), problem.dim(data.n_features)))
+        x = np.tile(x0, (len(ids), 1))
         test_design = _design(data.x_test)
         history: list[dict[str, float]] = []
         gap = topology.gap
@@ -348,7 +428,7 @@ class Decentralized(Trainer):
             reporter.report(int(history[-1]["round"]) + 1, summary)
         final = x.mean(axis=0)
         return TrainResult(
-            _linear_model(final, problem, data.n_features),
+            _consensus_model(final, problem, data.n_features),
             history,
             {
                 "network": [
@@ -386,10 +466,8 @@ def _summary(history: list[dict[str, float]], target: float) -> dict[str, float]
 
 
 def _accuracy(p: Problem, design: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-    if p.loss == "logistic":
-        pred = (design @ w > 0).astype(np.int64)
-    else:
-        pred = (design @ w.reshape(design.shape[1], p.n_classes)).argmax(axis=1)
+    z = _logits(p, design, w)
+    pred = (z[:, 0] > 0).astype(np.int64) if p.loss == "logistic" else z.argmax(axis=1)
     return float(np.mean(pred == y))
 
 
@@ -417,19 +495,35 @@ class DSGD(Decentralized):
     algorithm = "dsgd"
 
 
-def _linear_model(w: np.ndarray, problem: Problem, n_features: int):
-    """The consensus model x_bar as the registered ``logreg`` module (a binary logistic model
-    becomes logits (0, a.w): the same argmax, and softmax equals the sigmoid)."""
+def _consensus_model(w: np.ndarray, problem: Problem, n_features: int):
+    """x_bar as the registered ``logreg`` or ``mlp`` module. A binary logistic output becomes
+    logits (0, z): the same argmax, and the softmax equals the sigmoid."""
     import torch
 
-    weights = w.reshape(n_features + 1, -1)
-    if problem.loss == "logistic":
-        weights = np.hstack([np.zeros_like(weights), weights])
-    layer = build_model(ModelSpec("logreg", n_features, weights.shape[1]), seed=0)
+    def layer(flat: np.ndarray, fan_in: int, two_class: bool) -> tuple[np.ndarray, np.ndarray]:
+        m = flat.reshape(fan_in + 1, -1)
+        if two_class:
+            m = np.hstack([np.zeros_like(m), m])
+        return m[:-1].T, m[-1]
+
+    binary = problem.loss == "logistic"
+    if problem.hidden:
+        n1 = (n_features + 1) * problem.hidden
+        shapes = [
+            layer(w[:n1], n_features, False),
+            layer(w[n1:], problem.hidden, binary),
+        ]
+        spec = ModelSpec("mlp", n_features, shapes[1][1].size, (problem.hidden,))
+    else:
+        shapes = [layer(w, n_features, binary)]
+        spec = ModelSpec("logreg", n_features, shapes[0][1].size)
+    model = build_model(spec, seed=0)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(weights[:-1].T.astype(np.float32)))
-        layer.bias.copy_(torch.from_numpy(weights[-1].astype(np.float32)))
-    return layer
+        for lin, (weight, bias) in zip(linears, shapes):
+            lin.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+            lin.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    return model
 
 
 TRAINERS.register("dspg")(DSPG)
