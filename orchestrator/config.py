@@ -43,7 +43,8 @@ class DataConfig:
     """Where the samples come from."""
 
     name: str = "digits"
-    """digits, breast_cancer, wine (bundled with scikit-learn), synthetic, or parquet."""
+    """digits, breast_cancer, wine (bundled with scikit-learn), synthetic, synthetic_images,
+    or parquet."""
     path: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
     """Parquet file to read (data.name=parquet)."""
     label: str = "label"
@@ -62,6 +63,10 @@ class DataConfig:
     """Synthetic: number of classes."""
     random_state: Optional[int] = None  # noqa: UP045
     """Synthetic: generator seed (default: the run's seed)."""
+    image_side: int = 8
+    """synthetic_images: side of the square single-channel images."""
+    image_noise: float = 1.5
+    """synthetic_images: standard deviation of the pixel noise."""
     test_fraction: float = 0.2
     """Share of the samples held out for testing, in (0, 1)."""
     shuffle_split: bool = True

@@ -88,6 +88,24 @@ def _synthetic(cfg: DataConfig, seed: int) -> TableSource:
     return _from_arrays(x, y, [f"x{i}" for i in range(cfg.n_features)])
 
 
+@DATASETS.register("synthetic_images")
+def _synthetic_images(cfg: DataConfig, seed: int) -> TableSource:
+    """Seeded square single-channel images (``n_samples`` of ``n_classes``): each class is a
+    smooth random prototype; a sample is its prototype shifted by up to one pixel each way,
+    scaled by U(0.7, 1.3), plus N(0, image_noise^2) pixel noise."""
+    rng = np.random.default_rng(cfg.random_state if cfg.random_state is not None else seed)
+    side, n = cfg.image_side, cfg.n_samples
+    raw = rng.normal(size=(cfg.n_classes, side + 2, side + 2))
+    smooth = sum(np.roll(raw, (i, j), axis=(1, 2)) for i in (-1, 0, 1) for j in (-1, 0, 1)) / 3
+    y = rng.integers(0, cfg.n_classes, n)
+    rows, cols = rng.integers(0, 3, (2, n))
+    images = np.stack([smooth[c, r : r + side, k : k + side] for c, r, k in zip(y, rows, cols)])
+    images = images * rng.uniform(0.7, 1.3, (n, 1, 1)) + rng.normal(
+        0, cfg.image_noise, images.shape
+    )
+    return _from_arrays(images.reshape(n, -1), y, [f"px{i}" for i in range(side * side)])
+
+
 @DATASETS.register("parquet")
 def _parquet(cfg: DataConfig, seed: int) -> TableSource:
     try:

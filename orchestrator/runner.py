@@ -29,7 +29,7 @@ from orchestrator.data import Prepared, prepare, write_partitions
 from trainers import TRAINERS
 from trainers.base import StopTraining, TrainResult
 from trainers.local import warm_up
-from trainers.models import ModelSpec, save_checkpoint
+from trainers.models import ModelSpec, load_checkpoint, save_checkpoint
 
 __all__ = ["RunResult", "make_executor", "run"]
 
@@ -109,6 +109,7 @@ def run(
     """
     cfg = load_config(config, list(overrides))
     trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
+    lineage = _load_teacher(cfg, trainer)
     own_executor = executor is None
     if executor is None:
         executor = make_executor(cfg.runtime)  # Ray actors warm up while the data loads
@@ -116,10 +117,36 @@ def run(
         prepared = prepare(cfg)
         if cfg.partition.output_dir:
             write_partitions(prepared, cfg.partition.output_dir)
-        return _run_tracked(cfg, trainer, prepared, executor, progress, tags, parent_run_id)
+        return _run_tracked(
+            cfg, trainer, prepared, executor, progress, {**lineage, **(tags or {})}, parent_run_id
+        )
     finally:
         if own_executor:
             executor.close()
+
+
+def _load_teacher(cfg: ExperimentConfig, trainer: Any) -> dict[str, str]:
+    """Hands a distillation trainer its teacher from MLflow; returns the lineage tags."""
+    if cfg.trainer.name != "distill" or cfg.trainer.distill.teacher.source != "mlflow":
+        return {}
+    from orchestrator.errors import ConfigError
+
+    teacher = cfg.trainer.distill.teacher
+    try:
+        data, lineage = _fetch_cached(teacher.uri, teacher.tracking_uri or cfg.tracking.uri)
+    except ValueError as exc:
+        raise ConfigError("trainer.distill.teacher.uri", str(exc)) from None
+    trainer.teacher, _ = load_checkpoint(data)
+    return dict(lineage)
+
+
+@functools.lru_cache(maxsize=4)
+def _fetch_cached(ref: str, uri: str | None) -> tuple[bytes, tuple]:
+    """A teacher is fetched once per process: a sweep's trials on one worker share it."""
+    from orchestrator.tracking import fetch_checkpoint
+
+    data, lineage = fetch_checkpoint(ref, uri)
+    return data, tuple(lineage.items())
 
 
 def _run_tracked(
@@ -193,6 +220,12 @@ def _run_tracked(
                 model_uri = tracker.log_model(
                     result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
                 )
+                # The architecture and weights too (milliseconds), so that any run's model can
+                # be reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
+                spec = ModelSpec.from_config(
+                    cfg.model, prepared.data.n_features, prepared.data.n_classes
+                )
+                tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
         except BaseException as exc:
             tracker.end("FAILED", exc)
             raise

@@ -772,6 +772,11 @@ def _finish(
             if entry["model_uri"] and entry["model_uri"].endswith("checkpoint/model.pt"):
                 entry["model_uri"] = _package_checkpoint(tracker, entry, base.tracking.model_format)
             if entry["model_uri"]:
+                lineage = {  # a distilled student names its teacher
+                    k: v
+                    for k, v in tracker.client.get_run(entry["run_id"]).data.tags.items()
+                    if k.startswith("lineage.")
+                }
                 version = tracker.register_model(
                     entry["model_uri"],
                     name,
@@ -779,6 +784,7 @@ def _finish(
                         "study": study_name,
                         "trial": str(entry["number"]),
                         "run_id": str(entry["run_id"]),
+                        **lineage,
                     },
                 )
                 registered.append({"name": name, "version": version, "trial": entry["number"]})

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
+# MLflow's per-download progress bars would fill every trial's log (teachers, checkpoints).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
 import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "MlflowTracker",
     "RecordingTracker",
     "RunRecord",
+    "fetch_checkpoint",
     "resolve_tracking_uri",
     "write_record",
 ]
@@ -328,6 +333,45 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
         _EXPERIMENT_IDS[key] = exp.experiment_id if exp else client.create_experiment(name)
         _use_wal(uri)
     return _EXPERIMENT_IDS[key]
+
+
+def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The fedsweep checkpoint a model reference points to, and lineage tags naming it.
+
+    Args:
+        ref: ``run:<run id>`` (the checkpoint every fedsweep run logs), ``runs:/<run id>/<path>``,
+            ``models:/<name>/<version>`` (a registered version) or ``models:/<model id>`` (a
+            logged model): the last two resolve to the run that produced them.
+        uri: the tracking URI.
+
+    Raises:
+        ValueError: the reference is malformed or points at nothing loadable.
+    """
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(uri))
+    lineage = {"lineage.teacher_uri": ref}
+    path = "checkpoint/model.pt"
+    try:
+        if ref.startswith("run:"):
+            run_id = ref[len("run:") :]
+        elif ref.startswith("runs:/"):
+            run_id, _, path = ref[len("runs:/") :].partition("/")
+        elif ref.startswith("models:/"):
+            name, _, version = ref[len("models:/") :].partition("/")
+            if version:
+                run_id = client.get_model_version(name, version).run_id
+                lineage["lineage.teacher_model_name"] = name
+                lineage["lineage.teacher_model_version"] = version
+            else:
+                run_id = client.get_logged_model(name).source_run_id
+        else:
+            raise ValueError("must start with run:, runs:/ or models:/")
+        lineage["lineage.teacher_run_id"] = run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_bytes(), lineage
+    except MlflowException as exc:
+        raise ValueError(f"{ref}: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ValueError(f"{ref}: no {path} in that run ({exc.__class__.__name__})") from None
 
 
 def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | None = None) -> str:

@@ -41,6 +41,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.n_redundant": (_at_least(0), "must be >= 0"),
     "data.n_classes": (_at_least(2), "must be >= 2"),
     "data.test_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "data.image_side": (_at_least(4), "must be >= 4"),
+    "data.image_noise": (_at_least(0), "must be >= 0"),
     "partition.num_parties": (_at_least(1), "must be >= 1"),
     "partition.alpha": (_positive, "must be > 0"),
     "partition.labels_per_party": (_at_least(1), "must be >= 1"),
@@ -84,6 +86,21 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.decentralized.epochs": (_positive, "must be > 0"),
     "trainer.decentralized.max_steps": (_at_least(1), "must be >= 1"),
     "trainer.decentralized.eval_every": (_at_least(1), "must be >= 1"),
+    "model.dim": (_at_least(1), "must be >= 1"),
+    "model.depth": (_at_least(1), "must be >= 1"),
+    "model.heads": (_at_least(1), "must be >= 1"),
+    "model.patch": (_at_least(1), "must be >= 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "trainer.distill.teacher.epochs": (_at_least(0), "must be >= 0"),
+    "trainer.distill.teacher.lr": (_positive, "must be > 0"),
+    "trainer.distill.temperature": (_positive, "must be > 0"),
+    "trainer.distill.distill_weight": (_at_least(0), "must be >= 0"),
+    "trainer.distill.label_weight": (_at_least(0), "must be >= 0"),
+    "trainer.distill.epochs": (_at_least(1), "must be >= 1"),
+    "trainer.distill.batch_size": (_at_least(2), "must be >= 2"),
+    "trainer.distill.lr": (_positive, "must be > 0"),
+    "trainer.distill.weight_decay": (_at_least(0), "must be >= 0"),
+    "trainer.distill.proxy_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "runtime.num_workers": (_at_least(1), "must be >= 1"),
     "runtime.num_cpus": (_at_least(1), "must be >= 1"),
     "tracking.flush_every": (_at_least(1), "must be >= 1"),
@@ -105,6 +122,11 @@ _NAMES: dict[str, Callable[[], list[str]]] = {
     "trainer.aggregator.name": AGGREGATORS.names,
     "trainer.cmfl.election": lambda: ["median", "top"],
     "trainer.decentralized.loss": lambda: ["least_squares", "logistic", "multinomial"],
+    "trainer.distill.teacher.source": lambda: ["mlflow", "train"],
+    "trainer.distill.teacher.model.name": MODELS.names,
+    "trainer.distill.target": lambda: ["features", "logits", "relations"],
+    "trainer.distill.feature_loss": lambda: ["cosine", "mse", "smooth_l1"],
+    "trainer.distill.relations": lambda: ["qk", "qk_vv", "vv"],
     "trainer.decentralized.topology": lambda: list(GRAPHS),
     "trainer.decentralized.varying": lambda: ["cycle", "edges", "none"],
     "trainer.decentralized.schedule": lambda: ["constant", "diminishing"],
@@ -153,6 +175,22 @@ def _check_roles(cfg: ExperimentConfig) -> None:
     """Aggregators and committees that cannot work with the configured number of parties."""
     t = cfg.trainer
     parties = 1 if t.name == "centralized" else cfg.partition.num_parties
+    if t.name == "distill":
+        d = t.distill
+        if d.teacher.source == "mlflow" and not d.teacher.uri:
+            raise ConfigError("trainer.distill.teacher.uri", "required when source is mlflow")
+        models = [("model", cfg.model), ("trainer.distill.teacher.model", d.teacher.model)]
+        if d.assistant is not None:
+            if d.assistant.name not in MODELS.names():
+                raise ConfigError(
+                    "trainer.distill.assistant.name",
+                    f"unknown name {d.assistant.name!r}; valid: {', '.join(MODELS.names())}",
+                )
+            models.append(("trainer.distill.assistant", d.assistant))
+        for key, model in models:
+            if model.name == "vit" and model.dim % model.heads:
+                raise ConfigError(f"{key}.dim", f"must be divisible by heads ({model.heads})")
+        return
     if t.name in DECENTRALIZED:
         if cfg.model.name not in ("logreg", "mlp"):
             raise ConfigError(

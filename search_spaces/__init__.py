@@ -4,7 +4,9 @@ The shipped spaces sit beside this file: ``centralized.yaml``, ``fedavg.yaml``,
 ``fedprox.yaml``, ``fedavg_accuracy_vs_bytes.yaml`` (multi-objective), ``robust.yaml``,
 ``cmfl.yaml``, ``cmfl_comparison.yaml`` (a grid with a results table), ``dpsvrg.yaml``,
 ``dspg.yaml``, their step-only versions ``dpsvrg_step.yaml`` and ``dspg_step.yaml``, and
-``decentralized_comparison.yaml`` (a grid with curves).
+``decentralized_comparison.yaml`` (a grid with curves), ``distill.yaml``,
+``distill_pareto.yaml`` and ``distill_latency.yaml`` (multi-objective), and
+``distill_comparison.yaml`` (a grid).
 """
 
 from pathlib import Path

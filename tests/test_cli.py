@@ -68,11 +68,15 @@ def test_quiet_hides_progress(workdir):
 @pytest.mark.ray
 @pytest.mark.parametrize("config", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_config_runs_on_ray(ray_session, tracking_uri, config):
-    decentralized = load_config(config).trainer.name in ("dspg", "dpsvrg", "dsgd")
-    # decentralized runs are budgeted in epochs, the others in rounds
-    budget = "trainer.decentralized.epochs=2" if decentralized else "trainer.rounds=2"
-    result = run(config, [budget, f"tracking.uri={tracking_uri}", "runtime.executor=ray"])
-    if decentralized:
+    name = load_config(config).trainer.name
+    # decentralized runs are budgeted in epochs, distillation in its stages' epochs
+    budget = {
+        "dspg": ["trainer.decentralized.epochs=2"],
+        "dpsvrg": ["trainer.decentralized.epochs=2"],
+        "distill": ["trainer.distill.epochs=2", "trainer.distill.teacher.epochs=1"],
+    }.get(name, ["trainer.rounds=2"])
+    result = run(config, [*budget, f"tracking.uri={tracking_uri}", "runtime.executor=ray"])
+    if name in ("dspg", "dpsvrg"):
         assert result.history[-1]["epochs"] >= 2 and result.metrics["suboptimality"] >= 0
     else:
         assert len(result.history) == 2

@@ -54,12 +54,12 @@ def test_interpolation_resolves(tmp_path):
         (
             ["trainer.name=fedsgd"],
             "trainer.name",
-            "valid: centralized, cmfl, dpsvrg, dsgd, dspg, fedavg, fedprox",
+            "valid: centralized, cmfl, distill, dpsvrg, dsgd, dspg, fedavg, fedprox",
         ),
         (
             ["data.name=mnist"],
             "data.name",
-            "valid: breast_cancer, digits, parquet, synthetic, wine",
+            "valid: breast_cancer, digits, parquet, synthetic, synthetic_images, wine",
         ),
         (["model.name=resnet"], "model.name", "valid: cnn, logreg, mlp"),
         (["partition.name=zipf"], "partition.name", "valid: dirichlet, iid, shards"),

@@ -188,6 +188,8 @@ def test_shipped_spaces_are_valid(path):
     cfg = load_config(tiny(trainer__name=name))
     if path.stem.startswith("cmfl"):  # committees need the shipped config's 100 parties
         cfg = load_config(CONFIGS / "cmfl_digits.yaml")
+    if path.stem.startswith("distill"):
+        cfg = load_config(CONFIGS / "distill_digits.yaml")
     if path.stem.startswith(("dpsvrg", "dspg", "decentralized")):
         trainer = "dspg" if path.stem.startswith("dspg") else "dpsvrg"
         cfg = load_config(CONFIGS / "decentralized_breast_cancer.yaml", [f"trainer.name={trainer}"])

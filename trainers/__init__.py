@@ -18,10 +18,12 @@ from trainers.config import (
     AttackConfig,
     CMFLConfig,
     DecentralizedConfig,
+    DistillConfig,
     FedProxConfig,
     TrainerConfig,
 )
 from trainers.decentralized import DPSVRG, DSGD, DSPG
+from trainers.distill import Distillation
 from trainers.fedavg import Centralized, FedAvg, FedProx
 from trainers.models import MODELS, ModelConfig, ModelSpec, build_model
 from trainers.registry import Registry, UnknownNameError
@@ -45,6 +47,8 @@ __all__ = [
     "CMFLConfig",
     "Centralized",
     "DecentralizedConfig",
+    "DistillConfig",
+    "Distillation",
     "FedAvg",
     "FedProx",
     "FedProxConfig",

@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from trainers.models import ModelConfig
+
 __all__ = [
     "AggregatorConfig",
     "AttackConfig",
     "CMFLConfig",
     "DecentralizedConfig",
+    "DistillConfig",
+    "TeacherConfig",
     "FedProxConfig",
     "TrainerConfig",
 ]
@@ -146,11 +150,76 @@ class DecentralizedConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """Where the distillation teacher comes from."""
+
+    source: str = "train"
+    """train: fedsweep trains ``model`` on the training split first; mlflow: load ``uri``."""
+    uri: Optional[str] = None  # noqa: UP045
+    """source=mlflow: models:/<name>/<version>, models:/<model id>, runs:/<run id>/<path to a
+    checkpoint>, or run:<run id> for the model a fedsweep run logged (a federated global
+    model, say)."""
+    tracking_uri: Optional[str] = None  # noqa: UP045
+    """source=mlflow: the tracking URI the teacher is found under (default: tracking.uri)."""
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="vit", dim=64, depth=6, heads=4)
+    )
+    """source=train: the teacher's architecture."""
+    epochs: int = 30
+    """source=train: epochs of supervised training."""
+    lr: float = 1.0e-3
+    """source=train: Adam learning rate."""
+
+
+@dataclass
+class DistillConfig:
+    """A knowledge-distillation recipe (TinyMIM's axes, at CPU scale)."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The teacher (the student is the experiment's ``model``)."""
+    target: str = "relations"
+    """logits (KL at a temperature), features (a layer's representations) or relations (ViT:
+    softmax(QK^T) and softmax(VV^T) maps; mlp/cnn: softmaxed sample-similarity Gram matrices)."""
+    feature_loss: str = "mse"
+    """features: mse, smooth_l1 or cosine, on layer-normalised features; a learned linear
+    projection maps the student's width to the teacher's when they differ."""
+    relations: str = "qk_vv"
+    """relations on a ViT: qk_vv, qk or vv."""
+    teacher_layer: int = -1
+    """The teacher's layer (block) the target comes from: -1 the last, k the k-th (0-based)."""
+    student_layer: int = -1
+    """The student's layer matched to it."""
+    temperature: float = 4.0
+    """logits: softmax temperature (the KL is scaled by T^2)."""
+    distill_weight: float = 1.0
+    """Weight of the distillation loss."""
+    label_weight: float = 1.0
+    """Weight of the student's cross-entropy on the labels."""
+    epochs: int = 30
+    """Student epochs (each stage, with an assistant)."""
+    finetune_epochs: int = 0
+    """Epochs of label-only training of the final student after distillation (TinyMIM's
+    protocol: distil without labels, label_weight 0, then fine-tune)."""
+    batch_size: int = 64
+    """Minibatch size."""
+    lr: float = 1.0e-3
+    """Adam learning rate of the student."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the student."""
+    assistant: Optional[ModelConfig] = None  # noqa: UP045
+    """Sequential distillation: teacher -> this intermediate-size model -> the student."""
+    proxy_fraction: float = 0.0
+    """Distil on this share of the held-out split (the rest evaluates) instead of on the
+    training split: for a teacher that saw all the training data, e.g. a federated model."""
+
+
+@dataclass
 class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
 
     name: str = "fedavg"
-    """One of the registered trainers: centralized, fedavg, fedprox, cmfl, dspg, dpsvrg, dsgd."""
+    """One of the registered trainers: centralized, fedavg, fedprox, cmfl, dspg, dpsvrg, dsgd,
+    distill."""
     rounds: int = 20
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
     fraction: float = 1.0
@@ -179,3 +248,5 @@ class TrainerConfig:
     """CMFL settings (read by the cmfl trainer only)."""
     decentralized: DecentralizedConfig = field(default_factory=DecentralizedConfig)
     """Settings of the decentralized trainers (dspg, dpsvrg, dsgd)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Settings of the distill trainer (teacher, recipe, student schedule)."""

@@ -20,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "ModelSpec",
     "build_model",
+    "forward_layers",
     "get_flat",
     "layer_slices",
     "load_checkpoint",
@@ -34,11 +35,22 @@ class ModelConfig:
     """Which model to train."""
 
     name: str = "mlp"
-    """One of the registered models: logreg, mlp, cnn."""
+    """One of the registered models: logreg, mlp, cnn, vit."""
     hidden: list[int] = field(default_factory=lambda: [128])
     """Hidden layer widths of the MLP."""
     channels: list[int] = field(default_factory=lambda: [16, 32])
     """Convolution channels of the CNN (two 3x3 conv + 2x2 max-pool stages)."""
+    dim: int = 32
+    """ViT: token width."""
+    depth: int = 4
+    """ViT: transformer blocks."""
+    heads: int = 4
+    """ViT: attention heads per block."""
+    patch: int = 2
+    """ViT: side of the square patches the (square) image is cut into."""
+    dropout: float = 0.0
+    """Regularisation: dropout after every hidden layer (mlp, cnn) or the largest drop-path
+    rate (vit, rising linearly over the blocks)."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,26 @@ class ModelSpec:
     n_classes: int
     hidden: tuple[int, ...] = (128,)
     channels: tuple[int, ...] = (16, 32)
+    dim: int = 32
+    depth: int = 4
+    heads: int = 4
+    patch: int = 2
+    dropout: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_features: int, n_classes: int) -> ModelSpec:
-        return cls(cfg.name, n_features, n_classes, tuple(cfg.hidden), tuple(cfg.channels))
+        return cls(
+            cfg.name,
+            n_features,
+            n_classes,
+            tuple(cfg.hidden),
+            tuple(cfg.channels),
+            cfg.dim,
+            cfg.depth,
+            cfg.heads,
+            cfg.patch,
+            cfg.dropout,
+        )
 
 
 MODELS: Registry[Callable[[ModelSpec], nn.Module]] = Registry("model")
@@ -70,6 +98,8 @@ def _mlp(spec: ModelSpec) -> nn.Module:
     width = spec.n_features
     for h in spec.hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
+        if spec.dropout:
+            layers.append(nn.Dropout(spec.dropout))
         width = h
     layers.append(nn.Linear(width, spec.n_classes))
     return nn.Sequential(*layers)
@@ -96,14 +126,121 @@ class _SmallCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
+        self.drop = nn.Dropout(spec.dropout)
         self.head = nn.Linear(c2 * (side // 4) ** 2, spec.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(-1, 1, self.side, self.side)
-        return self.head(self.features(x).flatten(1))
+        return self.head(self.drop(self.features(x).flatten(1)))
 
 
 MODELS.register("cnn")(_SmallCNN)
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"vit: dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        out = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+        return self.proj(out), (q, k, v)
+
+
+class _Block(nn.Module):
+    """A pre-norm transformer block with stochastic depth (drop-path)."""
+
+    def __init__(self, dim: int, heads: int, drop_path: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop_path = drop_path
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.drop_path:
+            return y
+        keep = 1.0 - self.drop_path
+        mask = torch.rand(y.shape[0], 1, 1, dtype=y.dtype).lt(keep).to(y.dtype)
+        return y * mask / keep
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        y, qkv = self.attn(self.norm1(x))
+        x = x + self._drop(y)
+        return x + self._drop(self.mlp(self.norm2(x))), qkv
+
+
+class _ViT(nn.Module):
+    """A small vision transformer for square single-channel images: patch embedding, a CLS
+    token, learned positions, ``depth`` pre-norm blocks, the CLS token classified."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        side = int(round(spec.n_features**0.5))
+        if side * side != spec.n_features or side % spec.patch:
+            raise ValueError(
+                f"vit needs square images whose side is divisible by patch ({spec.patch}); "
+                f"got {spec.n_features} features"
+            )
+        self.side, self.patch = side, spec.patch
+        tokens = (side // spec.patch) ** 2
+        self.embed = nn.Linear(spec.patch * spec.patch, spec.dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, spec.dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, spec.dim) * 0.02)
+        rates = [spec.dropout * i / max(1, spec.depth - 1) for i in range(spec.depth)]
+        self.blocks = nn.ModuleList(_Block(spec.dim, spec.heads, r) for r in rates)
+        self.norm = nn.LayerNorm(spec.dim)
+        self.head = nn.Linear(spec.dim, spec.n_classes)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        p, n = self.patch, self.side // self.patch
+        patches = x.view(-1, n, p, n, p).permute(0, 1, 3, 2, 4).reshape(-1, n * n, p * p)
+        z = self.embed(patches)
+        return torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1) + self.pos
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+        """Logits, every block's output tokens, and every block's (q, k, v)."""
+        z = self.tokens(x)
+        outs, qkvs = [], []
+        for block in self.blocks:
+            z, qkv = block(z)
+            outs.append(z)
+            qkvs.append(qkv)
+        return self.head(self.norm(z)[:, 0]), outs, qkvs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x)[0]
+
+
+MODELS.register("vit")(_ViT)
+
+
+def forward_layers(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list, list | None]:
+    """Logits, the representation after every hidden layer (mlp: each ReLU; cnn: each conv
+    stage, flattened; vit: each block's tokens) and, for a vit, every block's (q, k, v)."""
+    if isinstance(model, _ViT):
+        return model.forward_all(x)
+    feats: list[torch.Tensor] = []
+    if isinstance(model, _SmallCNN):
+        z = x.view(-1, 1, model.side, model.side)
+        for layer in model.features:
+            z = layer(z)
+            if isinstance(layer, nn.MaxPool2d):
+                feats.append(z.flatten(1))
+        return model.head(model.drop(z.flatten(1))), feats, None
+    z = x
+    for layer in model if isinstance(model, nn.Sequential) else [model]:
+        z = layer(z)
+        if isinstance(layer, nn.ReLU):
+            feats.append(z)
+    return z, feats, None
 
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:
@@ -128,14 +265,9 @@ def load_checkpoint(data: bytes) -> tuple[nn.Module, ModelSpec]:
     import io
 
     blob = torch.load(io.BytesIO(data), weights_only=True)
-    raw = blob["spec"]
-    spec = ModelSpec(
-        raw["name"],
-        raw["n_features"],
-        raw["n_classes"],
-        tuple(raw["hidden"]),
-        tuple(raw["channels"]),
-    )
+    raw = dict(blob["spec"])
+    raw["hidden"], raw["channels"] = tuple(raw["hidden"]), tuple(raw["channels"])
+    spec = ModelSpec(**raw)  # fields added since default as before
     model = build_model(spec, seed=0)
     model.load_state_dict(blob["state_dict"])
     return model, spec

@@ -1,0 +1,343 @@
+"""Knowledge distillation: a frozen teacher distils into a student, TinyMIM's recipe axes at
+CPU scale.
+
+The student (the experiment's ``model``) minimises
+
+    label_weight * CE(student(x), y) + distill_weight * L_target
+
+over the distillation data, where the target is one of:
+
+- ``logits``: T^2 KL(softmax(t / T) || softmax(s / T)) (Hinton et al.);
+- ``features``: MSE, smooth-L1 or 1 - cosine between the teacher's and the student's chosen
+  layers, both layer-normalised, through a learned linear projection when widths differ
+  (vit tokens are compared token by token; a vit against a non-vit by its mean token);
+- ``relations``: between two vits with the same tokens, TinyMIM's token relations of the
+  chosen blocks, KL(R_t || R_s) for R_qk = softmax(Q K^T / sqrt(d_h)) and R_vv =
+  softmax(V V^T / sqrt(d_h)), per head (averaged over heads when the head counts differ);
+  otherwise sample relations: KL between the row-softmaxed cosine-similarity Gram matrices
+  (temperature 0.1) of the batch's features at the chosen layers (vit features: the mean
+  token).
+
+The teacher is trained here first (``teacher.source: train``) or handed over already trained
+(loaded from MLflow by the orchestrator). With an ``assistant``, distillation is sequential:
+teacher -> assistant -> student, each stage with the same recipe. Teacher outputs are computed
+once over the distillation data (the teacher is frozen and the inputs are not augmented).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clusters import Executor
+from trainers.base import TRAINERS, FederatedData, Reporter, Trainer, TrainResult, derive_seed
+from trainers.config import DistillConfig, TrainerConfig
+from trainers.models import ModelConfig, ModelSpec, _ViT, build_model, forward_layers
+
+__all__ = ["Distillation", "latency_ms", "train_supervised"]
+
+_TEACHER_STREAM = 11
+_STUDENT_STREAM = 12
+_GRAM_TEMPERATURE = 0.1
+
+
+@dataclass
+class _Targets:
+    """The frozen teacher's outputs over the distillation data."""
+
+    logits: torch.Tensor
+    feats: torch.Tensor | None = None
+    qk: torch.Tensor | None = None
+    vv: torch.Tensor | None = None
+
+
+def _pick(layers: list, index: int, who: str) -> int:
+    if not layers:
+        raise ValueError(f"the {who} has no hidden layer to distil from (use target=logits)")
+    if not -len(layers) <= index < len(layers):
+        raise ValueError(f"{who}_layer {index} out of range: the {who} has {len(layers)} layers")
+    return index % len(layers)
+
+
+def _relation_maps(qkv: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = qkv
+    scale = q.shape[-1] ** -0.5
+    return (
+        F.log_softmax(q @ k.transpose(-2, -1) * scale, dim=-1),
+        F.log_softmax(v @ v.transpose(-2, -1) * scale, dim=-1),
+    )
+
+
+def _token_relations(teacher: nn.Module, student: nn.Module) -> bool:
+    return isinstance(teacher, _ViT) and isinstance(student, _ViT)
+
+
+def _sample_features(feats: torch.Tensor) -> torch.Tensor:
+    return feats.mean(dim=1) if feats.dim() == 3 else feats
+
+
+def _gram_log_softmax(feats: torch.Tensor) -> torch.Tensor:
+    f = F.normalize(_sample_features(feats), dim=-1)
+    return F.log_softmax(f @ f.T / _GRAM_TEMPERATURE, dim=-1)
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) summed over the last axis, averaged over everything else."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def _head_average(log_r: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per-head log relation maps, or their head-averaged map when the head counts differ."""
+    if log_r.shape[1] == heads:
+        return log_r
+    return torch.log(log_r.exp().mean(dim=1, keepdim=True) + 1e-12)
+
+
+def train_supervised(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int
+) -> nn.Module:
+    """Plain cross-entropy training with Adam (the teacher, when fedsweep trains it)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), 64):
+            idx = order[start : start + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def latency_ms(model: nn.Module, n_features: int, batch: int = 256, repeats: int = 15) -> float:
+    """Median wall time of one forward pass over ``batch`` inputs, in milliseconds."""
+    x = torch.zeros(batch, n_features)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
+
+
+class Distillation(Trainer):
+    """Distils a teacher into the experiment's model (the student).
+
+    Args:
+        config: ``distill`` holds the teacher and the recipe.
+        model: the student's architecture.
+    """
+
+    metrics = (
+        "test_accuracy",
+        "test_loss",
+        "train_loss",
+        "distill_loss",
+        "label_loss",
+        "teacher_accuracy",
+        "student_params",
+        "latency_ms",
+        "stage",
+    )
+    """stage: 0, 1... per distillation stage (an assistant first), +0.5 while fine-tuning."""
+
+    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
+        self.config = config
+        self.model_config = model
+        self.teacher: nn.Module | None = None
+        """A trained teacher handed over by the caller (teacher.source: mlflow)."""
+
+    def fit(
+        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
+    ) -> TrainResult:
+        c: DistillConfig = self.config.distill
+        pooled = data.pooled()
+        x_train = torch.from_numpy(np.ascontiguousarray(pooled.x, dtype=np.float32))
+        y_train = torch.from_numpy(np.ascontiguousarray(pooled.y, dtype=np.int64))
+        x_test = torch.from_numpy(np.ascontiguousarray(data.x_test, dtype=np.float32))
+        y_test = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.int64))
+        teacher = self.teacher
+        if teacher is None:
+            spec = ModelSpec.from_config(c.teacher.model, data.n_features, data.n_classes)
+            teacher = build_model(spec, seed=derive_seed(seed, _TEACHER_STREAM))
+            teacher = train_supervised(
+                teacher, x_train, y_train, c.teacher.epochs, c.teacher.lr, seed
+            )
+        teacher.eval()
+        x_distil, y_distil = x_train, y_train
+        if c.proxy_fraction > 0:  # distil on part of the held-out split, evaluate on the rest
+            rng = np.random.default_rng(derive_seed(seed, _STUDENT_STREAM))
+            order = torch.from_numpy(rng.permutation(len(y_test)))
+            cut = max(1, int(c.proxy_fraction * len(y_test)))
+            x_distil, y_distil = x_test[order[:cut]], y_test[order[:cut]]
+            x_test, y_test = x_test[order[cut:]], y_test[order[cut:]]
+        teacher_acc, _ = _accuracy(teacher, x_test, y_test)
+
+        stages = (
+            [c.assistant, self.model_config] if c.assistant is not None else [self.model_config]
+        )
+        history: list[dict[str, float]] = []
+        lineage = []
+        for stage, model_cfg in enumerate(stages):
+            spec = ModelSpec.from_config(model_cfg, data.n_features, data.n_classes)
+            student = build_model(spec, seed=derive_seed(seed, _STUDENT_STREAM, stage))
+            final = stage == len(stages) - 1
+            self._distil(
+                teacher, student, x_distil, y_distil, x_test, y_test, seed, stage,
+                teacher_acc, history, reporter, c.finetune_epochs if final else 0,
+            )  # fmt: skip
+            lineage.append({"stage": stage, "model": spec.name, "params": _params(student)})
+            teacher = student.eval()  # sequential: this student teaches the next stage
+        return TrainResult(teacher, history, {"stages": lineage})
+
+    def _distil(
+        self,
+        teacher,
+        student,
+        x,
+        y,
+        x_test,
+        y_test,
+        seed,
+        stage,
+        teacher_acc,
+        history,
+        reporter,
+        finetune: int = 0,
+    ) -> None:
+        """``c.epochs`` of distillation, then ``finetune`` epochs on the labels alone."""
+        c = self.config.distill
+        targets, t_index = self._teacher_targets(teacher, student, x)
+        with torch.no_grad():
+            _, feats, _ = forward_layers(student.eval(), x[:2])
+        s_index = None
+        if c.target != "logits":
+            s_index = _pick(feats, c.student_layer, "student")
+        projection = None
+        if c.target == "features" and feats[s_index].shape[-1] != targets.feats.shape[-1]:
+            projection = nn.Linear(feats[s_index].shape[-1], targets.feats.shape[-1])
+        params = list(student.parameters()) + (
+            list(projection.parameters()) if projection is not None else []
+        )
+        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        gen = torch.Generator().manual_seed(derive_seed(seed, _STUDENT_STREAM, stage, 1))
+        n_params, lat = _params(student), latency_ms(student, x.shape[1])
+        step0 = len(history)
+        for epoch in range(c.epochs + finetune):
+            tuning = epoch >= c.epochs
+            w_label, w_distil = (1.0, 0.0) if tuning else (c.label_weight, c.distill_weight)
+            student.train()
+            order = torch.randperm(len(y), generator=gen)
+            sums = np.zeros(3)
+            for start in range(0, len(y), c.batch_size):
+                idx = order[start : start + c.batch_size]
+                logits, s_feats, s_qkv = forward_layers(student, x[idx])
+                label = F.cross_entropy(logits, y[idx])
+                if tuning:
+                    distil = torch.zeros(())
+                else:
+                    distil = self._loss(targets, idx, logits, s_feats, s_qkv, s_index, projection)
+                loss = w_label * label + w_distil * distil
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sums += np.array([loss.item(), distil.item(), label.item()]) * len(idx)
+            acc, test_loss = _accuracy(student, x_test, y_test)
+            total, distil_mean, label_mean = sums / len(y)
+            metrics = {
+                "test_accuracy": acc,
+                "test_loss": test_loss,
+                "train_loss": float(total),
+                "distill_loss": float(distil_mean),
+                "label_loss": float(label_mean),
+                "teacher_accuracy": teacher_acc,
+                "student_params": float(n_params),
+                "latency_ms": lat,
+                "stage": float(stage) + (0.5 if tuning else 0.0),
+            }
+            history.append({"round": float(step0 + epoch), **metrics})
+            reporter.report(step0 + epoch, metrics)
+
+    def _teacher_targets(
+        self, teacher: nn.Module, student: nn.Module, x: torch.Tensor
+    ) -> tuple[_Targets, int | None]:
+        c = self.config.distill
+        with torch.no_grad():
+            logits, feats, qkvs = forward_layers(teacher, x)
+            if c.target == "logits":
+                return _Targets(logits), None
+            index = _pick(feats, c.teacher_layer, "teacher")
+            out = _Targets(logits, feats=feats[index])
+            if c.target == "relations" and _token_relations(teacher, student):
+                out.qk, out.vv = _relation_maps(qkvs[index])
+            elif c.target == "features":
+                out.feats = F.layer_norm(feats[index], feats[index].shape[-1:])
+            return out, index
+
+    def _loss(self, targets, idx, logits, s_feats, s_qkv, s_index, projection) -> torch.Tensor:
+        c = self.config.distill
+        if c.target == "logits":
+            t = c.temperature
+            return (
+                _kl(F.log_softmax(targets.logits[idx] / t, -1), F.log_softmax(logits / t, -1))
+                * t
+                * t
+            )
+        if c.target == "features":
+            s = s_feats[s_index]
+            if projection is not None:
+                s = projection(s)
+            t = targets.feats[idx]
+            if s.dim() != t.dim():  # a vit and a non-vit: compare the mean token
+                s, t = _sample_features(s), _sample_features(t)
+                t = F.layer_norm(t, t.shape[-1:])
+            s = F.layer_norm(s, s.shape[-1:])
+            if s.shape != t.shape:
+                raise ValueError(
+                    f"features: student {tuple(s.shape[1:])} vs teacher {tuple(t.shape[1:])}: "
+                    "token counts must match (same patch size)"
+                )
+            if c.feature_loss == "cosine":
+                return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+            if c.feature_loss == "smooth_l1":
+                return F.smooth_l1_loss(s, t)
+            return F.mse_loss(s, t)
+        if targets.qk is not None:  # token relations, vit to vit
+            s_qk, s_vv = _relation_maps(s_qkv[s_index])
+            if s_qk.shape[-1] != targets.qk.shape[-1]:
+                raise ValueError(
+                    "relations: teacher and student must cut images into as many tokens"
+                )
+            heads = s_qk.shape[1]
+            loss = torch.zeros(())
+            if c.relations in ("qk_vv", "qk"):
+                t_qk = _head_average(targets.qk[idx], heads)
+                loss = loss + _kl(t_qk, _head_average(s_qk, t_qk.shape[1]))
+            if c.relations in ("qk_vv", "vv"):
+                t_vv = _head_average(targets.vv[idx], heads)
+                loss = loss + _kl(t_vv, _head_average(s_vv, t_vv.shape[1]))
+            return loss
+        return _kl(_gram_log_softmax(targets.feats[idx]), _gram_log_softmax(s_feats[s_index]))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+TRAINERS.register("distill")(Distillation)
