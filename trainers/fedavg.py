@@ -111,6 +111,8 @@ class FedAvg(Trainer):
 
     communicates = True
     """Whether parties download and upload the model (False: bytes communicated stay 0)."""
+    tracks_parties = True
+    """Whether the Byzantine and participation metrics apply (not to a single pooled party)."""
     metrics = (
         "train_loss",
         "test_accuracy",
@@ -208,11 +210,13 @@ class FedAvg(Trainer):
                 "round_time_s": time.perf_counter() - start,
                 "time_train_s": trained - start,
                 "time_aggregate_s": aggregate_s,
-                **ledger.record(chosen, influence),
             }
+            if self.tracks_parties:
+                metrics.update(ledger.record(chosen, influence))
             history.append({"round": float(r), **metrics})
             reporter.report(r, metrics)
-        return TrainResult(model, history, {"participation": ledger.table()})
+        tables = {"participation": ledger.table()} if self.tracks_parties else {}
+        return TrainResult(model, history, tables)
 
 
 class FedProx(FedAvg):
@@ -226,6 +230,8 @@ class Centralized(FedAvg):
     """The non-federated baseline: one party holding all the pooled training data."""
 
     communicates = False
+    tracks_parties = False
+    metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS)
 
     def parties(self, data: FederatedData) -> dict[int, PartyData]:
         return {0: data.pooled()}
