@@ -218,5 +218,5 @@ def _check_roles(cfg: ExperimentConfig) -> None:
         build_aggregator(t.aggregator, t.attack.fraction).check(per_round)
     except AggregatorError as exc:
         raise ConfigError(
-            "trainer.aggregator", f"{exc} ({per_round} parties upload each round)"
+            "trainer.aggregator", f"{exc} (uploads per round: {per_round})"
         ) from None
