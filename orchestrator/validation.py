@@ -217,6 +217,4 @@ def _check_roles(cfg: ExperimentConfig) -> None:
     try:
         build_aggregator(t.aggregator, t.attack.fraction).check(per_round)
     except AggregatorError as exc:
-        raise ConfigError(
-            "trainer.aggregator", f"{exc} (uploads per round: {per_round})"
-        ) from None
+        raise ConfigError("trainer.aggregator", f"{exc} (uploads per round: {per_round})") from None
