@@ -449,6 +449,7 @@ def sweep(
         report()
 
     writer = _Writer(st, tracking_uri, told)
+    asked: int | None = None
     report()
     started = time.perf_counter()
     try:
@@ -458,6 +459,7 @@ def sweep(
                 and tallies["finished"] + writer.pending + len(running) < target
             ):
                 trial = st.ask()
+                asked = trial._trial_id  # RUNNING in the study until launched and tracked
                 params = parsed.suggest(trial)
                 launch(
                     TrialSpec(
@@ -480,6 +482,7 @@ def sweep(
                         curves=parsed.report.curves if parsed.report else (),
                     )
                 )
+                asked = None
             if not running:
                 writer.join()
                 if tallies["finished"] + len(running) >= target:
@@ -505,6 +508,8 @@ def sweep(
         writer.join()  # the trials that did finish are written and told
         for spec in running.values():
             _fail_interrupted(st, spec.trial_id)
+        if asked is not None and asked not in {s.trial_id for s in running.values()}:
+            _fail_interrupted(st, asked)  # asked for, interrupted before it was launched
         if tracker is not None:
             tracker.close_children("KILLED", "the sweep was interrupted")
             tracker.end("KILLED", exc)
@@ -512,6 +517,8 @@ def sweep(
     except BaseException as exc:
         _stop_running(runner, running)
         writer.join()
+        if asked is not None and asked not in {s.trial_id for s in running.values()}:
+            _fail_interrupted(st, asked)
         if tracker is not None:
             tracker.close_children("FAILED", f"the sweep's driver failed: {exc}")
             tracker.end("FAILED", exc)
