@@ -42,9 +42,9 @@ def main(trials: int) -> None:
             "trainer.distill.teacher.source=mlflow",
             f"trainer.distill.teacher.uri=run:{teacher.run_id}",
             "trainer.distill.epochs=10",
+            f"trainer.distill.teacher.tracking_uri={teacher_uri}",
             f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
         ]
-        overrides.append(f"trainer.distill.teacher.tracking_uri={teacher_uri}")
         start = time.perf_counter()
         result = sweep(
             REPO / "configs" / "distill_digits.yaml",

@@ -65,7 +65,8 @@ def build_report(study: Any, space: Space) -> ResultsTable | None:
         p.key: [str(c) for c in p.grid()] for p in space.params if p.key in (rep.rows, rep.columns)
     }
     cells: dict[tuple[str, str, str], list[float]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for t in trials:
         summary = t.user_attrs.get("summary")
         if not summary or rep.rows not in t.params or rep.columns not in t.params:
             continue
@@ -101,7 +102,6 @@ def build_report(study: Any, space: Space) -> ResultsTable | None:
         for metric in rep.metrics
     }
     if rep.curves:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         for c in cols:
             series = [
                 (str(t.params[rep.rows]), t.user_attrs["series"])

@@ -26,6 +26,7 @@ from orchestrator.config import (
     to_yaml,
 )
 from orchestrator.data import Prepared, prepare, write_partitions
+from orchestrator.errors import ConfigError
 from trainers import TRAINERS
 from trainers.base import StopTraining, TrainResult
 from trainers.local import warm_up
@@ -129,8 +130,6 @@ def _load_teacher(cfg: ExperimentConfig, trainer: Any) -> dict[str, str]:
     """Hands a distillation trainer its teacher from MLflow; returns the lineage tags."""
     if cfg.trainer.name != "distill" or cfg.trainer.distill.teacher.source != "mlflow":
         return {}
-    from orchestrator.errors import ConfigError
-
     teacher = cfg.trainer.distill.teacher
     try:
         data, lineage = _fetch_cached(teacher.uri, teacher.tracking_uri or cfg.tracking.uri)

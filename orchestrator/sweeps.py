@@ -779,11 +779,7 @@ def _finish(
             if entry["model_uri"] and entry["model_uri"].endswith("checkpoint/model.pt"):
                 entry["model_uri"] = _package_checkpoint(tracker, entry, base.tracking.model_format)
             if entry["model_uri"]:
-                lineage = {  # a distilled student names its teacher
-                    k: v
-                    for k, v in tracker.client.get_run(entry["run_id"]).data.tags.items()
-                    if k.startswith("lineage.")
-                }
+                lineage = tracker.run_tags(entry["run_id"], "lineage.")  # a student's teacher
                 version = tracker.register_model(
                     entry["model_uri"],
                     name,

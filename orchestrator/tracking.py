@@ -105,6 +105,11 @@ class MlflowTracker:
             closed.append(r.info.run_id)
         return closed
 
+    def run_tags(self, run_id: str, prefix: str = "") -> dict[str, str]:
+        """The tags of a run (any run of the store) whose keys start with ``prefix``."""
+        tags = self.client.get_run(run_id).data.tags
+        return {k: v for k, v in tags.items() if k.startswith(prefix)}
+
     def register_model(self, model_uri: str, name: str, tags: Mapping[str, str]) -> str:
         """Registers a logged model under ``name``; returns the new version, tagged."""
         mlflow.set_tracking_uri(self.uri)
@@ -364,7 +369,7 @@ def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str,
             else:
                 run_id = client.get_logged_model(name).source_run_id
         else:
-            raise ValueError("must start with run:, runs:/ or models:/")
+            raise ValueError(f"{ref!r} must start with run:, runs:/ or models:/")
         lineage["lineage.teacher_run_id"] = run_id
         with tempfile.TemporaryDirectory() as tmp:
             return Path(client.download_artifacts(run_id, path, tmp)).read_bytes(), lineage

@@ -11,6 +11,7 @@ from orchestrator.errors import ConfigError
 from trainers import AGGREGATORS, ATTACKS, TRAINERS
 from trainers.aggregators import AggregatorError, build_aggregator
 from trainers.cmfl import Roles
+from trainers.decentralized import LOSSES
 from trainers.models import MODELS
 from trainers.topology import GRAPHS
 
@@ -121,7 +122,7 @@ _NAMES: dict[str, Callable[[], list[str]]] = {
     "trainer.attack.target": lambda: ["update", "weights"],
     "trainer.aggregator.name": AGGREGATORS.names,
     "trainer.cmfl.election": lambda: ["median", "top"],
-    "trainer.decentralized.loss": lambda: ["least_squares", "logistic", "multinomial"],
+    "trainer.decentralized.loss": lambda: list(LOSSES),
     "trainer.distill.teacher.source": lambda: ["mlflow", "train"],
     "trainer.distill.teacher.model.name": MODELS.names,
     "trainer.distill.target": lambda: ["features", "logits", "relations"],
@@ -168,11 +169,13 @@ def validate(cfg: ExperimentConfig) -> None:
         path = Path(data.path)
         if not path.is_file():
             raise ConfigError("data.path", f"no such file: {data.path}")
-    _check_roles(cfg)
+    _check_trainer(cfg)
 
 
-def _check_roles(cfg: ExperimentConfig) -> None:
-    """Aggregators and committees that cannot work with the configured number of parties."""
+def _check_trainer(cfg: ExperimentConfig) -> None:
+    """Settings that cannot work together: an aggregator or committee for the configured
+    number of parties, a network or model a decentralized trainer cannot use, a distillation
+    teacher and student whose tokens do not line up."""
     t = cfg.trainer
     parties = 1 if t.name == "centralized" else cfg.partition.num_parties
     if t.name == "distill":
@@ -190,6 +193,17 @@ def _check_roles(cfg: ExperimentConfig) -> None:
         for key, model in models:
             if model.name == "vit" and model.dim % model.heads:
                 raise ConfigError(f"{key}.dim", f"must be divisible by heads ({model.heads})")
+        chain = [*models[1:], models[0]]  # teacher, [assistant,] student
+        if d.teacher.source == "mlflow":
+            chain = chain[1:]  # a loaded teacher's architecture is known only once loaded
+        if d.target != "logits":
+            for (_, teacher), (key, student) in zip(chain, chain[1:]):
+                if teacher.name == student.name == "vit" and teacher.patch != student.patch:
+                    raise ConfigError(
+                        f"{key}.patch",
+                        f"{d.target} between vits need as many tokens: patch {student.patch} "
+                        f"against the teacher's {teacher.patch}",
+                    )
         return
     if t.name in DECENTRALIZED:
         if cfg.model.name not in ("logreg", "mlp"):

@@ -98,8 +98,12 @@ def test_sequential_distillation_goes_through_the_assistant():
 def test_token_relations_need_matching_tokens():
     cfg = distill_cfg(target="relations")
     cfg["model"] = {**cfg["model"], "patch": 4}
-    with pytest.raises(ValueError, match="as many tokens"):
-        fit(cfg)
+    with pytest.raises(ConfigError, match="model.patch: relations between vits need as many"):
+        load_config(cfg)
+    teacher = build_model(ModelSpec("vit", 64, 10, **{k: VIT[k] for k in VIT if k != "name"}), 0)
+    cfg["trainer"]["distill"]["teacher"] = {"source": "mlflow", "uri": "run:x"}
+    with pytest.raises(ValueError, match="as many tokens"):  # a loaded teacher: found at run time
+        fit(cfg, teacher=teacher)
 
 
 def test_federated_teacher_from_its_run_distils_on_a_proxy_split(tracking_uri):

@@ -37,7 +37,7 @@ from torch import nn
 from clusters import Executor
 from trainers.base import TRAINERS, FederatedData, Reporter, Trainer, TrainResult, derive_seed
 from trainers.config import DistillConfig, TrainerConfig
-from trainers.models import ModelConfig, ModelSpec, _ViT, build_model, forward_layers
+from trainers.models import ModelConfig, ModelSpec, build_model, forward_layers
 
 __all__ = ["Distillation", "latency_ms", "train_supervised"]
 
@@ -71,10 +71,6 @@ def _relation_maps(qkv: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.T
         F.log_softmax(q @ k.transpose(-2, -1) * scale, dim=-1),
         F.log_softmax(v @ v.transpose(-2, -1) * scale, dim=-1),
     )
-
-
-def _token_relations(teacher: nn.Module, student: nn.Module) -> bool:
-    return isinstance(teacher, _ViT) and isinstance(student, _ViT)
 
 
 def _sample_features(feats: torch.Tensor) -> torch.Tensor:
@@ -223,9 +219,9 @@ class Distillation(Trainer):
     ) -> None:
         """``c.epochs`` of distillation, then ``finetune`` epochs on the labels alone."""
         c = self.config.distill
-        targets, t_index = self._teacher_targets(teacher, student, x)
-        with torch.no_grad():
-            _, feats, _ = forward_layers(student.eval(), x[:2])
+        with torch.no_grad():  # a probe of the student's layers
+            _, feats, s_qkvs = forward_layers(student.eval(), x[:2])
+        targets = self._teacher_targets(teacher, x, token_relations=s_qkvs is not None)
         s_index = None
         if c.target != "logits":
             s_index = _pick(feats, c.student_layer, "student")
@@ -275,20 +271,22 @@ class Distillation(Trainer):
             reporter.report(step0 + epoch, metrics)
 
     def _teacher_targets(
-        self, teacher: nn.Module, student: nn.Module, x: torch.Tensor
-    ) -> tuple[_Targets, int | None]:
+        self, teacher: nn.Module, x: torch.Tensor, token_relations: bool
+    ) -> _Targets:
+        """The teacher's outputs the recipe needs; ``token_relations``: the student is a vit
+        too, so relations are token relations when the teacher has them."""
         c = self.config.distill
         with torch.no_grad():
             logits, feats, qkvs = forward_layers(teacher, x)
             if c.target == "logits":
-                return _Targets(logits), None
+                return _Targets(logits)
             index = _pick(feats, c.teacher_layer, "teacher")
             out = _Targets(logits, feats=feats[index])
-            if c.target == "relations" and _token_relations(teacher, student):
+            if c.target == "relations" and token_relations and qkvs is not None:
                 out.qk, out.vv = _relation_maps(qkvs[index])
             elif c.target == "features":
                 out.feats = F.layer_norm(feats[index], feats[index].shape[-1:])
-            return out, index
+            return out
 
     def _loss(self, targets, idx, logits, s_feats, s_qkv, s_index, projection) -> torch.Tensor:
         c = self.config.distill
