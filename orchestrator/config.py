@@ -32,6 +32,7 @@ __all__ = [
     "RuntimeConfig",
     "SweepConfig",
     "TrackingConfig",
+    "VerticalConfig",
     "flatten",
     "load_config",
     "to_dict",
@@ -72,8 +73,26 @@ class DataConfig:
     """Share of the samples held out for testing, in (0, 1)."""
     shuffle_split: bool = True
     """Draw the test split at random; false takes the last rows as the test split."""
+    positive: Optional[list[int]] = None  # noqa: UP045
+    """Make the task binary: these label values become class 1, every other class 0 (e.g.
+    [0] for digit 0 against the rest)."""
     standardize: bool = True
     """Scale features to zero mean and unit variance (statistics of the training split)."""
+
+
+@dataclass
+class VerticalConfig:
+    """partition.name=vertical: which features each party holds, and which samples."""
+
+    split: str = "even"
+    """even (contiguous column blocks of near-equal size), columns (the lists below), random
+    (a seeded shuffle of the columns, then even blocks) or image (square images cut into
+    num_parties vertical strips: digits' left and right halves)."""
+    columns: Optional[list[list[str]]] = None  # noqa: UP045
+    """split=columns: each party's feature names, the active party (party 0) first."""
+    aligned: float = 1.0
+    """Share of the training samples every party holds (aligned); the rest are dealt out to
+    the parties as their own unaligned samples, featuring only their columns."""
 
 
 @dataclass
@@ -81,7 +100,8 @@ class PartitionConfig:
     """How the training split is cut into parties."""
 
     name: str = "iid"
-    """iid, dirichlet (label skew) or shards (a few labels per party)."""
+    """iid, dirichlet (label skew) or shards (a few labels per party), across samples; or
+    vertical, across features (party 0 is the active party, holding the labels)."""
     num_parties: int = 10
     """Number of parties."""
     alpha: float = 0.5
@@ -90,6 +110,8 @@ class PartitionConfig:
     """Shards: label shards each party receives."""
     min_samples: int = 1
     """Dirichlet: redraw until every party holds at least this many samples."""
+    vertical: VerticalConfig = field(default_factory=VerticalConfig)
+    """partition.name=vertical: the feature split and the sample alignment."""
     output_dir: Optional[str] = None  # noqa: UP045
     """Write each party's samples to <output_dir>/party_<id>.parquet for inspection."""
 

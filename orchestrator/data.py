@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import ConfigError
 from trainers.base import FederatedData, PartyData, derive_seed
+from trainers.vertical.data import VerticalData
 from trainers.registry import Registry
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DATASETS",
     "PARTITIONERS",
+    "VERTICAL",
     "Prepared",
     "TableSource",
     "load_table",
@@ -37,6 +39,9 @@ __all__ = [
 
 _SPLIT_STREAM = 10
 _PARTITION_STREAM = 11
+_VERTICAL_STREAM = 12
+VERTICAL = "vertical"
+"""partition.name of a split across features instead of samples."""
 
 
 @dataclass(frozen=True)
@@ -234,11 +239,12 @@ def _shards(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.
 class Prepared:
     """The data of one experiment, ready for a trainer, with what describes it."""
 
-    data: FederatedData
+    data: FederatedData | VerticalData
     feature_names: list[str]
     classes: list
     stats: pa.Table
-    """One row per party: party, n_samples, and one count column per label."""
+    """One row per party: party, n_samples, and one count column per label (vertical: the
+    party's role, feature count and names, aligned and unaligned samples)."""
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -250,6 +256,14 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     """
     src = load_table(cfg.data, cfg.seed)
     x, y, classes = _to_arrays(src)
+    if cfg.data.positive:
+        unknown = [v for v in cfg.data.positive if v not in classes]
+        if unknown:
+            raise ConfigError("data.positive", f"no such labels: {unknown}; labels: {classes}")
+        y = np.isin(np.asarray(classes)[y], cfg.data.positive).astype(np.int64)
+        if y.min() == y.max():
+            raise ConfigError("data.positive", "every sample falls in one class")
+        classes = [0, 1]
     n = len(y)
     n_test = max(1, int(round(cfg.data.test_fraction * n)))
     if cfg.data.shuffle_split:
@@ -264,6 +278,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         std[std == 0] = 1.0
         x_train = (x_train - mean) / std
         x_test = (x_test - mean) / std
+    if cfg.partition.name == VERTICAL:
+        return _prepare_vertical(cfg, x_train, y_train, x_test, y_test, src.features, classes)
     if cfg.partition.num_parties > len(y_train):
         raise ConfigError(
             "partition.num_parties",
@@ -290,6 +306,104 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     return Prepared(data, src.features, classes, partition_stats(parties, len(classes)))
 
 
+def feature_split(
+    cfg: PartitionConfig, names: list[str], n_features: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each party's feature columns (party 0, the active party, first).
+
+    Raises:
+        ConfigError: a split that cannot serve the data (more parties than features, unknown
+            or repeated column names, non-square images).
+    """
+    v, k = cfg.vertical, cfg.num_parties
+    if v.split == "columns":
+        if not v.columns or len(v.columns) != k:
+            raise ConfigError(
+                "partition.vertical.columns",
+                f"give one list of feature names per party ({k} parties)",
+            )
+        index = {n: i for i, n in enumerate(names)}
+        out, seen = [], set()
+        for party, cols in enumerate(v.columns):
+            unknown = [c for c in cols if c not in index]
+            if unknown:
+                raise ConfigError(
+                    f"partition.vertical.columns[{party}]",
+                    f"no such features: {', '.join(unknown[:5])}; features: "
+                    f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}",
+                )
+            if not cols:
+                raise ConfigError(f"partition.vertical.columns[{party}]", "holds no feature")
+            twice = seen.intersection(cols)
+            if twice:
+                raise ConfigError(
+                    f"partition.vertical.columns[{party}]",
+                    f"features held by two parties: {', '.join(sorted(twice)[:5])}",
+                )
+            seen.update(cols)
+            out.append(np.array([index[c] for c in cols], dtype=np.int64))
+        return out
+    if k > n_features:
+        raise ConfigError(
+            "partition.num_parties", f"{k} parties but the data has {n_features} features"
+        )
+    if v.split == "image":
+        side = int(round(n_features**0.5))
+        if side * side != n_features or side < k:
+            raise ConfigError(
+                "partition.vertical.split",
+                f"image needs square images at least {k} pixels wide; "
+                f"the data has {n_features} features",
+            )
+        grid = np.arange(n_features).reshape(side, side)
+        return [np.sort(grid[:, strip].ravel()) for strip in np.array_split(np.arange(side), k)]
+    order = np.arange(n_features)
+    if v.split == "random":
+        order = rng.permutation(n_features)
+        return [np.sort(block) for block in np.array_split(order, k)]
+    return list(np.array_split(order, k))
+
+
+def _prepare_vertical(
+    cfg: ExperimentConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    names: list[str],
+    classes: list,
+) -> Prepared:
+    """The vertical federation: feature columns per party, aligned and unaligned samples."""
+    k = cfg.partition.num_parties
+    if k < 2:
+        raise ConfigError("partition.num_parties", "a vertical federation needs at least 2")
+    rng = np.random.default_rng(derive_seed(cfg.seed, _VERTICAL_STREAM))
+    columns = feature_split(cfg.partition, names, x_train.shape[1], rng)
+    order = rng.permutation(len(y_train))
+    n_aligned = int(round(cfg.partition.vertical.aligned * len(y_train)))
+    if n_aligned < 2:
+        raise ConfigError(
+            "partition.vertical.aligned",
+            f"leaves {n_aligned} aligned samples of {len(y_train)}; at least 2 are needed",
+        )
+    aligned = order[:n_aligned]
+    local = tuple(np.sort(part) for part in np.array_split(order[n_aligned:], k))
+    data = VerticalData(
+        x_train, y_train, x_test, y_test, tuple(columns), aligned, local, len(classes)
+    )
+    stats = pa.table(
+        {
+            "party": pa.array(range(k), pa.int64()),
+            "role": pa.array(["active"] + ["passive"] * (k - 1)),
+            "n_features": pa.array([len(c) for c in columns], pa.int64()),
+            "n_aligned": pa.array([n_aligned] * k, pa.int64()),
+            "n_local": pa.array([len(p) for p in local], pa.int64()),
+            "features": pa.array([", ".join(names[i] for i in c) for c in columns]),
+        }
+    )
+    return Prepared(data, names, classes, stats)
+
+
 def partition_stats(parties: dict[int, PartyData], n_classes: int) -> pa.Table:
     """Per-party sample counts and label histogram."""
     ids = sorted(parties)
@@ -309,6 +423,18 @@ def write_partitions(prepared: Prepared, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
+    data = prepared.data
+    if isinstance(data, VerticalData):  # each party's columns: aligned rows, then its own
+        for pid, cols in enumerate(data.columns):
+            rows = np.concatenate([data.aligned, data.local[pid]])
+            table = {prepared.feature_names[c]: data.x_train[rows, c] for c in cols}
+            table["aligned"] = np.arange(len(rows)) < len(data.aligned)
+            if pid == 0:
+                table["label"] = data.y_train[rows]
+            path = out / f"party_{pid:05d}.parquet"
+            pq.write_table(pa.table(table), path)
+            paths.append(path)
+        return paths
     for pid, part in sorted(prepared.data.parties.items()):
         cols = {n: part.x[:, i] for i, n in enumerate(prepared.feature_names)}
         cols["label"] = part.y

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["convergence", "label_histogram", "learning_curve", "network"]
+__all__ = ["privacy_curve", "convergence", "label_histogram", "learning_curve", "network"]
 
 
 def learning_curve(history: Sequence[dict[str, float]], title: str = "") -> Figure:
@@ -30,6 +30,31 @@ def learning_curve(history: Sequence[dict[str, float]], title: str = "") -> Figu
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def privacy_curve(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """Vertical FL per epoch: the main task's utility, and each label attack's success."""
+    rounds = [h["round"] + 1 for h in history]
+    fig, (ax_u, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_u.plot(rounds, [h["utility"] for h in history], marker=".", label="utility")
+    ax_u.plot(rounds, [h["test_accuracy"] for h in history], marker=".", label="test accuracy")
+    ax_u.set_xlabel("epoch")
+    ax_u.legend()
+    ax_u.grid(alpha=0.3)
+    attacks = [k for k in history[0] if k.endswith("_auc") and k != "test_auc"]
+    for key in attacks:
+        ax_a.plot(rounds, [h.get(key, np.nan) for h in history], marker=".", label=key[:-4])
+    ax_a.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylabel("attack AUC (mean over batches)")
+    ax_a.set_ylim(0, 1.02)
+    if attacks:
+        ax_a.legend()
+    ax_a.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -28,7 +28,7 @@ from orchestrator.config import (
 from orchestrator.data import Prepared, prepare, write_partitions
 from orchestrator.errors import ConfigError
 from trainers import TRAINERS
-from trainers.base import StopTraining, TrainResult
+from trainers.base import DataMismatch, StopTraining, TrainResult
 from trainers.local import warm_up
 from trainers.models import ModelSpec, load_checkpoint, save_checkpoint
 
@@ -116,6 +116,10 @@ def run(
         executor = make_executor(cfg.runtime)  # Ray actors warm up while the data loads
     try:
         prepared = prepare(cfg)
+        try:
+            trainer.check(prepared.data)
+        except DataMismatch as exc:
+            raise ConfigError(exc.key, exc.problem) from None
         if cfg.partition.output_dir:
             write_partitions(prepared, cfg.partition.output_dir)
         return _run_tracked(
@@ -172,7 +176,11 @@ def _run_tracked(
         tracker.log_text(to_yaml(cfg), "config.yaml")
         if cfg.tracking.partition:
             tracker.log_table(prepared.stats, "partition/stats.parquet")
-        if cfg.tracking.partition and cfg.tracking.plots:
+        if (
+            cfg.tracking.partition
+            and cfg.tracking.plots
+            and "label_0" in prepared.stats.column_names
+        ):
             tracker.log_figure(
                 plots.label_histogram(prepared.stats), "partition/label_histogram.png"
             )
@@ -208,23 +216,24 @@ def _run_tracked(
             for name, rows in result.tables.items():
                 if rows:
                     tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
-            if cfg.tracking.log_model and cfg.tracking.model_format == "checkpoint":
-                spec = ModelSpec.from_config(
-                    cfg.model, prepared.data.n_features, prepared.data.n_classes
-                )
-                model_uri = tracker.log_bytes(
-                    save_checkpoint(result.model, spec), "checkpoint/model.pt"
-                )
-            elif cfg.tracking.log_model:
+            spec = ModelSpec.from_config(
+                cfg.model, prepared.data.n_features, prepared.data.n_classes
+            )
+            if not cfg.tracking.log_model:
+                pass
+            elif cfg.tracking.model_format == "checkpoint":
+                if trainer.checkpointable:  # a federation of party models has no checkpoint
+                    model_uri = tracker.log_bytes(
+                        save_checkpoint(result.model, spec), "checkpoint/model.pt"
+                    )
+            else:
                 model_uri = tracker.log_model(
                     result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
                 )
                 # The architecture and weights too (milliseconds), so that any run's model can
                 # be reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
-                spec = ModelSpec.from_config(
-                    cfg.model, prepared.data.n_features, prepared.data.n_classes
-                )
-                tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
+                if trainer.checkpointable:
+                    tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
         except BaseException as exc:
             tracker.end("FAILED", exc)
             raise
@@ -240,7 +249,9 @@ def _run_tracked(
 
 def _log_plots(tracker: Any, cfg: ExperimentConfig, result: TrainResult) -> None:
     title = f"{cfg.trainer.name} on {cfg.data.name}"
-    if result.history and "suboptimality" in result.history[0]:
+    if result.history and "utility" in result.history[0]:
+        tracker.log_figure(plots.privacy_curve(result.history, title), "privacy_curve.png")
+    elif result.history and "suboptimality" in result.history[0]:
         tracker.log_figure(plots.convergence(result.history, title), "convergence.png")
     elif result.history:
         tracker.log_figure(plots.learning_curve(result.history, title), "learning_curve.png")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.data import DATASETS, PARTITIONERS
+from orchestrator.data import DATASETS, PARTITIONERS, VERTICAL
 from orchestrator.errors import ConfigError
 from trainers import AGGREGATORS, ATTACKS, TRAINERS
 from trainers.aggregators import AggregatorError, build_aggregator
@@ -14,6 +14,8 @@ from trainers.cmfl import Roles
 from trainers.decentralized import LOSSES
 from trainers.models import MODELS
 from trainers.topology import GRAPHS
+from trainers.vertical import DEFENSES
+from trainers.vertical.attacks import LABEL_ATTACKS
 
 if TYPE_CHECKING:
     from orchestrator.config import ExperimentConfig
@@ -22,6 +24,8 @@ __all__ = ["validate"]
 
 OPTIMIZERS = ("adam", "sgd")
 DECENTRALIZED = ("dpsvrg", "dsgd", "dspg")
+VERTICAL_TRAINERS = ("fedcssl", "fedgssl", "fedhssl", "vfl_supervised", "vhnn", "vlr", "vsnn")
+VFL_ATTACKS = (*LABEL_ATTACKS, "mc", "mi")
 EXECUTORS = ("local", "ray")
 
 
@@ -102,6 +106,39 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.distill.lr": (_positive, "must be > 0"),
     "trainer.distill.weight_decay": (_at_least(0), "must be >= 0"),
     "trainer.distill.proxy_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "partition.vertical.aligned": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "trainer.vfl.embed_dim": (_at_least(1), "must be >= 1"),
+    "trainer.vfl.defense.strength": (_at_least(0), "must be >= 0"),
+    "trainer.vfl.defense.bound": (_positive, "must be > 0"),
+    "trainer.vfl.defense.embedding_noise": (_at_least(0), "must be >= 0"),
+    "trainer.vfl.attack.attacker": (_at_least(1), "must be >= 1 (a passive party)"),
+    "trainer.vfl.attack.mc_samples": (_at_least(2), "must be >= 2"),
+    "trainer.vfl.attack.mc_epochs": (_at_least(1), "must be >= 1"),
+    "trainer.vfl.attack.mc_lr": (_positive, "must be > 0"),
+    "trainer.vfl.attack.mc_batch_size": (_at_least(1), "must be >= 1"),
+    "trainer.vfl.attack.mc_weight_decay": (_at_least(0), "must be >= 0"),
+    "trainer.vfl.attack.mi_samples": (_at_least(2), "must be >= 2"),
+    "trainer.vfl.attack.mi_steps": (_at_least(1), "must be >= 1"),
+    "trainer.vfl.attack.percentile": (lambda v: 0 <= v <= 100, "must be in [0, 100]"),
+    "trainer.ssl.pretrain_epochs": (_at_least(0), "must be >= 0"),
+    "trainer.ssl.pretrain_lr": (_positive, "must be > 0"),
+    "trainer.ssl.pretrain_batch_size": (_at_least(2), "must be >= 2"),
+    "trainer.ssl.momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "trainer.ssl.weight_decay": (_at_least(0), "must be >= 0"),
+    "trainer.ssl.hidden": (_at_least(1), "must be >= 1"),
+    "trainer.ssl.proj_dim": (_at_least(1), "must be >= 1"),
+    "trainer.ssl.pred_hidden": (_at_least(1), "must be >= 1"),
+    "trainer.ssl.local_ratio": (_at_least(0), "must be >= 0"),
+    "trainer.ssl.constraint_ratio": (_at_least(0), "must be >= 0"),
+    "trainer.ssl.augment_fraction": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "trainer.ssl.grad_clip": (_positive, "must be > 0"),
+    "trainer.ssl.labels": (_at_least(2), "must be >= 2"),
+    "trainer.ssl.finetune_epochs": (_at_least(1), "must be >= 1"),
+    "trainer.ssl.finetune_lr": (_positive, "must be > 0"),
+    "trainer.ssl.finetune_batch_size": (_at_least(1), "must be >= 1"),
+    "trainer.ssl.feature_noise": (_at_least(0), "must be >= 0"),
+    "trainer.ssl.model_noise": (_at_least(0), "must be >= 0"),
+    "trainer.ssl.finetune_noise": (_at_least(0), "must be >= 0"),
     "runtime.num_workers": (_at_least(1), "must be >= 1"),
     "runtime.num_cpus": (_at_least(1), "must be >= 1"),
     "tracking.flush_every": (_at_least(1), "must be >= 1"),
@@ -114,7 +151,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 _NAMES: dict[str, Callable[[], list[str]]] = {
     "data.name": DATASETS.names,
-    "partition.name": PARTITIONERS.names,
+    "partition.name": lambda: [*PARTITIONERS.names(), VERTICAL],
+    "partition.vertical.split": lambda: ["columns", "even", "image", "random"],
+    "trainer.vfl.defense.name": DEFENSES.names,
+    "trainer.ssl.freeze": lambda: ["all", "none", "passive"],
     "model.name": MODELS.names,
     "trainer.name": TRAINERS.names,
     "trainer.optimizer": lambda: list(OPTIMIZERS),
@@ -178,6 +218,39 @@ def _check_trainer(cfg: ExperimentConfig) -> None:
     teacher and student whose tokens do not line up."""
     t = cfg.trainer
     parties = 1 if t.name == "centralized" else cfg.partition.num_parties
+    vertical = cfg.partition.name == VERTICAL
+    if (t.name in VERTICAL_TRAINERS) != vertical:
+        if vertical:
+            raise ConfigError(
+                "trainer.name",
+                f"{t.name} is not a vertical trainer; with partition.name=vertical use one of "
+                f"{', '.join(VERTICAL_TRAINERS)}",
+            )
+        raise ConfigError(
+            "partition.name", f"{t.name} is vertical: it needs partition.name=vertical"
+        )
+    if vertical:
+        if parties < 2:
+            raise ConfigError("partition.num_parties", "a vertical federation needs at least 2")
+        for i, name in enumerate(t.vfl.attack.names):
+            if name not in VFL_ATTACKS:
+                raise ConfigError(
+                    f"trainer.vfl.attack.names[{i}]",
+                    f"unknown attack {name!r}; valid: {', '.join(VFL_ATTACKS)}",
+                )
+        if t.vfl.attack.attacker >= parties:
+            raise ConfigError(
+                "trainer.vfl.attack.attacker",
+                f"party {t.vfl.attack.attacker} does not exist ({parties} parties, 0 active)",
+            )
+        for i, width in enumerate(t.vfl.top_hidden):
+            if width < 1:
+                raise ConfigError(f"trainer.vfl.top_hidden[{i}]", f"must be >= 1, got {width}")
+        if t.name in ("vlr", "vhnn", "vsnn") and cfg.model.name not in ("logreg", "mlp"):
+            raise ConfigError(
+                "model.name", f"{t.name} builds its own bottoms; model gives only mlp hidden widths"
+            )
+        return
     if t.name == "distill":
         d = t.distill
         if d.teacher.source == "mlflow" and not d.teacher.uri:

@@ -27,9 +27,11 @@ from trainers.distill import Distillation
 from trainers.fedavg import Centralized, FedAvg, FedProx
 from trainers.models import MODELS, ModelConfig, ModelSpec, build_model
 from trainers.registry import Registry, UnknownNameError
+from trainers.vertical import DEFENSES, VHNN, VLR, VSNN, VerticalData
 
 __all__ = [
     "AGGREGATORS",
+    "DEFENSES",
     "ATTACKS",
     "CMFL",
     "DPSVRG",
@@ -63,6 +65,10 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "UnknownNameError",
+    "VHNN",
+    "VLR",
+    "VSNN",
+    "VerticalData",
     "build_model",
     "derive_seed",
 ]

@@ -19,6 +19,7 @@ from trainers.registry import Registry
 
 __all__ = [
     "TRAINERS",
+    "DataMismatch",
     "FederatedData",
     "PartyData",
     "Reporter",
@@ -69,6 +70,14 @@ class Reporter(Protocol):
     def report(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
 
+class DataMismatch(ValueError):
+    """Data a trainer cannot use (a binary-only defense on ten classes): a config error."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
 class StopTraining(Exception):
     """Raised by a reporter to stop a trainer before its last round."""
 
@@ -95,6 +104,12 @@ class Trainer(abc.ABC):
 
     metrics: tuple[str, ...] = ()
     """The names of the metrics the trainer reports every round."""
+    checkpointable = True
+    """Whether the final model rebuilds from the experiment's ModelSpec (a light checkpoint);
+    a federation of per-party models (vertical FL) is logged as an MLflow model only."""
+
+    def check(self, data: FederatedData) -> None:  # noqa: B027 - optional hook
+        """Raises :class:`DataMismatch` for data this trainer cannot use, before any run."""
 
     @abc.abstractmethod
     def fit(

@@ -20,7 +20,11 @@ __all__ = [
     "DistillConfig",
     "TeacherConfig",
     "FedProxConfig",
+    "SSLConfig",
     "TrainerConfig",
+    "VFLAttackConfig",
+    "VFLConfig",
+    "VFLDefenseConfig",
 ]
 
 
@@ -214,12 +218,127 @@ class DistillConfig:
 
 
 @dataclass
+class VFLDefenseConfig:
+    """What the active party does to the gradients it sends back (and the passive parties to
+    their embeddings): one mechanism and its strength."""
+
+    name: str = "none"
+    """none, laplace, gaussian (isotropic), sparsify, discrete (discretised SGD), max_norm,
+    marvell, cae (confusional label autoencoder) or negative_loss."""
+    strength: Optional[float] = None  # noqa: UP045
+    """The mechanism's own knob (default in brackets): laplace the noise scale b [1e-2];
+    gaussian the ratio r of the std to max_i ||g_i|| / sqrt(d) [1.0]; sparsify the share of
+    entries zeroed [0.75]; discrete the number of bins [12]; marvell the power budget as a
+    multiple of ||mean g+ - mean g-||^2 [1.0]; cae the weight of the confusion term [1.0];
+    negative_loss lambda [20]; max_norm has none."""
+    bound: float = 1.0e-3
+    """discrete: gradients are clipped to [-bound, bound] before they are discretised."""
+    embedding_noise: float = 0.0
+    """Isotropic Gaussian noise on every embedding a passive party sends, as the ratio of its
+    std to max_i ||e_i|| / sqrt(d) (0: none); against feature reconstruction."""
+
+
+@dataclass
+class VFLAttackConfig:
+    """The semi-honest attacks run against a vertical federation, and their budgets."""
+
+    names: list[str] = field(default_factory=lambda: ["ns", "ds", "dli", "rr", "mc", "mi"])
+    """ns, ds, dli, rr (label inference from the gradients a passive party receives), mc (model
+    completion) and mi (feature reconstruction by the active party). One that does not apply
+    to the algorithm or task (dli without logits, rr off vlr, ns/ds/rr on multi-class labels)
+    is skipped and named in the run's ``vfl.skipped_attacks`` tag."""
+    attacker: int = 1
+    """The passive party that attacks (mi: the passive party whose features are attacked)."""
+    mc_samples: int = 40
+    """mc: labelled training samples the attacker fine-tunes with."""
+    mc_epochs: int = 300
+    """mc: fine-tuning epochs."""
+    mc_lr: float = 0.005
+    """mc: Adam learning rate."""
+    mc_batch_size: int = 64
+    """mc: minibatch size."""
+    mc_weight_decay: float = 1.0e-6
+    """mc: weight decay."""
+    mi_samples: int = 40
+    """mi: auxiliary samples whose passive features the attacker knows."""
+    mi_steps: int = 300
+    """mi: optimisation steps, for the shadow model and for the inversion each."""
+    percentile: float = 95.0
+    """Label-inference leakage of a run: this percentile of the per-epoch mean batch AUCs."""
+
+
+@dataclass
+class VFLConfig:
+    """Vertical split learning (vlr, vhnn, vsnn): models, defense, attacks, evaluation."""
+
+    embed_dim: int = 16
+    """vhnn: width of every bottom model's output (vlr and vsnn bottoms output logits)."""
+    top_hidden: list[int] = field(default_factory=list)
+    """vhnn: hidden widths of the active party's top model (empty: one linear layer)."""
+    reference: bool = True
+    """With a defense, train the undefended run too (same seed) and report utility_loss."""
+    defense: VFLDefenseConfig = field(default_factory=VFLDefenseConfig)
+    """The defense."""
+    attack: VFLAttackConfig = field(default_factory=VFLAttackConfig)
+    """The attacks and their budgets."""
+
+
+@dataclass
+class SSLConfig:
+    """FedHSSL and its baselines: self-supervised pretraining across and within parties, then
+    fine-tuning with a few labels."""
+
+    pretrain_epochs: int = 50
+    """Epochs of pretraining (each: cross-party SSL, then local SSL, then aggregation)."""
+    pretrain_lr: float = 0.05
+    """SGD learning rate of the encoders and projectors (cosine-decayed; predictors keep it)."""
+    pretrain_batch_size: int = 128
+    """Pretraining minibatch size."""
+    momentum: float = 0.9
+    """SGD momentum (pretraining)."""
+    weight_decay: float = 3.0e-5
+    """SGD weight decay (pretraining)."""
+    hidden: int = 64
+    """Width of every encoder layer and of the representation (num_ftrs)."""
+    proj_dim: int = 64
+    """SimSiam projector width (hidden and output)."""
+    pred_hidden: int = 16
+    """SimSiam predictor bottleneck."""
+    local_ratio: float = 0.5
+    """Weight of the local SimSiam loss."""
+    constraint_ratio: float = 0.0
+    """Weight of the term pulling the local encoder toward the cross encoder."""
+    augment_fraction: float = 0.3
+    """Tabular augmentation: share of a sample's features replaced by U(min_f, max_f)."""
+    grad_clip: float = 5.0
+    """Gradient-norm clip of the local SSL step."""
+    labels: int = 200
+    """Labelled aligned samples used for fine-tuning."""
+    finetune_epochs: int = 50
+    """Fine-tuning epochs."""
+    finetune_lr: float = 0.01
+    """Fine-tuning Adam learning rate."""
+    finetune_batch_size: int = 64
+    """Fine-tuning minibatch size."""
+    freeze: str = "none"
+    """Fine-tuning: none, all (linear probe) or passive (the passive backbones stay fixed)."""
+    feature_noise: float = 0.0
+    """pt_feat_iso_sigma: isotropic noise on the representations exchanged in cross-party SSL
+    (std sigma * max row norm / sqrt(d))."""
+    model_noise: float = 0.0
+    """pt_model_iso_sigma: the same noise on the aggregated local top weights."""
+    finetune_noise: float = 0.0
+    """cls_iso_sigma: the same noise on the representations sent during fine-tuning."""
+
+
+@dataclass
 class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
 
     name: str = "fedavg"
     """One of the registered trainers: centralized, fedavg, fedprox, cmfl, dspg, dpsvrg, dsgd,
-    distill."""
+    distill; vertical (partition.name=vertical): vlr, vhnn, vsnn, fedhssl, fedgssl, fedcssl,
+    vfl_supervised."""
     rounds: int = 20
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
     fraction: float = 1.0
@@ -250,3 +369,7 @@ class TrainerConfig:
     """Settings of the decentralized trainers (dspg, dpsvrg, dsgd)."""
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Settings of the distill trainer (teacher, recipe, student schedule)."""
+    vfl: VFLConfig = field(default_factory=VFLConfig)
+    """Settings of the vertical split-learning trainers (vlr, vhnn, vsnn)."""
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    """Settings of fedhssl and its baselines (fedgssl, fedcssl, vfl_supervised)."""

@@ -1,0 +1,183 @@
+"""Attacks on a vertical federation by semi-honest parties (Kang et al.'s set).
+
+Label inference during training, by a passive party, from the gradient message
+d loss / d (its embedding) it receives for each batch (binary tasks; rows are samples):
+
+- ``ns`` norm scoring: score_i = ||g_i||; the positive class, rarer, has larger gradients.
+- ``ds`` direction scoring: score_i = cos(g_i, g_p) for one known positive sample p of the
+  batch (a random one, as in the code).
+- ``dli`` direct label inference, when the passive output is the logit itself (vlr, vsnn):
+  y_i = argmin_c g_ic (binary: the class-1 component is negative); scored by -g_i1 (AUC), or
+  by the accuracy of the argmin on multi-class tasks.
+- ``rr`` residue reconstruction (vlr): the passive party knows its own features X and its
+  weight gradient X^T G; it fits per-sample residues D with X^T D = X^T G by least squares
+  (the minimum-norm solution, the limit of the code's Adam fit from zero) and reads the
+  labels off the residues' class-1 component.
+
+Leakage per run: the AUC of each batch, averaged per epoch; the run's leakage is the 95th
+percentile of the epoch means. Defense score: 0.5 - |AUC - 0.5|, averaged over the attacks.
+
+After training:
+
+- ``mc`` model completion, by a passive party: a head on its trained bottom model, the two
+  fine-tuned with a few labelled samples; success is its test accuracy.
+- ``mi`` feature reconstruction (model inversion), by the active party against a passive
+  party's features. The attacker knows the bottom model's architecture (white box, not its
+  weights) and a few auxiliary samples' features; it trains a shadow bottom model on them to
+  mimic the embeddings it received, then inverts each test embedding by gradient descent on
+  the input. Success: mean squared error on the (standardised) features; 1 is as good as
+  guessing the mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+__all__ = [
+    "LABEL_ATTACKS",
+    "auc",
+    "defense_score",
+    "f_beta",
+    "label_scores",
+    "model_completion",
+    "model_inversion",
+]
+
+LABEL_ATTACKS = ("ns", "ds", "dli", "rr")
+
+
+def auc(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC of ``scores`` for ``y == 1``; None when the batch holds one class only."""
+    if y.min() == y.max() or not np.isfinite(scores).all():
+        return None
+    return float(roc_auc_score(y, scores))
+
+
+def label_scores(
+    name: str, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+) -> float | None:
+    """One batch's success of label attack ``name`` on binary labels (AUC), or of dli on
+    multi-class labels (accuracy).
+
+    Args:
+        name: ns, ds, dli or rr.
+        grad: the gradient message the attacker received (batch x dim).
+        y: the batch's true labels (for scoring only).
+        rng: picks ds's known positive sample.
+        x: the attacker's own features of the batch (rr).
+    """
+    grad = np.asarray(grad, dtype=np.float64)
+    if name == "ns":
+        return auc(y, np.linalg.norm(grad, axis=1))
+    if name == "ds":
+        positives = np.flatnonzero(y == 1)
+        if len(positives) == 0:
+            return None
+        known = grad[rng.choice(positives)]
+        norms = np.linalg.norm(grad, axis=1) * np.linalg.norm(known)
+        return auc(y, grad @ known / np.maximum(norms, 1e-30))
+    if name == "dli":
+        if grad.shape[1] > 2:
+            return float((grad.argmin(axis=1) == y).mean())
+        return auc(y, -grad[:, -1])
+    if name == "rr":
+        assert x is not None
+        x = np.asarray(x, dtype=np.float64)
+        weight_grad = x.T @ grad  # what the passive party computes itself
+        residues = np.linalg.pinv(x.T) @ weight_grad
+        return auc(y, -residues[:, -1])
+    raise ValueError(f"unknown label attack {name!r}")
+
+
+def defense_score(aucs: list[float]) -> float:
+    """0.5 - |AUC - 0.5|, averaged over attacks (0.5: the attacks guess at random)."""
+    return float(np.mean([0.5 - abs(a - 0.5) for a in aucs])) if aucs else float("nan")
+
+
+def f_beta(a: float, b: float, beta: float = 2.0) -> float:
+    """(1 + beta^2) a b / (beta^2 a + b): with beta = 2, ``b`` (the main task) counts twice."""
+    den = beta**2 * a + b
+    return float((1 + beta**2) * a * b / den) if den > 0 else 0.0
+
+
+def model_completion(
+    bottom: nn.Module,
+    out_dim: int,
+    n_classes: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    samples: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+) -> float:
+    """Test accuracy of the attacker's completed model (its bottom plus a fine-tuned head),
+    fine-tuned on ``samples`` labelled samples drawn with at least one of every class."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(y_train == c)) for c in np.unique(y_train)]
+    rest = np.setdiff1d(np.arange(len(y_train)), picks)
+    more = rng.choice(rest, size=max(0, min(samples, len(y_train)) - len(picks)), replace=False)
+    idx = np.concatenate([picks, more]).astype(np.int64)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(bottom, nn.Linear(out_dim, n_classes))
+    x = torch.as_tensor(x_train[idx], dtype=torch.float32)
+    y = torch.as_tensor(y_train[idx], dtype=torch.int64)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), batch_size):
+            b = order[start : start + batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    with torch.no_grad():
+        pred = model(torch.as_tensor(x_test, dtype=torch.float32)).argmax(1).numpy()
+    return float((pred == y_test).mean())
+
+
+def model_inversion(
+    shadow: nn.Module,
+    x_aux: np.ndarray,
+    e_aux: np.ndarray,
+    e_target: np.ndarray,
+    x_target: np.ndarray,
+    *,
+    steps: int,
+) -> float:
+    """Mean squared error of the features reconstructed from ``e_target``.
+
+    Args:
+        shadow: a freshly initialised model of the victim bottom's architecture.
+        x_aux, e_aux: auxiliary samples' features and the embeddings the attacker saw.
+        e_target: embeddings of the samples to reconstruct.
+        x_target: their true features (for scoring only).
+    """
+    xa = torch.as_tensor(x_aux, dtype=torch.float32)
+    ea = torch.as_tensor(e_aux, dtype=torch.float32)
+    opt = torch.optim.Adam(shadow.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(shadow(xa), ea).backward()
+        opt.step()
+    for p in shadow.parameters():
+        p.requires_grad_(False)
+    target = torch.as_tensor(e_target, dtype=torch.float32)
+    guess = torch.zeros(len(target), xa.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([guess], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.mse_loss(shadow(guess), target) + 1e-3 * guess.pow(2).mean()
+        loss.backward()
+        opt.step()
+    return float(((guess.detach().numpy() - x_target) ** 2).mean())

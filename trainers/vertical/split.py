@@ -1,0 +1,586 @@
+"""Vertical split learning: VLR, VHNN and VSNN, with attacks and defenses on their messages.
+
+Party 0 (active) holds the labels; parties 1..k-1 (passive) hold features only. Each batch of
+aligned samples is two messages each way (Kang et al.'s framework):
+
+1. every passive party p runs its bottom model on its columns and sends ``Embedding`` e_p;
+2. the active party combines them with its own features, takes the loss, updates its own
+   models, and sends each passive party ``Gradient`` d loss / d e_p, through its defense;
+3. each passive party back-propagates its gradient into its bottom model (done at the start
+   of its next call, which saves a round trip).
+
+The algorithms differ in the models only:
+
+- ``vlr``: every party's bottom is linear, to class logits; the active party sums them.
+- ``vhnn``: every party (the active one too) has an MLP bottom to ``embed_dim``; the active
+  party's top model (``top_hidden``, then linear) reads their concatenation.
+- ``vsnn``: the passive bottoms are MLPs to class logits and the active party has no bottom:
+  its top is a linear model of its raw features whose logits are added to the passive ones.
+  Reconstructed: the passive output is the logit itself, as the framework's direct label
+  inference on VSNN assumes.
+
+Attacks (:mod:`trainers.vertical.attacks`) observe the gradient messages a passive party
+receives and, after training, its bottom model (model completion) and the embeddings the
+active party received (model inversion). Defenses (:mod:`trainers.vertical.defenses`) live in
+the active party's step; embedding noise in the passive parties'.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clusters import Executor, PartyContext
+from trainers.base import TRAINERS, DataMismatch, Reporter, Trainer, TrainResult, derive_seed
+from trainers.config import TrainerConfig
+from trainers.models import ModelConfig, ModelSpec, build_model
+from trainers.vertical import attacks
+from trainers.vertical.data import ACTIVE, VerticalData
+from trainers.vertical.defenses import DEFENSES, build_defense, iso_noise
+
+__all__ = [
+    "VHNN",
+    "VLR",
+    "VSNN",
+    "ActiveParty",
+    "Embedding",
+    "Gradient",
+    "PassiveParty",
+    "SplitLearning",
+    "SplitModel",
+]
+
+_INIT_STREAM = 31
+_BATCH_STREAM = 32
+_NOISE_STREAM = 33
+_ATTACK_STREAM = 34
+_DEFENSE_STREAM = 35
+BYTES_PER_VALUE = 4
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Passive -> active: a party's bottom-model outputs for a batch (rows are samples)."""
+
+    party: int
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """Active -> passive: d loss / d embedding for the batch the party embedded last."""
+
+    party: int
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Optim:
+    name: str
+    lr: float
+    momentum: float
+    weight_decay: float
+
+    def build(self, params) -> torch.optim.Optimizer:
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+
+@dataclass(frozen=True)
+class PassivePayload:
+    """What the driver delivers to the passive parties in one call."""
+
+    gradients: Mapping[int, Gradient]
+    """Gradient messages for the batch each party embedded last (empty: none pending)."""
+    rows: np.ndarray | None
+    """Aligned-sample positions to embed next (None: nothing, or the test split)."""
+    test: bool = False
+    """Embed the test split."""
+    step: int = 0
+    """Global batch counter (seeds the embedding noise)."""
+
+
+@dataclass(frozen=True)
+class PassiveParty:
+    """What a passive party runs: apply its pending gradient, then embed the next batch."""
+
+    specs: tuple[tuple[int, ModelSpec], ...]
+    seed: int
+    optim: _Optim
+    embedding_noise: float = 0.0
+
+    def __call__(self, ctx: PartyContext, payload: PassivePayload) -> Embedding | None:
+        st = ctx.state
+        if "model" not in st:
+            spec = dict(self.specs)[ctx.party_id]
+            st["model"] = build_model(spec, derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
+            st["opt"] = self.optim.build(st["model"].parameters())
+        model, data = st["model"], ctx.data
+        message = payload.gradients.get(ctx.party_id)
+        if message is not None:
+            x = _tensor(data.x_aligned[st.pop("rows")])
+            st["opt"].zero_grad()
+            model(x).backward(_tensor(message.values))
+            st["opt"].step()
+        if payload.test:
+            x = data.x_test
+        elif payload.rows is not None:
+            st["rows"] = payload.rows
+            x = data.x_aligned[payload.rows]
+        else:
+            return None
+        with torch.no_grad():
+            out = model(_tensor(x))
+        gen = torch.Generator().manual_seed(
+            derive_seed(self.seed, _NOISE_STREAM, ctx.party_id, payload.step)
+        )
+        return Embedding(ctx.party_id, iso_noise(out, self.embedding_noise, gen).numpy())
+
+
+@dataclass(frozen=True)
+class ActivePayload:
+    rows: np.ndarray | None
+    """Aligned-sample positions of the batch (None with ``test``)."""
+    embeddings: Mapping[int, Embedding]
+    test: bool = False
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class ActiveReply:
+    loss: float = 0.0
+    gradients: Mapping[int, Gradient] = dataclasses.field(default_factory=dict)
+    probs: np.ndarray | None = None
+    """Test predictions (class probabilities, decoded by the defense)."""
+
+
+@dataclass(frozen=True)
+class ActiveParty:
+    """What the active party runs: combine, take the loss, step, send defended gradients."""
+
+    own: ModelSpec
+    """Its model of its own features: a bottom (vhnn) or the linear part of the top."""
+    top: ModelSpec | None
+    """vhnn: the top model over the concatenated embeddings; None: the logits are summed."""
+    passive: tuple[int, ...]
+    n_classes: int
+    seed: int
+    optim: _Optim
+    defense: str = "none"
+    strength: float | None = None
+    bound: float = 1e-3
+
+    def _setup(self, st: dict) -> None:
+        st["own"] = build_model(self.own, derive_seed(self.seed, _INIT_STREAM, ACTIVE))
+        params = list(st["own"].parameters())
+        if self.top is not None:
+            st["top"] = build_model(self.top, derive_seed(self.seed, _INIT_STREAM, ACTIVE, 1))
+            params += list(st["top"].parameters())
+            if self.defense == "negative_loss":  # heads guessing labels from one embedding
+                st["heads"] = {
+                    p: nn.Linear(self.top.n_features // (len(self.passive) + 1), self.n_classes)
+                    for p in self.passive
+                }
+                params += [q for h in st["heads"].values() for q in h.parameters()]
+        st["opt"] = self.optim.build(params)
+        st["defense"] = build_defense(
+            self.defense,
+            self.strength,
+            self.n_classes,
+            derive_seed(self.seed, _DEFENSE_STREAM),
+            self.bound,
+        )
+
+    def logits(self, st: dict, x: torch.Tensor, emb: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        own = st["own"](x)
+        if self.top is None:
+            return own + sum(emb[p] for p in self.passive)
+        return st["top"](torch.cat([own, *(emb[p] for p in self.passive)], dim=1))
+
+    def __call__(self, ctx: PartyContext, payload: ActivePayload) -> ActiveReply:
+        st, data = ctx.state, ctx.data
+        if "own" not in st:
+            self._setup(st)
+        defense = st["defense"]
+        if payload.test:
+            emb = {p: _tensor(e.values) for p, e in payload.embeddings.items()}
+            with torch.no_grad():
+                probs = F.softmax(self.logits(st, _tensor(data.x_test), emb), dim=1)
+                return ActiveReply(probs=defense.decode(probs).numpy())
+        rows = payload.rows
+        x, y = _tensor(data.x_aligned[rows]), _tensor(data.y_aligned[rows])
+        emb = {p: _tensor(e.values, requires_grad=True) for p, e in payload.embeddings.items()}
+        logits = self.logits(st, x, emb)
+        loss = -(defense.targets(y) * F.log_softmax(logits, dim=1)).sum(1).mean()
+        total = loss
+        if "heads" in st:
+            heads = st["heads"]
+            total = total + sum(F.cross_entropy(heads[p](emb[p].detach()), y) for p in heads)
+            guesses = [
+                F.linear(emb[p], heads[p].weight.detach(), heads[p].bias.detach()) for p in heads
+            ]
+        else:
+            guesses = [emb[p] for p in self.passive]
+        total = total + defense.penalty(guesses, y)
+        st["opt"].zero_grad()
+        total.backward()
+        st["opt"].step()
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, _NOISE_STREAM, 0, payload.step))
+        grads = {
+            p: Gradient(p, defense.gradient(emb[p].grad, y, gen).numpy()) for p in self.passive
+        }
+        return ActiveReply(loss=float(loss.detach()), gradients=grads)
+
+
+def _tensor(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
+    """A float or label array as a tensor; arrays from Ray's object store are read-only, so
+    they are copied (batches are small)."""
+    t = torch.from_numpy(np.array(a, copy=True))
+    return t.requires_grad_(requires_grad) if requires_grad else t
+
+
+def _export(ctx: PartyContext, payload: object) -> dict[str, nn.Module]:
+    """A party's trained models (copies), for the final model and the attacks."""
+    return {k: copy.deepcopy(v) for k, v in ctx.state.items() if k in ("model", "own", "top")}
+
+
+class SplitModel(nn.Module):
+    """The whole trained federation as one module of the full feature vector (for MLflow)."""
+
+    def __init__(
+        self,
+        columns: tuple[np.ndarray, ...],
+        bottoms: Mapping[int, nn.Module],
+        own: nn.Module,
+        top: nn.Module | None,
+    ) -> None:
+        super().__init__()
+        self.passive = sorted(bottoms)
+        self.bottoms = nn.ModuleList([bottoms[p] for p in self.passive])
+        self.own, self.top = own, top
+        for p, cols in enumerate(columns):
+            self.register_buffer(f"cols{p}", torch.as_tensor(cols, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        own = self.own(x.index_select(1, self.cols0))
+        embs = [
+            bottom(x.index_select(1, getattr(self, f"cols{p}")))
+            for p, bottom in zip(self.passive, self.bottoms)
+        ]
+        if self.top is None:
+            return own + sum(embs)
+        return self.top(torch.cat([own, *embs], dim=1))
+
+
+class _Silent:
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+
+_REFERENCES: dict[tuple, float] = {}
+
+
+class SplitLearning(Trainer):
+    """Vertical split learning over the executor; subclasses choose the models.
+
+    Args:
+        config: ``rounds`` (epochs), ``batch_size``, the optimizer, and ``vfl``.
+        model: ``hidden`` gives the MLP bottoms' hidden widths.
+    """
+
+    checkpointable = False
+    sum_logits = True
+    """The passive bottoms output class logits and the active party sums them (no top)."""
+    passive_model = "logreg"
+    own_model = "logreg"
+
+    metrics = (
+        "train_loss",
+        "test_accuracy",
+        "test_loss",
+        "test_auc",
+        "utility",
+        "bytes_communicated",
+        "round_time_s",
+        *(f"{a}_auc" for a in attacks.LABEL_ATTACKS),
+        *(f"{a}_auc95" for a in attacks.LABEL_ATTACKS),
+        "dli_accuracy",
+        "label_leakage",
+        "defense_score",
+        "tradeoff_f2",
+        "mc_accuracy",
+        "mi_mse",
+        "utility_loss",
+    )
+
+    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
+        self.config = config
+        self.model_config = model
+
+    def specs(self, data: VerticalData) -> tuple[dict[int, ModelSpec], ModelSpec, ModelSpec | None]:
+        """The passive bottoms, the active party's own model and its top (or None)."""
+        v, c = self.config.vfl, data.n_classes
+        out = c if self.sum_logits else v.embed_dim
+        hidden = tuple(self.model_config.hidden) if self.passive_model == "mlp" else ()
+        bottoms = {
+            p: ModelSpec(self.passive_model, len(data.columns[p]), out, hidden)
+            for p in range(1, data.n_parties)
+        }
+        own_hidden = tuple(self.model_config.hidden) if self.own_model == "mlp" else ()
+        own = ModelSpec(self.own_model, len(data.columns[ACTIVE]), out, own_hidden)
+        top = None
+        if not self.sum_logits:
+            name = "mlp" if v.top_hidden else "logreg"
+            top = ModelSpec(name, out * data.n_parties, c, tuple(v.top_hidden))
+        return bottoms, own, top
+
+    def check(self, data: VerticalData) -> None:
+        d = self.config.vfl.defense
+        if DEFENSES.get(d.name).binary_only and data.n_classes != 2:
+            raise DataMismatch(
+                "trainer.vfl.defense.name",
+                f"{d.name} needs binary labels; the data has {data.n_classes} classes "
+                "(data.positive makes a task binary)",
+            )
+
+    def applicable(self, data: VerticalData) -> dict[str, str]:
+        """Each configured attack -> why it does not apply ("" when it does)."""
+        binary = data.n_classes == 2
+        why = {}
+        for name in self.config.vfl.attack.names:
+            reason = ""
+            if name in ("ns", "ds", "rr") and not binary:
+                reason = "binary labels only"
+            elif name == "dli" and not self.sum_logits:
+                reason = "the passive output is not the logit"
+            elif name == "rr" and self.passive_model != "logreg":
+                reason = "vlr only"
+            why[name] = reason
+        return why
+
+    def fit(
+        self, data: VerticalData, executor: Executor, reporter: Reporter, seed: int
+    ) -> TrainResult:
+        cfg, v = self.config, self.config.vfl
+        attacker = v.attack.attacker
+        reference = None
+        if v.reference and v.defense.name != "none":
+            reference = self._reference(data, executor, seed)
+        bottoms, own, top = self.specs(data)
+        optim = _Optim(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        passive_ids = sorted(bottoms)
+        passive_fn = PassiveParty(tuple(bottoms.items()), seed, optim, v.defense.embedding_noise)
+        active_fn = ActiveParty(
+            own,
+            top,
+            tuple(passive_ids),
+            data.n_classes,
+            seed,
+            optim,
+            v.defense.name,
+            v.defense.strength,
+            v.defense.bound,
+        )
+        parties = {p: data.party(p) for p in range(data.n_parties)}
+        executor.load(parties, sizes={p: len(parties[p]) for p in parties})
+        why = self.applicable(data)
+        label_attacks = [a for a in attacks.LABEL_ATTACKS if why.get(a) == ""]
+        series: dict[str, list[float]] = {a: [] for a in label_attacks}
+        y_aligned = data.y_train[data.aligned]
+        x_attacker = data.features(attacker, data.aligned)
+        n, batch = len(data.aligned), cfg.batch_size
+        binary = data.n_classes == 2
+        history: list[dict[str, float]] = []
+        step = 0
+        result_tables: dict[str, list[dict]] = {}
+        for epoch in range(cfg.rounds):
+            start = time.perf_counter()
+            order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
+            pending: Mapping[int, Gradient] = {}
+            losses, sent = [], 0
+            per_batch: dict[str, list[float]] = {a: [] for a in label_attacks}
+            attack_rng = np.random.default_rng(derive_seed(seed, _ATTACK_STREAM, epoch))
+            for begin in range(0, n, batch):
+                rows = order[begin : begin + batch]
+                embs = executor.map(
+                    passive_fn, passive_ids, PassivePayload(pending, rows, step=step)
+                )
+                reply = executor.map(
+                    active_fn,
+                    [ACTIVE],
+                    ActivePayload(rows, {e.party: e for e in embs}, step=step),
+                )[0]
+                pending = reply.gradients
+                losses.append(reply.loss * len(rows))
+                sent += sum(e.values.size for e in embs) + sum(
+                    g.values.size for g in pending.values()
+                )
+                received = pending[attacker].values
+                for name in label_attacks:
+                    value = attacks.label_scores(
+                        name, received, y_aligned[rows], attack_rng, x_attacker[rows]
+                    )
+                    if value is not None:
+                        per_batch[name].append(value)
+                step += 1
+            test_embs = executor.map(passive_fn, passive_ids, PassivePayload(pending, None, True))
+            probs = executor.map(
+                active_fn, [ACTIVE], ActivePayload(None, {e.party: e for e in test_embs}, True)
+            )[0].probs
+            acc = float((probs.argmax(1) == data.y_test).mean())
+            picked = probs[np.arange(len(data.y_test)), data.y_test]
+            metrics = {
+                "train_loss": float(sum(losses) / n),
+                "test_accuracy": acc,
+                "test_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
+                "bytes_communicated": float(sent * BYTES_PER_VALUE),
+            }
+            if binary:
+                metrics["test_auc"] = attacks.auc(data.y_test, probs[:, 1]) or float("nan")
+            metrics["utility"] = metrics["test_auc"] if binary else acc
+            for name, values in per_batch.items():
+                mean = float(np.mean(values)) if values else float("nan")
+                series[name].append(mean)
+                metric = "dli_accuracy" if name == "dli" and not binary else f"{name}_auc"
+                metrics[metric] = mean
+            metrics["round_time_s"] = time.perf_counter() - start
+            if epoch == cfg.rounds - 1:
+                summary, result_tables = self._final(
+                    data, executor, passive_fn, passive_ids, test_embs, series, why, seed, step
+                )
+                metrics.update(summary)
+                if reference is not None:
+                    metrics["utility_loss"] = reference - metrics["utility"]
+                f2_base = metrics.get("defense_score")
+                if f2_base is not None and np.isfinite(f2_base):
+                    metrics["tradeoff_f2"] = attacks.f_beta(f2_base, metrics["utility"])
+            history.append({"round": float(epoch), **metrics})
+            reporter.report(epoch, metrics)
+        models = executor.map(_export, list(range(data.n_parties)))
+        model = SplitModel(
+            data.columns,
+            {p: models[p]["model"] for p in passive_ids},
+            models[ACTIVE]["own"],
+            models[ACTIVE].get("top"),
+        )
+        return TrainResult(model.eval(), history, result_tables)
+
+    def _final(
+        self,
+        data: VerticalData,
+        executor: Executor,
+        passive_fn: PassiveParty,
+        passive_ids: list[int],
+        test_embs: list[Embedding],
+        series: dict[str, list[float]],
+        why: dict[str, str],
+        seed: int,
+        step: int,
+    ) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        """Leakage over the run, and the attacks that need the trained models."""
+        a = self.config.vfl.attack
+        attacker = a.attacker
+        out: dict[str, float] = {}
+        rows: list[dict] = []
+        aucs = []
+        for name, values in series.items():
+            finite = [x for x in values if np.isfinite(x)]
+            top = float(np.percentile(finite, a.percentile)) if finite else float("nan")
+            if data.n_classes == 2:
+                out[f"{name}_auc95"] = top
+                aucs.append(top)
+            rows.append({"attack": name, "applies": True, "reason": "", "value": top})
+        if aucs:
+            out["defense_score"] = attacks.defense_score(aucs)
+            out["label_leakage"] = 1.0 - out["defense_score"]
+        bottoms, _, _ = self.specs(data)
+        if "mc" in why and not why["mc"]:
+            bottom = executor.map(_export, [attacker])[0]["model"]
+            out["mc_accuracy"] = attacks.model_completion(
+                bottom,
+                bottoms[attacker].n_classes,
+                data.n_classes,
+                data.features(attacker, data.aligned),
+                data.y_train[data.aligned],
+                data.features(attacker, test=True),
+                data.y_test,
+                samples=a.mc_samples,
+                epochs=a.mc_epochs,
+                lr=a.mc_lr,
+                batch_size=a.mc_batch_size,
+                weight_decay=a.mc_weight_decay,
+                seed=derive_seed(seed, _ATTACK_STREAM, 1),
+            )
+            rows.append(
+                {"attack": "mc", "applies": True, "reason": "", "value": out["mc_accuracy"]}
+            )
+        if "mi" in why and not why["mi"]:
+            rng = np.random.default_rng(derive_seed(seed, _ATTACK_STREAM, 2))
+            aux = rng.choice(
+                len(data.aligned), size=min(a.mi_samples, len(data.aligned)), replace=False
+            )
+            seen = executor.map(passive_fn, [attacker], PassivePayload({}, aux, step=step))[0]
+            target = next(e for e in test_embs if e.party == attacker)
+            shadow = build_model(bottoms[attacker], derive_seed(seed, _ATTACK_STREAM, 3))
+            out["mi_mse"] = attacks.model_inversion(
+                shadow,
+                data.features(attacker, data.aligned[aux]),
+                seen.values,
+                target.values,
+                data.features(attacker, test=True),
+                steps=a.mi_steps,
+            )
+            rows.append({"attack": "mi", "applies": True, "reason": "", "value": out["mi_mse"]})
+        for name, reason in why.items():
+            if reason:
+                rows.append(
+                    {"attack": name, "applies": False, "reason": reason, "value": float("nan")}
+                )
+        return out, {"vfl_attacks": rows}
+
+    def _reference(self, data: VerticalData, executor: Executor, seed: int) -> float:
+        """Utility of the same run without the defense (cached per process)."""
+        cfg = copy.deepcopy(self.config)
+        cfg.vfl.defense = type(cfg.vfl.defense)()
+        cfg.vfl.attack.names = []
+        cfg.vfl.reference = False
+        digest = hashlib.sha1(data.x_train.tobytes() + data.aligned.tobytes()).hexdigest()
+        key = (type(self).__name__, repr(cfg), repr(self.model_config), seed, digest)
+        if key not in _REFERENCES:
+            result = type(self)(cfg, self.model_config).fit(data, executor, _Silent(), seed)
+            _REFERENCES[key] = result.history[-1]["utility"]
+        return _REFERENCES[key]
+
+
+@TRAINERS.register("vlr")
+class VLR(SplitLearning):
+    """Vertical logistic regression: linear bottoms to logits, summed by the active party."""
+
+
+@TRAINERS.register("vhnn")
+class VHNN(SplitLearning):
+    """Vertical hetero NN: MLP bottoms at every party, a top model at the active party."""
+
+    sum_logits = False
+    passive_model = "mlp"
+    own_model = "mlp"
+
+
+@TRAINERS.register("vsnn")
+class VSNN(SplitLearning):
+    """Vertical split NN: MLP passive bottoms to logits; the active party adds a linear model
+    of its raw features (it has no bottom model)."""
+
+    passive_model = "mlp"
