@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import ConfigError
 from trainers.base import FederatedData, PartyData, derive_seed
-from trainers.vertical.data import VerticalData
 from trainers.registry import Registry
+from trainers.vertical.data import VerticalData
 
 if TYPE_CHECKING:
     from orchestrator.config import DataConfig, ExperimentConfig, PartitionConfig

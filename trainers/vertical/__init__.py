@@ -7,6 +7,7 @@ FedHSSL with its self-supervised baselines.
 from trainers.vertical.attacks import LABEL_ATTACKS
 from trainers.vertical.data import ACTIVE, VerticalData, VerticalParty
 from trainers.vertical.defenses import DEFENSES, Defense
+from trainers.vertical.fedhssl import FedCSSL, FedGSSL, FedHSSL, SupervisedVFL
 from trainers.vertical.split import VHNN, VLR, VSNN, SplitLearning
 
 __all__ = [
@@ -17,6 +18,10 @@ __all__ = [
     "VLR",
     "VSNN",
     "Defense",
+    "FedCSSL",
+    "FedGSSL",
+    "FedHSSL",
+    "SupervisedVFL",
     "SplitLearning",
     "VerticalData",
     "VerticalParty",

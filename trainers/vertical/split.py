@@ -52,11 +52,14 @@ __all__ = [
     "VLR",
     "VSNN",
     "ActiveParty",
+    "Optim",
     "Embedding",
     "Gradient",
     "PassiveParty",
     "SplitLearning",
     "SplitModel",
+    "evaluate_split",
+    "split_batch",
 ]
 
 _INIT_STREAM = 31
@@ -84,7 +87,7 @@ class Gradient:
 
 
 @dataclass(frozen=True)
-class _Optim:
+class Optim:
     name: str
     lr: float
     momentum: float
@@ -118,15 +121,21 @@ class PassiveParty:
 
     specs: tuple[tuple[int, ModelSpec], ...]
     seed: int
-    optim: _Optim
+    optim: Optim
     embedding_noise: float = 0.0
+    frozen: bool = False
+    """Never update the bottom model (fine-tuning with a fixed passive backbone)."""
 
     def __call__(self, ctx: PartyContext, payload: PassivePayload) -> Embedding | None:
         st = ctx.state
         if "model" not in st:
-            spec = dict(self.specs)[ctx.party_id]
-            st["model"] = build_model(spec, derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
-            st["opt"] = self.optim.build(st["model"].parameters())
+            if "backbone" in st:  # pretrained in this party's state (fedhssl)
+                st["model"] = st["backbone"]
+            else:
+                spec = dict(self.specs)[ctx.party_id]
+                st["model"] = build_model(spec, derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
+            params = [] if self.frozen else list(st["model"].parameters())
+            st["opt"] = self.optim.build(params or [torch.zeros(1, requires_grad=True)])
         model, data = st["model"], ctx.data
         message = payload.gradients.get(ctx.party_id)
         if message is not None:
@@ -177,14 +186,19 @@ class ActiveParty:
     passive: tuple[int, ...]
     n_classes: int
     seed: int
-    optim: _Optim
+    optim: Optim
     defense: str = "none"
     strength: float | None = None
     bound: float = 1e-3
+    frozen: bool = False
+    """Never update the active party's own model (fine-tuning a linear probe)."""
 
     def _setup(self, st: dict) -> None:
-        st["own"] = build_model(self.own, derive_seed(self.seed, _INIT_STREAM, ACTIVE))
-        params = list(st["own"].parameters())
+        if "backbone" in st:  # pretrained in this party's state (fedhssl)
+            st["own"] = st["backbone"]
+        else:
+            st["own"] = build_model(self.own, derive_seed(self.seed, _INIT_STREAM, ACTIVE))
+        params = [] if self.frozen else list(st["own"].parameters())
         if self.top is not None:
             st["top"] = build_model(self.top, derive_seed(self.seed, _INIT_STREAM, ACTIVE, 1))
             params += list(st["top"].parameters())
@@ -284,6 +298,50 @@ class SplitModel(nn.Module):
         return self.top(torch.cat([own, *embs], dim=1))
 
 
+def split_batch(
+    executor: Executor,
+    passive_fn: PassiveParty,
+    active_fn: ActiveParty,
+    passive_ids: list[int],
+    rows: np.ndarray,
+    pending: Mapping[int, Gradient],
+    step: int,
+) -> tuple[ActiveReply, list[Embedding]]:
+    """One training batch: the passive parties apply ``pending`` and embed ``rows``; the active
+    party steps and replies with the gradient messages (to deliver with the next call)."""
+    embs = executor.map(passive_fn, passive_ids, PassivePayload(pending, rows, step=step))
+    reply = executor.map(
+        active_fn, [ACTIVE], ActivePayload(rows, {e.party: e for e in embs}, step=step)
+    )[0]
+    return reply, embs
+
+
+def evaluate_split(
+    executor: Executor,
+    passive_fn: PassiveParty,
+    active_fn: ActiveParty,
+    passive_ids: list[int],
+    pending: Mapping[int, Gradient],
+    y_test: np.ndarray,
+) -> tuple[dict[str, float], list[Embedding]]:
+    """Delivers ``pending`` and scores the federation on the test split: accuracy, loss and,
+    for binary labels, AUC; ``utility`` is the AUC (binary) or the accuracy."""
+    embs = executor.map(passive_fn, passive_ids, PassivePayload(pending, None, True))
+    probs = executor.map(
+        active_fn, [ACTIVE], ActivePayload(None, {e.party: e for e in embs}, True)
+    )[0].probs
+    acc = float((probs.argmax(1) == y_test).mean())
+    picked = probs[np.arange(len(y_test)), y_test]
+    metrics = {
+        "test_accuracy": acc,
+        "test_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
+    }
+    if probs.shape[1] == 2:
+        metrics["test_auc"] = attacks.auc(y_test, probs[:, 1]) or float("nan")
+    metrics["utility"] = metrics.get("test_auc", acc)
+    return metrics, embs
+
+
 class _Silent:
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
         pass
@@ -379,7 +437,7 @@ class SplitLearning(Trainer):
         if v.reference and v.defense.name != "none":
             reference = self._reference(data, executor, seed)
         bottoms, own, top = self.specs(data)
-        optim = _Optim(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        optim = Optim(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         passive_ids = sorted(bottoms)
         passive_fn = PassiveParty(tuple(bottoms.items()), seed, optim, v.defense.embedding_noise)
         active_fn = ActiveParty(
@@ -414,14 +472,9 @@ class SplitLearning(Trainer):
             attack_rng = np.random.default_rng(derive_seed(seed, _ATTACK_STREAM, epoch))
             for begin in range(0, n, batch):
                 rows = order[begin : begin + batch]
-                embs = executor.map(
-                    passive_fn, passive_ids, PassivePayload(pending, rows, step=step)
+                reply, embs = split_batch(
+                    executor, passive_fn, active_fn, passive_ids, rows, pending, step
                 )
-                reply = executor.map(
-                    active_fn,
-                    [ACTIVE],
-                    ActivePayload(rows, {e.party: e for e in embs}, step=step),
-                )[0]
                 pending = reply.gradients
                 losses.append(reply.loss * len(rows))
                 sent += sum(e.values.size for e in embs) + sum(
@@ -435,21 +488,14 @@ class SplitLearning(Trainer):
                     if value is not None:
                         per_batch[name].append(value)
                 step += 1
-            test_embs = executor.map(passive_fn, passive_ids, PassivePayload(pending, None, True))
-            probs = executor.map(
-                active_fn, [ACTIVE], ActivePayload(None, {e.party: e for e in test_embs}, True)
-            )[0].probs
-            acc = float((probs.argmax(1) == data.y_test).mean())
-            picked = probs[np.arange(len(data.y_test)), data.y_test]
+            metrics, test_embs = evaluate_split(
+                executor, passive_fn, active_fn, passive_ids, pending, data.y_test
+            )
             metrics = {
                 "train_loss": float(sum(losses) / n),
-                "test_accuracy": acc,
-                "test_loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()),
+                **metrics,
                 "bytes_communicated": float(sent * BYTES_PER_VALUE),
             }
-            if binary:
-                metrics["test_auc"] = attacks.auc(data.y_test, probs[:, 1]) or float("nan")
-            metrics["utility"] = metrics["test_auc"] if binary else acc
             for name, values in per_batch.items():
                 mean = float(np.mean(values)) if values else float("nan")
                 series[name].append(mean)

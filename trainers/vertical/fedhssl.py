@@ -1,0 +1,472 @@
+"""FedHSSL (He et al.): hybrid self-supervised pretraining for vertical FL, and its baselines.
+
+Every party i holds a cross-party encoder, a local encoder (a party-specific bottom layer and a
+top layer of the same shape at every party) and two SimSiam pairs of heads (projector,
+predictor), one for each encoder. One pretraining epoch:
+
+1. cross-party SSL on the aligned samples: each party sends z_i = proj_cross(enc_cross(x_i)),
+   the two views of a sample being its feature slices at two parties. The active party 0
+   minimises mean_{j != 0} D(pred(z_0), sg(z_j)); a passive party i minimises
+   D(pred(z_i), sg(z_0)). D is the negative cosine similarity; each party updates its own
+   encoder and heads only.
+2. local SSL on each party's own samples (aligned and unaligned): symmetric SimSiam between two
+   augmented views (``augment_fraction`` of the features replaced by U(min_f, max_f) of the
+   party's data), weighted by ``local_ratio``, plus ``constraint_ratio`` times the pull of the
+   local predictions toward the cross projection; gradients clipped to ``grad_clip``.
+3. partial model aggregation (PMA): the plain average over parties of the local top layer and
+   the local heads, sent back to all (bottoms and cross encoders stay private).
+4. cosine decay of the encoders' and projectors' learning rate (the predictors keep theirs).
+
+Variants: ``fedcssl`` runs step 1 only; ``fedgssl`` 1 and 2; ``fedhssl`` 1, 2 and 3;
+``vfl_supervised`` pretrains nothing. Then every variant fine-tunes the same backbone (cross
+encoder and local encoder, concatenated) as split learning on ``labels`` labelled aligned
+samples, with a linear classifier at the active party.
+
+Privacy knobs: isotropic noise on the exchanged cross representations (``feature_noise``), on
+the aggregated weights (``model_noise``) and on the fine-tuning embeddings
+(``finetune_noise``); the model-completion attack measures what a passive backbone leaks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clusters import Executor, PartyContext
+from trainers.base import TRAINERS, Reporter, Trainer, TrainResult, derive_seed
+from trainers.config import TrainerConfig
+from trainers.models import ModelConfig, ModelSpec, get_flat, set_flat
+from trainers.vertical import attacks
+from trainers.vertical.data import ACTIVE, VerticalData
+from trainers.vertical.defenses import iso_noise
+from trainers.vertical.split import (
+    ActiveParty,
+    Optim,
+    PassiveParty,
+    SplitModel,
+    evaluate_split,
+    split_batch,
+)
+
+__all__ = ["FedCSSL", "FedGSSL", "FedHSSL", "SupervisedVFL", "augment"]
+
+_INIT_STREAM = 41
+_BATCH_STREAM = 42
+_AUGMENT_STREAM = 43
+_NOISE_STREAM = 44
+_LABEL_STREAM = 45
+_ATTACK_STREAM = 46
+BYTES_PER_VALUE = 4
+
+
+def _mlp(widths: list[int], last_relu: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if last_relu or i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class PartyNets(nn.Module):
+    """One party's networks."""
+
+    def __init__(self, n_features: int, hidden: int, proj: int, pred: int) -> None:
+        super().__init__()
+        self.cross = _mlp([n_features, hidden, hidden])
+        self.local_bottom = _mlp([n_features, hidden])
+        self.local_top = _mlp([hidden, hidden])
+        self.proj_cross = _mlp([hidden, proj, proj, proj], last_relu=False)
+        self.pred_cross = _mlp([proj, pred, proj], last_relu=False)
+        self.proj_local = _mlp([hidden, proj, proj, proj], last_relu=False)
+        self.pred_local = _mlp([proj, pred, proj], last_relu=False)
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        return self.local_top(self.local_bottom(x))
+
+    def shared(self) -> list[nn.Module]:
+        """What partial model aggregation averages."""
+        return [self.local_top, self.proj_local, self.pred_local]
+
+
+class Backbone(nn.Module):
+    """Fine-tuning backbone: cross and local representations, concatenated."""
+
+    def __init__(self, nets: PartyNets) -> None:
+        super().__init__()
+        self.cross, self.local_bottom, self.local_top = (
+            nets.cross,
+            nets.local_bottom,
+            nets.local_top,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.cross(x), self.local_top(self.local_bottom(x))], dim=1)
+
+
+def simsiam(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = -cos(p, stopgrad(z)), averaged over the batch."""
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
+
+
+def augment(
+    x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, fraction: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Replaces ``fraction`` of each row's features, chosen at random, with U(low_f, high_f)."""
+    k = int(round(fraction * x.shape[1]))
+    if k == 0:
+        return x
+    ranks = torch.rand(x.shape, generator=gen).argsort(dim=1).argsort(dim=1)
+    mask = ranks < k
+    values = low + (high - low) * torch.rand(x.shape, generator=gen)
+    return torch.where(mask, values, x)
+
+
+@dataclass(frozen=True)
+class _Pretrain:
+    """Self-supervised pretraining, as each party runs it (one ``mode`` per call)."""
+
+    n_features: tuple[tuple[int, int], ...]
+    seed: int
+    hidden: int
+    proj: int
+    pred: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    local_ratio: float
+    constraint_ratio: float
+    augment_fraction: float
+    grad_clip: float
+    feature_noise: float
+    batch_size: int
+
+    def _setup(self, ctx: PartyContext) -> None:
+        st = ctx.state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
+            nets = PartyNets(dict(self.n_features)[ctx.party_id], self.hidden, self.proj, self.pred)
+        st["nets"] = nets
+        predictors = [*nets.pred_cross.parameters(), *nets.pred_local.parameters()]
+        ids = {id(p) for p in predictors}
+        decayed = [p for p in nets.parameters() if id(p) not in ids]
+        st["opt"] = torch.optim.SGD(
+            [{"params": decayed, "decay": True}, {"params": predictors, "decay": False}],
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+        own = np.concatenate([ctx.data.x_aligned, ctx.data.x_local])
+        st["own"] = torch.from_numpy(np.array(own, dtype=np.float32))
+        st["low"], st["high"] = st["own"].min(0).values, st["own"].max(0).values
+
+    def __call__(self, ctx: PartyContext, payload: Mapping) -> object:
+        st = ctx.state
+        if "nets" not in st:
+            self._setup(ctx)
+        nets, opt = st["nets"], st["opt"]
+        mode = payload["mode"]
+        if mode == "lr":
+            for group in opt.param_groups:
+                group["lr"] = self.lr * payload["scale"] if group["decay"] else self.lr
+            return None
+        if mode == "cross_embed":  # step 1, the message: z_i for the batch
+            x = torch.from_numpy(np.array(ctx.data.x_aligned[payload["rows"]]))
+            with torch.no_grad():
+                z = nets.proj_cross(nets.cross(x))
+            gen = torch.Generator().manual_seed(
+                derive_seed(self.seed, _NOISE_STREAM, ctx.party_id, payload["step"])
+            )
+            return ctx.party_id, iso_noise(z, self.feature_noise, gen).numpy()
+        if mode == "cross_step":  # step 1, the update against the partners' z
+            x = torch.from_numpy(np.array(ctx.data.x_aligned[payload["rows"]]))
+            p = nets.pred_cross(nets.proj_cross(nets.cross(x)))
+            partners = [
+                torch.from_numpy(np.array(z))
+                for pid, z in payload["z"].items()
+                if pid != ctx.party_id and (ctx.party_id == ACTIVE or pid == ACTIVE)
+            ]
+            loss = torch.stack([simsiam(p, z) for z in partners]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+        if mode == "local_epoch":  # step 2, no communication
+            own = st["own"]
+            gen = torch.Generator().manual_seed(
+                derive_seed(self.seed, _AUGMENT_STREAM, ctx.party_id, payload["epoch"])
+            )
+            order = torch.randperm(len(own), generator=gen)
+            total = 0.0
+            for start in range(0, len(own), self.batch_size):
+                x = own[order[start : start + self.batch_size]]
+                v1 = augment(x, st["low"], st["high"], self.augment_fraction, gen)
+                v2 = augment(x, st["low"], st["high"], self.augment_fraction, gen)
+                z1, z2 = nets.proj_local(nets.local(v1)), nets.proj_local(nets.local(v2))
+                p1, p2 = nets.pred_local(z1), nets.pred_local(z2)
+                loss = self.local_ratio * (simsiam(p1, z2) + simsiam(p2, z1))
+                if self.constraint_ratio:
+                    c1, c2 = nets.proj_cross(nets.cross(v1)), nets.proj_cross(nets.cross(v2))
+                    loss = loss + self.constraint_ratio * (simsiam(p1, c1) + simsiam(p2, c2))
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(nets.parameters(), self.grad_clip)
+                opt.step()
+                total += float(loss.detach()) * len(x)
+            return total / len(own)
+        if mode == "get_shared":  # step 3: upload
+            return get_flat(nn.ModuleList(nets.shared()))
+        if mode == "set_shared":  # step 3: the average comes back
+            set_flat(nn.ModuleList(nets.shared()), payload["weights"])
+            return None
+        if mode == "to_backbone":  # hand the pretrained encoders to fine-tuning
+            st.clear()
+            st["backbone"] = Backbone(nets)
+            return None
+        raise ValueError(f"unknown pretraining step {mode!r}")
+
+
+def _fresh_backbones(ctx: PartyContext, payload: Mapping) -> None:
+    """Without pretraining: freshly initialised backbones of the same architecture."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(payload["seed"], _INIT_STREAM, ctx.party_id))
+        nets = PartyNets(ctx.data.x_aligned.shape[1], payload["hidden"], 1, 1)
+    ctx.state.clear()
+    ctx.state["backbone"] = Backbone(nets)
+
+
+def _export_backbone(ctx: PartyContext, payload: object) -> nn.Module:
+    return copy.deepcopy(ctx.state["model"] if "model" in ctx.state else ctx.state["own"])
+
+
+def _export_head(ctx: PartyContext, payload: object) -> nn.Module:
+    return copy.deepcopy(ctx.state["top"])
+
+
+class FedHSSL(Trainer):
+    """FedHSSL: cross-party SSL, local SSL and partial model aggregation, then fine-tuning."""
+
+    checkpointable = False
+    cross_ssl = True
+    local_ssl = True
+    aggregate = True
+    metrics = (
+        "ssl_cross_loss",
+        "ssl_local_loss",
+        "train_loss",
+        "test_accuracy",
+        "test_loss",
+        "test_auc",
+        "utility",
+        "bytes_communicated",
+        "round_time_s",
+        "mc_accuracy",
+    )
+
+    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
+        self.config = config
+        self.model_config = model
+
+    def fit(
+        self, data: VerticalData, executor: Executor, reporter: Reporter, seed: int
+    ) -> TrainResult:
+        s = self.config.ssl
+        k = data.n_parties
+        ids = list(range(k))
+        parties = {p: data.party(p) for p in ids}
+        executor.load(parties, sizes={p: len(parties[p]) for p in ids})
+        history: list[dict[str, float]] = []
+        step = 0
+        pretraining = self.cross_ssl and s.pretrain_epochs > 0
+        if pretraining:
+            step = self._pretrain(data, executor, reporter, seed, history)
+        else:
+            executor.map(_fresh_backbones, ids, {"seed": seed, "hidden": s.hidden})
+        self._finetune(data, executor, reporter, seed, history, step)
+        passive = list(range(1, k))
+        backbones = executor.map(_export_backbone, ids)
+        head = executor.map(_export_head, [ACTIVE])[0]
+        model = SplitModel(data.columns, dict(zip(passive, backbones[1:])), backbones[0], head)
+        return TrainResult(model.eval(), history)
+
+    def _pretrain(
+        self,
+        data: VerticalData,
+        executor: Executor,
+        reporter: Reporter,
+        seed: int,
+        history: list[dict[str, float]],
+    ) -> int:
+        s = self.config.ssl
+        ids = list(range(data.n_parties))
+        fn = _Pretrain(
+            tuple((p, len(data.columns[p])) for p in ids),
+            seed,
+            s.hidden,
+            s.proj_dim,
+            s.pred_hidden,
+            s.pretrain_lr * 0.5 / max(1e-12, s.local_ratio + s.constraint_ratio),
+            s.momentum,
+            s.weight_decay,
+            s.local_ratio,
+            s.constraint_ratio,
+            s.augment_fraction,
+            s.grad_clip,
+            s.feature_noise,
+            s.pretrain_batch_size,
+        )
+        n = len(data.aligned)
+        batch = s.pretrain_batch_size
+        for epoch in range(s.pretrain_epochs):
+            start = time.perf_counter()
+            scale = 0.5 * (1 + math.cos(math.pi * epoch / s.pretrain_epochs))
+            executor.map(fn, ids, {"mode": "lr", "scale": scale})
+            order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
+            cross, sent = [], 0
+            for begin in range(0, n, batch):
+                rows = order[begin : begin + batch]
+                z = dict(
+                    executor.map(
+                        fn, ids, {"mode": "cross_embed", "rows": rows, "step": epoch * n + begin}
+                    )
+                )
+                sent += sum(v.size for v in z.values()) * (len(ids) - 1)
+                losses = executor.map(fn, ids, {"mode": "cross_step", "rows": rows, "z": z})
+                cross.append(float(np.mean(losses)) * len(rows))
+            metrics = {"ssl_cross_loss": sum(cross) / n}
+            if self.local_ssl:
+                metrics["ssl_local_loss"] = float(
+                    np.mean(executor.map(fn, ids, {"mode": "local_epoch", "epoch": epoch}))
+                )
+            if self.aggregate:
+                uploads = executor.map(fn, ids, {"mode": "get_shared"})
+                mean = np.mean(np.stack(uploads), axis=0)
+                if s.model_noise > 0:
+                    gen = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM, epoch))
+                    mean = iso_noise(torch.from_numpy(mean)[None], s.model_noise, gen)[0].numpy()
+                executor.map(fn, ids, {"mode": "set_shared", "weights": mean.astype(np.float32)})
+                sent += 2 * len(ids) * mean.size
+            metrics["bytes_communicated"] = float(sent * BYTES_PER_VALUE)
+            metrics["round_time_s"] = time.perf_counter() - start
+            history.append({"round": float(epoch), **metrics})
+            reporter.report(epoch, metrics)
+        executor.map(fn, ids, {"mode": "to_backbone"})
+        return s.pretrain_epochs
+
+    def _finetune(
+        self,
+        data: VerticalData,
+        executor: Executor,
+        reporter: Reporter,
+        seed: int,
+        history: list[dict[str, float]],
+        step0: int,
+    ) -> None:
+        s = self.config.ssl
+        passive = list(range(1, data.n_parties))
+        width = 2 * s.hidden
+        rng = np.random.default_rng(derive_seed(seed, _LABEL_STREAM))
+        labelled = rng.choice(
+            len(data.aligned), size=min(s.labels, len(data.aligned)), replace=False
+        )
+        optim = Optim("adam", s.finetune_lr, 0.0, 0.0)
+        dummy = ModelSpec("logreg", 1, 1)
+        passive_fn = PassiveParty(
+            tuple((p, dummy) for p in passive),
+            seed,
+            optim,
+            s.finetune_noise,
+            frozen=s.freeze in ("all", "passive"),
+        )
+        active_fn = ActiveParty(
+            dummy,
+            ModelSpec("logreg", width * data.n_parties, data.n_classes),
+            tuple(passive),
+            data.n_classes,
+            seed,
+            optim,
+            frozen=s.freeze == "all",
+        )
+        # ActiveParty combines [own, *passive] embeddings through ``top``: own is the backbone.
+        for epoch in range(s.finetune_epochs):
+            start = time.perf_counter()
+            order = labelled[
+                np.random.default_rng(derive_seed(seed, _BATCH_STREAM, 10**6 + epoch)).permutation(
+                    len(labelled)
+                )
+            ]
+            pending: Mapping = {}
+            losses = []
+            for begin in range(0, len(order), s.finetune_batch_size):
+                rows = order[begin : begin + s.finetune_batch_size]
+                reply, _ = split_batch(
+                    executor, passive_fn, active_fn, passive, rows, pending, step0 + epoch
+                )
+                pending = reply.gradients
+                losses.append(reply.loss * len(rows))
+            metrics, _ = evaluate_split(
+                executor, passive_fn, active_fn, passive, pending, data.y_test
+            )
+            metrics = {"train_loss": sum(losses) / len(order), **metrics}
+            metrics["round_time_s"] = time.perf_counter() - start
+            if epoch == s.finetune_epochs - 1 and passive:
+                metrics["mc_accuracy"] = self._model_completion(data, executor, seed, width)
+            history.append({"round": float(step0 + epoch), **metrics})
+            reporter.report(step0 + epoch, metrics)
+
+    def _model_completion(
+        self, data: VerticalData, executor: Executor, seed: int, width: int
+    ) -> float:
+        a = self.config.vfl.attack
+        attacker = min(a.attacker, data.n_parties - 1)
+        bottom = executor.map(_export_backbone, [attacker])[0]
+        return attacks.model_completion(
+            bottom,
+            width,
+            data.n_classes,
+            data.features(attacker, data.aligned),
+            data.y_train[data.aligned],
+            data.features(attacker, test=True),
+            data.y_test,
+            samples=a.mc_samples,
+            epochs=a.mc_epochs,
+            lr=a.mc_lr,
+            batch_size=a.mc_batch_size,
+            weight_decay=a.mc_weight_decay,
+            seed=derive_seed(seed, _ATTACK_STREAM),
+        )
+
+
+@TRAINERS.register("fedgssl")
+class FedGSSL(FedHSSL):
+    """Cross-party and local SSL, without partial model aggregation."""
+
+    aggregate = False
+
+
+@TRAINERS.register("fedcssl")
+class FedCSSL(FedHSSL):
+    """Cross-party SSL only."""
+
+    local_ssl = False
+    aggregate = False
+
+
+@TRAINERS.register("vfl_supervised")
+class SupervisedVFL(FedHSSL):
+    """No pretraining: the same backbone fine-tuned from scratch on the labelled samples."""
+
+    cross_ssl = False
+    local_ssl = False
+    aggregate = False
+
+
+TRAINERS.register("fedhssl")(FedHSSL)
