@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from search_spaces import Space
 
-__all__ = ["log_plots", "log_trials_table"]
+__all__ = ["log_pareto_table", "log_plots", "log_trials_table"]
 
 
 def log_trials_table(study: Any, tracker: Any) -> None:
@@ -21,6 +21,24 @@ def log_trials_table(study: Any, tracker: Any) -> None:
         frame["duration"] = frame["duration"].dt.total_seconds()
     frame = frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
     tracker.log_table(pa.Table.from_pandas(frame, preserve_index=False), "trials.parquet")
+
+
+def log_pareto_table(entries: list[dict], space: Space, tracker: Any) -> None:
+    """The Pareto-optimal trials (number, one column per objective, params, run) as
+    ``pareto.parquet``, ordered by the first objective."""
+    names = [o.metric for o in space.objectives]
+    rows = []
+    for e in entries:
+        row: dict[str, Any] = {"number": e["number"]}
+        row.update(dict(zip(names, e["values"])))
+        row.update({f"params.{k}": str(v) for k, v in e["params"].items()})
+        row["run_id"] = e["run_id"]
+        rows.append(row)
+    reverse = space.objectives[0].direction == "maximize"
+    rows.sort(key=lambda r: r[names[0]], reverse=reverse)
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "number", k not in names, k))
+    table = pa.table({k: [r.get(k) for r in rows] for k in keys})
+    tracker.log_table(table, "pareto.parquet")
 
 
 def log_plots(study: Any, space: Space, tracker: Any) -> None:

@@ -223,7 +223,7 @@ def check_space(space: Space, cfg: ExperimentConfig) -> None:
             samples = list(p.choices) if p.type == "categorical" else [p.low, p.high]
             if p.type == "int":
                 samples = [int(v) for v in samples]
-            trials = [(f"params.{p.key}", {p.key: v}) for v in samples]
+            trials = [(f"params.{p.key}", {p.target: v}) for v in samples]
         for where, values in trials:
             try:
                 load_config(base, [_override(k, v) for k, v in values.items()])
@@ -771,6 +771,8 @@ def _finish(
         if entries and not space.multi_objective:
             tracker.set_tags({f"best.{k}": str(v) for k, v in entries[0]["params"].items()})
         study_report.log_trials_table(st, tracker)
+        if space.multi_objective and entries:
+            study_report.log_pareto_table(entries, space, tracker)
         study_report.log_plots(st, space, tracker)
         if report is not None:
             report.log(tracker)

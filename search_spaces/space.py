@@ -14,7 +14,8 @@ A space file is YAML::
     pruner: {name: median}           # none (default), median, successive_halving, hyperband
 
 ``when`` makes a parameter conditional: it is suggested only when an earlier parameter took
-one of the given values. The objective's value is the metric's last round value (``reduce:
+one of the given values. A name ``key@variant`` sets ``key`` too, so that one key can have a
+distribution per condition (``trainer.vfl.defense.strength@laplace``, ``...@gaussian``). The objective's value is the metric's last round value (``reduce:
 last``, the default), its best over rounds (``reduce: max`` / ``min``) or its mean over the
 last tenth of the rounds (``reduce: tail``, steadier than one round under attack).
 
@@ -85,6 +86,12 @@ class Param:
     when: Mapping[str, tuple] = field(default_factory=dict)
     sets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """preset: choice name -> the config values it stands for."""
+
+    @property
+    def target(self) -> str:
+        """The config key this parameter sets: its name up to an ``@`` (``key@variant`` names
+        one key's distribution under one condition, e.g. a strength per defense)."""
+        return self.key.split("@", 1)[0]
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether this parameter exists given the values chosen before it."""
@@ -184,14 +191,14 @@ class Space:
             if p.type == "preset":
                 values.update(p.sets[chosen[p.key]])
             else:
-                values[p.key] = chosen[p.key]
+                values[p.target] = chosen[p.key]
         return values
 
     def config_keys(self) -> list[str]:
         """Every config key the search may set."""
         keys: list[str] = []
         for p in self.params:
-            for k in [k for s in p.sets.values() for k in s] if p.type == "preset" else [p.key]:
+            for k in [k for s in p.sets.values() for k in s] if p.type == "preset" else [p.target]:
                 if k not in keys:
                     keys.append(k)
         return keys

@@ -509,6 +509,8 @@ class SplitLearning(Trainer):
                 metrics.update(summary)
                 if reference is not None:
                     metrics["utility_loss"] = reference - metrics["utility"]
+                elif v.reference:  # no defense: this run is its own reference
+                    metrics["utility_loss"] = 0.0
                 f2_base = metrics.get("defense_score")
                 if f2_base is not None and np.isfinite(f2_base):
                     metrics["tradeoff_f2"] = attacks.f_beta(f2_base, metrics["utility"])
@@ -538,7 +540,13 @@ class SplitLearning(Trainer):
         """Leakage over the run, and the attacks that need the trained models."""
         a = self.config.vfl.attack
         attacker = a.attacker
-        out: dict[str, float] = {}
+        # Every summary metric is reported, NaN where its attack does not apply, so that a
+        # grid over algorithms can tabulate the same columns for all of them.
+        out: dict[str, float] = {
+            **{f"{name}_auc95": float("nan") for name in attacks.LABEL_ATTACKS},
+            "mc_accuracy": float("nan"),
+            "mi_mse": float("nan"),
+        }
         rows: list[dict] = []
         aucs = []
         for name, values in series.items():
