@@ -114,7 +114,7 @@ def build_report(study: Any, space: Space) -> ResultsTable | None:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values or any(math.isnan(v) for v in values):  # NaN: not reached by some trial
+    if not values or any(math.isnan(v) for v in values):  # NaN: not reached, or n/a
         return math.nan, math.nan
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -144,8 +144,8 @@ def _markdown(records, row_key, col_key, rows, cols, metrics, reduce) -> str:
                 rec = cell.get((r, c))
                 if rec is None or not rec["n"]:
                     entries.append("–")
-                elif math.isnan(rec["mean"]):
-                    entries.append("not reached")
+                elif math.isnan(rec["mean"]):  # a target not reached, or a metric n/a
+                    entries.append("not reached" if "to_target" in metric else "n/a")
                 else:
                     entries.append(f"{rec['mean']:.4f} ± {rec['std']:.4f}")
             lines.append(f"| {r} | " + " | ".join(entries) + " |")

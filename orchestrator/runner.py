@@ -216,24 +216,8 @@ def _run_tracked(
             for name, rows in result.tables.items():
                 if rows:
                     tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
-            spec = ModelSpec.from_config(
-                cfg.model, prepared.data.n_features, prepared.data.n_classes
-            )
-            if not cfg.tracking.log_model:
-                pass
-            elif cfg.tracking.model_format == "checkpoint":
-                if trainer.checkpointable:  # a federation of party models has no checkpoint
-                    model_uri = tracker.log_bytes(
-                        save_checkpoint(result.model, spec), "checkpoint/model.pt"
-                    )
-            else:
-                model_uri = tracker.log_model(
-                    result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
-                )
-                # The architecture and weights too (milliseconds), so that any run's model can
-                # be reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
-                if trainer.checkpointable:
-                    tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
+            if cfg.tracking.log_model:
+                model_uri = _log_model(tracker, cfg, trainer, result, prepared)
         except BaseException as exc:
             tracker.end("FAILED", exc)
             raise
@@ -245,6 +229,25 @@ def _run_tracked(
         model_uri,
         getattr(tracker, "record", None),
     )
+
+
+def _log_model(
+    tracker: Any, cfg: ExperimentConfig, trainer: Any, result: TrainResult, prepared: Prepared
+) -> str | None:
+    """Logs the final model; returns its URI (None: a checkpoint the trainer cannot make)."""
+    spec = ModelSpec.from_config(cfg.model, prepared.data.n_features, prepared.data.n_classes)
+    if cfg.tracking.model_format == "checkpoint":
+        if not trainer.checkpointable:  # a federation of party models: no light checkpoint
+            return None
+        return tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
+    uri = tracker.log_model(
+        result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
+    )
+    # The architecture and weights too (milliseconds), so that any run's model can be
+    # reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
+    if trainer.checkpointable:
+        tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
+    return uri
 
 
 def _log_plots(tracker: Any, cfg: ExperimentConfig, result: TrainResult) -> None:

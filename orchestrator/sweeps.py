@@ -431,7 +431,8 @@ def sweep(
 
     def report() -> None:
         if progress is not None:
-            progress({**tallies, "running": len(running), "target": target, "best": best})
+            shown = len(best) if isinstance(best, list) else best  # multi-objective: front size
+            progress({**tallies, "running": len(running), "target": target, "best": shown})
 
     def launch(spec: TrialSpec) -> None:
         running[runner.submit(run_trial, spec)] = spec
@@ -623,17 +624,26 @@ def _tallies(st: Any) -> dict[str, int]:
 def _best_value(st: Any) -> Any:
     try:
         if len(st.directions) > 1:
-            return len(st.best_trials)
+            return [tuple(t.values) for t in st.best_trials]
         return st.best_value
     except ValueError:  # no complete trial yet
         return None
 
 
 def _better(best: Any, values: Sequence[float], space: Space) -> Any:
-    """The best value so far, for the progress line (the Pareto front's size is shown for
-    multi-objective studies, recomputed at the end)."""
+    """The best value so far, for the progress line; for a multi-objective study, the Pareto
+    front's values (its size is shown)."""
     if space.multi_objective:
-        return best
+        sign = [1.0 if o.direction == "maximize" else -1.0 for o in space.objectives]
+
+        def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+            pairs = [(s * x, s * y) for s, x, y in zip(sign, a, b)]
+            return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+        front = list(best or [])
+        if any(dominates(f, values) for f in front):
+            return front
+        return [f for f in front if not dominates(values, f)] + [tuple(values)]
     value = values[0]
     if best is None:
         return value

@@ -76,6 +76,31 @@ def _mlp(widths: list[int], last_relu: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _projector(width: int, out: int) -> nn.Sequential:
+    """SimSiam's projector: three linear layers, batch-normalised (which keeps the
+    representations from collapsing to a constant)."""
+    return nn.Sequential(
+        nn.Linear(width, out),
+        nn.BatchNorm1d(out),
+        nn.ReLU(),
+        nn.Linear(out, out),
+        nn.BatchNorm1d(out),
+        nn.ReLU(),
+        nn.Linear(out, out),
+        nn.BatchNorm1d(out),
+    )
+
+
+def _predictor(width: int, bottleneck: int) -> nn.Sequential:
+    """SimSiam's predictor: a batch-normalised bottleneck."""
+    return nn.Sequential(
+        nn.Linear(width, bottleneck),
+        nn.BatchNorm1d(bottleneck),
+        nn.ReLU(),
+        nn.Linear(bottleneck, width),
+    )
+
+
 class PartyNets(nn.Module):
     """One party's networks."""
 
@@ -84,10 +109,10 @@ class PartyNets(nn.Module):
         self.cross = _mlp([n_features, hidden, hidden])
         self.local_bottom = _mlp([n_features, hidden])
         self.local_top = _mlp([hidden, hidden])
-        self.proj_cross = _mlp([hidden, proj, proj, proj], last_relu=False)
-        self.pred_cross = _mlp([proj, pred, proj], last_relu=False)
-        self.proj_local = _mlp([hidden, proj, proj, proj], last_relu=False)
-        self.pred_local = _mlp([proj, pred, proj], last_relu=False)
+        self.proj_cross = _projector(hidden, proj)
+        self.pred_cross = _predictor(proj, pred)
+        self.proj_local = _projector(hidden, proj)
+        self.pred_local = _predictor(proj, pred)
 
     def local(self, x: torch.Tensor) -> torch.Tensor:
         return self.local_top(self.local_bottom(x))
@@ -206,7 +231,7 @@ class _Pretrain:
             )
             order = torch.randperm(len(own), generator=gen)
             total = 0.0
-            for start in range(0, len(own), self.batch_size):
+            for start in range(0, len(own) - 1, self.batch_size):  # batch norm needs 2 rows
                 x = own[order[start : start + self.batch_size]]
                 v1 = augment(x, st["low"], st["high"], self.augment_fraction, gen)
                 v2 = augment(x, st["low"], st["high"], self.augment_fraction, gen)
@@ -331,7 +356,7 @@ class FedHSSL(Trainer):
             executor.map(fn, ids, {"mode": "lr", "scale": scale})
             order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
             cross, sent = [], 0
-            for begin in range(0, n, batch):
+            for begin in range(0, n - 1, batch):  # batch norm needs 2 rows
                 rows = order[begin : begin + batch]
                 z = dict(
                     executor.map(
