@@ -61,6 +61,23 @@ def privacy_curve(history: Sequence[dict[str, float]], title: str = "") -> Figur
     return fig
 
 
+def ssl_losses(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """Self-supervised pretraining: the cross-party and local SimSiam losses per epoch."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for key, label in (("ssl_cross_loss", "cross-party"), ("ssl_local_loss", "local")):
+        rows = [h for h in history if key in h]
+        if rows:
+            ax.plot([h["round"] + 1 for h in rows], [h[key] for h in rows], marker=".", label=label)
+    ax.set_xlabel("pretraining epoch")
+    ax.set_ylabel("SimSiam loss (-cosine)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def label_histogram(stats: pa.Table, max_parties: int = 200) -> Figure:
     """Stacked bars: samples of each label held by each party (the first ``max_parties``)."""
     labels = [c for c in stats.column_names if c.startswith("label_")]

@@ -252,6 +252,11 @@ def _log_model(
 
 def _log_plots(tracker: Any, cfg: ExperimentConfig, result: TrainResult) -> None:
     title = f"{cfg.trainer.name} on {cfg.data.name}"
+    if any("ssl_cross_loss" in h for h in result.history):  # pretraining, then fine-tuning
+        tracker.log_figure(plots.ssl_losses(result.history, title), "pretraining.png")
+        result = TrainResult(
+            result.model, [h for h in result.history if "test_accuracy" in h], result.tables
+        )
     if result.history and "utility" in result.history[0]:
         tracker.log_figure(plots.privacy_curve(result.history, title), "privacy_curve.png")
     elif result.history and "suboptimality" in result.history[0]:

@@ -74,6 +74,7 @@ def test_shipped_config_runs_on_ray(ray_session, tracking_uri, config):
         "dspg": ["trainer.decentralized.epochs=2"],
         "dpsvrg": ["trainer.decentralized.epochs=2"],
         "distill": ["trainer.distill.epochs=2", "trainer.distill.teacher.epochs=1"],
+        "fedhssl": ["trainer.ssl.pretrain_epochs=1", "trainer.ssl.finetune_epochs=1"],
     }.get(name, ["trainer.rounds=2"])
     result = run(config, [*budget, f"tracking.uri={tracking_uri}", "runtime.executor=ray"])
     if name in ("dspg", "dpsvrg"):
