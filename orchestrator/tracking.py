@@ -105,6 +105,21 @@ class MlflowTracker:
             closed.append(r.info.run_id)
         return closed
 
+    def written_children(self, tag: str) -> dict[int, tuple[str, dict[str, str]]]:
+        """Child runs carrying ``tag`` that are no longer RUNNING: trial number -> (run id,
+        tags). A worker tags the runs it writes; a resumed driver reads what its trials were."""
+        query = (
+            f"tags.mlflow.parentRunId = '{self._run()}' and attributes.status != 'RUNNING' "
+            f"and tags.`{tag}` != ''"
+        )
+        exp_id = self.client.get_run(self._run()).info.experiment_id
+        found: dict[int, tuple[str, dict[str, str]]] = {}
+        for r in self.client.search_runs([exp_id], query, max_results=5000):
+            number = r.data.tags.get("fedsweep.trial")
+            if number is not None:
+                found[int(number)] = (r.info.run_id, dict(r.data.tags))
+        return found
+
     def run_tags(self, run_id: str, prefix: str = "") -> dict[str, str]:
         """The tags of a run (any run of the store) whose keys start with ``prefix``."""
         tags = self.client.get_run(run_id).data.tags

@@ -193,6 +193,10 @@ def test_shipped_spaces_are_valid(path):
     if path.stem.startswith(("dpsvrg", "dspg", "decentralized")):
         trainer = "dspg" if path.stem.startswith("dspg") else "dpsvrg"
         cfg = load_config(CONFIGS / "decentralized_breast_cancer.yaml", [f"trainer.name={trainer}"])
+    if path.stem.startswith("vfl"):
+        cfg = load_config(CONFIGS / "vfl_breast_cancer.yaml")
+    if path.stem.startswith("fedhssl"):
+        cfg = load_config(CONFIGS / "fedhssl_digits.yaml")
     check_space(s, cfg)
     assert s.params
 
