@@ -8,6 +8,7 @@ derives from the run's seed, so the same config gives the same parties.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +65,20 @@ def _from_arrays(x: np.ndarray, y: np.ndarray, names: list[str]) -> TableSource:
 
 def _sklearn(loader_name: str) -> Callable[[DataConfig, int], TableSource]:
     def load(cfg: DataConfig, seed: int) -> TableSource:
-        import sklearn.datasets
-
-        bunch = getattr(sklearn.datasets, loader_name)()
-        names = [str(n).replace(" ", "_") for n in bunch.feature_names]
-        return _from_arrays(bunch.data, bunch.target, names)
+        return _bundled(loader_name)
 
     return load
+
+
+@functools.cache
+def _bundled(loader_name: str) -> TableSource:
+    """A scikit-learn data set, parsed once per process (digits' CSV takes tens of ms, and a
+    sweep's worker loads it for every trial); Arrow tables are immutable, so sharing is safe."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, loader_name)()
+    names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+    return _from_arrays(bunch.data, bunch.target, names)
 
 
 DATASETS.register("digits")(_sklearn("load_digits"))

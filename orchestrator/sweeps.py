@@ -36,12 +36,6 @@ _IDENTITY_PARAMS = ("trainer.name", "data.name", "model.name", "partition.name",
 _PARENT_ATTR = "mlflow_parent_run_id"
 _DEFAULT_TRIALS = 20
 _INTERRUPTED_ATTR = "fedsweep_interrupted"
-_STATE_TAG = "fedsweep.state"
-"""On a run a worker wrote: how its trial ended (what a resumed driver tells the study)."""
-_VALUES_TAG = "fedsweep.values"
-"""On a run a worker wrote: its trial's objective values, as JSON."""
-_MODEL_TAG = "fedsweep.model_path"
-"""On a run a worker wrote: the artifact path of its checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +61,6 @@ class TrialSpec:
     """Metrics the study's report tabulates, reduced over the trial's rounds."""
     curves: tuple[str, ...] = ()
     """Metrics whose per-round series the study's report plots (y first, then the x's)."""
-    write_run: bool = False
-    """The worker writes the trial's recorded run itself (else the driver does)."""
 
 
 @dataclass(frozen=True)
@@ -247,28 +239,7 @@ def check_space(space: Space, cfg: ExperimentConfig) -> None:
 
 def run_trial(spec: TrialSpec) -> TrialOutcome:
     """Runs one trial: the experiment with the trial's overrides, nested under the study's run,
-    reporting each round's objective to the study for pruning. With ``spec.write_run`` the
-    worker writes the trial's recorded MLflow run itself (see :func:`sweep`)."""
-    outcome = _run_trial(spec)
-    if not spec.write_run or outcome.record is None:
-        return outcome
-    from orchestrator.tracking import write_record
-
-    record, uri = outcome.record, spec.config["tracking"]["uri"]
-    tags = {_STATE_TAG: outcome.state}
-    if record.model_path:
-        tags[_MODEL_TAG] = record.model_path
-    if outcome.values is not None:
-        tags[_VALUES_TAG] = json.dumps(list(outcome.values))
-    try:
-        run_id = write_record(record, uri, extra_tags=tags)
-    except Exception as exc:  # noqa: BLE001 - recorded on the trial, the sweep goes on
-        return replace(outcome, state=FAIL, record=None, error=f"writing its run failed: {exc}")
-    model_uri = f"runs:/{run_id}/{record.model_path}" if record.model_path else outcome.model_uri
-    return replace(outcome, run_id=run_id, model_uri=model_uri, record=None)
-
-
-def _run_trial(spec: TrialSpec) -> TrialOutcome:
+    reporting each round's objective to the study for pruning."""
     import optuna
     import torch
 
@@ -448,10 +419,6 @@ def sweep(
         runner = RayTaskRunner(address, cpus_per_task=sc.cpus_per_trial)
     # A trial with its own actor pool also needs a CPU for each of its actors.
     width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
-    # Recorded runs are written where a CPU is free: by the driver (overlapping the next
-    # trial) while trials leave a CPU idle, by the workers once trials take every CPU (the
-    # driver's writes would then queue behind each other and hold every trial up).
-    write_runs = sc.trial_models == "checkpoint" and width * sc.cpus_per_trial >= runner.capacity
     tallies = _tallies(st)
     best = _best_value(st)
     running: dict[TaskHandle, TrialSpec] = {}
@@ -514,7 +481,6 @@ def sweep(
                         cpus=sc.cpus_per_trial,
                         summaries=summaries,
                         curves=parsed.report.curves if parsed.report else (),
-                        write_run=write_runs,
                     )
                 )
                 asked = None
@@ -717,29 +683,13 @@ def _fail_interrupted(st: Any, trial_id: int) -> None:
     st._storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
-_RECOVERED = TrialSpec({}, (), {}, "", "", 0, 0, 0, None, (), None)
-"""A stand-in spec for telling a recovered trial (only its ids are read)."""
-
-
 def _recover(st: Any, tracker: Any) -> None:
-    """Closes what a killed driver left. A RUNNING trial whose worker had written its run is
-    told as that run says; the others become FAIL (marked interrupted, so they do not count)
-    and are queued again with the same parameters; child runs still RUNNING under the parent
-    are closed as KILLED."""
+    """Closes what a killed driver left: its RUNNING trials become FAIL (marked interrupted,
+    so they do not count) and are queued again with the same parameters; child runs still
+    RUNNING under the parent are closed as KILLED."""
     from optuna.trial import TrialState
 
-    stale = st.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    written = tracker.written_children(_STATE_TAG) if tracker is not None and stale else {}
-    for t in stale:
-        if t.number in written:  # its worker wrote the run: the trial ended, tell it so
-            run_id, tags = written[t.number]
-            state = tags[_STATE_TAG]
-            values = json.loads(tags[_VALUES_TAG]) if _VALUES_TAG in tags else None
-            model = f"runs:/{run_id}/{tags[_MODEL_TAG]}" if _MODEL_TAG in tags else None
-            spec = replace(_RECOVERED, trial_id=t._trial_id, number=t.number)
-            outcome = TrialOutcome(t.number, state, values and tuple(values), run_id, model)
-            _tell(st, spec, outcome)
-            continue
+    for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         _fail_interrupted(st, t._trial_id)
         st.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
     if tracker is not None:

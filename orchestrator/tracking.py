@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,21 +106,6 @@ class MlflowTracker:
             self.client.set_terminated(r.info.run_id, status=status)
             closed.append(r.info.run_id)
         return closed
-
-    def written_children(self, tag: str) -> dict[int, tuple[str, dict[str, str]]]:
-        """Child runs carrying ``tag`` that are no longer RUNNING: trial number -> (run id,
-        tags). A worker tags the runs it writes; a resumed driver reads what its trials were."""
-        query = (
-            f"tags.mlflow.parentRunId = '{self._run()}' and attributes.status != 'RUNNING' "
-            f"and tags.`{tag}` != ''"
-        )
-        exp_id = self.client.get_run(self._run()).info.experiment_id
-        found: dict[int, tuple[str, dict[str, str]]] = {}
-        for r in self.client.search_runs([exp_id], query, max_results=5000):
-            number = r.data.tags.get("fedsweep.trial")
-            if number is not None:
-                found[int(number)] = (r.info.run_id, dict(r.data.tags))
-        return found
 
     def run_tags(self, run_id: str, prefix: str = "") -> dict[str, str]:
         """The tags of a run (any run of the store) whose keys start with ``prefix``."""
@@ -402,9 +389,10 @@ def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | No
     tags = {**record.tags, **(extra_tags or {})}
     if record.parent_run_id:
         tags["mlflow.parentRunId"] = record.parent_run_id
-    run_id = client.create_run(
+    info = client.create_run(
         exp_id, start_time=record.start_ms or None, tags=tags, run_name=record.run_name
-    ).info.run_id
+    ).info
+    run_id = info.run_id
     params = [Param(k, v) for k, v in record.params.items()]
     metrics = [Metric(k, v, ts, step) for k, v, ts, step in record.metrics]
     while params or metrics:
@@ -413,14 +401,31 @@ def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | No
         chunk_m, metrics = metrics[:room], metrics[room:]
         client.log_batch(run_id, metrics=chunk_m, params=chunk_p)
     if record.files:
-        with tempfile.TemporaryDirectory() as tmp:
-            for path, data in record.files.items():
-                local = Path(tmp) / path
-                local.parent.mkdir(parents=True, exist_ok=True)
-                local.write_bytes(data)
-            client.log_artifacts(run_id, tmp)
+        _write_artifacts(client, run_id, info.artifact_uri, record.files)
     client.set_terminated(run_id, status=record.status, end_time=record.end_ms)
     return run_id
+
+
+def _write_artifacts(
+    client: MlflowClient, run_id: str, artifact_uri: str, files: Mapping[str, bytes]
+) -> None:
+    """Writes a run's files straight into its artifact directory when that is on this file
+    system (the default store's ``mlruns``); elsewhere through MLflow's artifact repository.
+    Asking MLflow for the repository costs a lookup of the run (~13 ms of a ~50 ms write)."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        root = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme else artifact_uri)
+        for path, data in files.items():
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, data in files.items():
+            local = Path(tmp) / path
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+        client.log_artifacts(run_id, tmp)
 
 
 _WAL_DONE: set[str] = set()

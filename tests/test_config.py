@@ -11,7 +11,7 @@ from orchestrator import ConfigError, load_config
 from orchestrator.cli import main
 from orchestrator.config import flatten, to_dict, to_yaml
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, tiny
 
 
 def error_of(source, overrides=()) -> ConfigError:
@@ -180,3 +180,35 @@ def test_cli_data_error_creates_no_run(workdir):
     assert proc.stderr.strip().startswith("config error: model.name: cnn needs square images")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_dict_configs_take_a_fast_path_that_agrees_with_omegaconf(monkeypatch):
+    """A sweep worker's loads skip OmegaConf when every override sets a scalar of its type; the
+    result must equal what the OmegaConf merge gives, and anything else must still go there."""
+    import orchestrator.config as config
+
+    base = tiny()
+    overrides = [
+        "trainer.lr=1e-05",
+        'trainer.name="fedprox"',
+        "trainer.parties_per_round=null",
+        "seed=3",
+        "trainer.fedprox.mu=1",
+        "tracking.enabled=false",
+        "trainer.optimizer=adam",
+        "model.hidden=[8, 4]",  # a list: the OmegaConf path
+    ]
+    for n in range(len(overrides) + 1):
+        fast = load_config(base, overrides[:n])
+        with monkeypatch.context() as m:
+            m.setattr(config, "_fast", lambda *a: None)
+            slow = load_config(base, overrides[:n])
+        assert fast == slow
+    assert load_config(base, overrides[:7]).trainer.fedprox.mu == 1.0
+    with pytest.raises(ConfigError, match="trainer.lr"):
+        load_config(base, ["trainer.lr=abc"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(base, ["trainer.nope=1"])
+    first = load_config(base, ["trainer.lr=0.5"])
+    first.trainer.lr = 9.0  # callers may mutate what they get: the cached template must not
+    assert load_config(base, []).trainer.lr == tiny()["trainer"]["lr"]
