@@ -57,6 +57,11 @@ def tiny(**extra: object) -> dict:
         "runtime": {"executor": "local"},
         "tracking": {"enabled": False},
     }
+    return with_values(cfg, **extra)
+
+
+def with_values(cfg: dict, **extra: object) -> dict:
+    """Sets ``section__key=value`` entries in a config dict (in place) and returns it."""
     for dotted, value in extra.items():
         node = cfg
         *path, last = dotted.split("__")

@@ -23,7 +23,7 @@ from trainers.vertical.data import VerticalData
 from trainers.vertical.defenses import build_defense
 from trainers.vertical.fedhssl import augment
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS, REPO, with_values
 
 
 def vcfg(**extra: object) -> dict:
@@ -44,13 +44,7 @@ def vcfg(**extra: object) -> dict:
         "runtime": {"executor": "local"},
         "tracking": {"enabled": False},
     }
-    for dotted, value in extra.items():
-        node = cfg
-        *path, last = dotted.split("__")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return cfg
+    return with_values(cfg, **extra)
 
 
 # ---------------------------------------------------------------- data

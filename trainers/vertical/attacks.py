@@ -37,9 +37,13 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from trainers.config import VFLAttackConfig
+from trainers.vertical.data import VerticalData
+
 __all__ = [
     "LABEL_ATTACKS",
     "auc",
+    "complete",
     "defense_score",
     "f_beta",
     "label_scores",
@@ -102,6 +106,28 @@ def f_beta(a: float, b: float, beta: float = 2.0) -> float:
     """(1 + beta^2) a b / (beta^2 a + b): with beta = 2, ``b`` (the main task) counts twice."""
     den = beta**2 * a + b
     return float((1 + beta**2) * a * b / den) if den > 0 else 0.0
+
+
+def complete(
+    bottom: nn.Module, out_dim: int, data: VerticalData, party: int, cfg: VFLAttackConfig, seed: int
+) -> float:
+    """:func:`model_completion` by passive party ``party`` with the budgets of ``cfg``, its
+    labelled samples drawn from the aligned training split, scored on the test split."""
+    return model_completion(
+        bottom,
+        out_dim,
+        data.n_classes,
+        data.features(party, data.aligned),
+        data.y_train[data.aligned],
+        data.features(party, test=True),
+        data.y_test,
+        samples=cfg.mc_samples,
+        epochs=cfg.mc_epochs,
+        lr=cfg.mc_lr,
+        batch_size=cfg.mc_batch_size,
+        weight_decay=cfg.mc_weight_decay,
+        seed=seed,
+    )
 
 
 def model_completion(

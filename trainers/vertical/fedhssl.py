@@ -453,21 +453,7 @@ class FedHSSL(Trainer):
         a = self.config.vfl.attack
         attacker = min(a.attacker, data.n_parties - 1)
         bottom = executor.map(_export_backbone, [attacker])[0]
-        return attacks.model_completion(
-            bottom,
-            width,
-            data.n_classes,
-            data.features(attacker, data.aligned),
-            data.y_train[data.aligned],
-            data.features(attacker, test=True),
-            data.y_test,
-            samples=a.mc_samples,
-            epochs=a.mc_epochs,
-            lr=a.mc_lr,
-            batch_size=a.mc_batch_size,
-            weight_decay=a.mc_weight_decay,
-            seed=derive_seed(seed, _ATTACK_STREAM),
-        )
+        return attacks.complete(bottom, width, data, attacker, a, derive_seed(seed, _ATTACK_STREAM))
 
 
 @TRAINERS.register("fedgssl")

@@ -562,20 +562,13 @@ class SplitLearning(Trainer):
         bottoms, _, _ = self.specs(data)
         if "mc" in why and not why["mc"]:
             bottom = executor.map(_export, [attacker])[0]["model"]
-            out["mc_accuracy"] = attacks.model_completion(
+            out["mc_accuracy"] = attacks.complete(
                 bottom,
                 bottoms[attacker].n_classes,
-                data.n_classes,
-                data.features(attacker, data.aligned),
-                data.y_train[data.aligned],
-                data.features(attacker, test=True),
-                data.y_test,
-                samples=a.mc_samples,
-                epochs=a.mc_epochs,
-                lr=a.mc_lr,
-                batch_size=a.mc_batch_size,
-                weight_decay=a.mc_weight_decay,
-                seed=derive_seed(seed, _ATTACK_STREAM, 1),
+                data,
+                attacker,
+                a,
+                derive_seed(seed, _ATTACK_STREAM, 1),
             )
             rows.append(
                 {"attack": "mc", "applies": True, "reason": "", "value": out["mc_accuracy"]}
