@@ -46,8 +46,17 @@ def privacy_curve(history: Sequence[dict[str, float]], title: str = "") -> Figur
     ax_u.legend()
     ax_u.grid(alpha=0.3)
     attacks = [k for k in history[0] if k.endswith("_auc") and k != "test_auc"]
-    for key in attacks:
-        ax_a.plot(rounds, [h.get(key, np.nan) for h in history], marker=".", label=key[:-4])
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v")]  # lines at 1.0 overlap
+    for i, key in enumerate(attacks):
+        line, marker = styles[i % len(styles)]
+        ax_a.plot(
+            rounds,
+            [h.get(key, np.nan) for h in history],
+            ls=line,
+            marker=marker,
+            ms=4,
+            label=key[:-4],
+        )
     ax_a.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax_a.set_xlabel("epoch")
     ax_a.set_ylabel("attack AUC (mean over batches)")

@@ -257,7 +257,7 @@ def _log_plots(tracker: Any, cfg: ExperimentConfig, result: TrainResult) -> None
         result = TrainResult(
             result.model, [h for h in result.history if "test_accuracy" in h], result.tables
         )
-    if result.history and "utility" in result.history[0]:
+    if result.history and any(k.endswith("_auc") and k != "test_auc" for k in result.history[0]):
         tracker.log_figure(plots.privacy_curve(result.history, title), "privacy_curve.png")
     elif result.history and "suboptimality" in result.history[0]:
         tracker.log_figure(plots.convergence(result.history, title), "convergence.png")
