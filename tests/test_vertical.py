@@ -454,3 +454,25 @@ def test_shipped_vertical_configs_run(config, workdir):
     overrides += ["trainer.ssl.finetune_epochs=2", "trainer.vfl.attack.mc_epochs=10"]
     result = orchestrator.run(CONFIGS / config, overrides)
     assert result.metrics["test_accuracy"] > 0.3
+
+
+def test_fedhssl_privacy_noise_knobs_change_what_is_exchanged():
+    plain = orchestrator.run(hssl("fedhssl"))
+    noised = orchestrator.run(
+        hssl(
+            "fedhssl",
+            trainer__ssl={
+                "pretrain_epochs": 2,
+                "finetune_epochs": 3,
+                "labels": 100,
+                "feature_noise": 1.0,
+                "model_noise": 1.0,
+                "finetune_noise": 1.0,
+            },
+        )
+    )
+    first = [h["ssl_cross_loss"] for h in plain.history if "ssl_cross_loss" in h]
+    other = [h["ssl_cross_loss"] for h in noised.history if "ssl_cross_loss" in h]
+    assert first[0] != other[0]  # the exchanged projections were noised from the first batch
+    assert noised.metrics["test_accuracy"] != plain.metrics["test_accuracy"]
+    assert noised.metrics["test_accuracy"] > 0.3
