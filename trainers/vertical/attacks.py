@@ -189,8 +189,8 @@ def model_inversion(
         e_target: embeddings of the samples to reconstruct.
         x_target: their true features (for scoring only).
     """
-    xa = torch.as_tensor(x_aux, dtype=torch.float32)
-    ea = torch.as_tensor(e_aux, dtype=torch.float32)
+    xa = torch.tensor(np.asarray(x_aux), dtype=torch.float32)  # copies: may be read-only
+    ea = torch.tensor(np.asarray(e_aux), dtype=torch.float32)
     opt = torch.optim.Adam(shadow.parameters(), lr=0.01)
     for _ in range(steps):
         opt.zero_grad()
@@ -198,7 +198,7 @@ def model_inversion(
         opt.step()
     for p in shadow.parameters():
         p.requires_grad_(False)
-    target = torch.as_tensor(e_target, dtype=torch.float32)
+    target = torch.tensor(np.asarray(e_target), dtype=torch.float32)
     guess = torch.zeros(len(target), xa.shape[1], requires_grad=True)
     opt = torch.optim.Adam([guess], lr=0.05)
     for _ in range(steps):
