@@ -13,7 +13,14 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["privacy_curve", "convergence", "label_histogram", "learning_curve", "network"]
+__all__ = [
+    "convergence",
+    "label_histogram",
+    "learning_curve",
+    "network",
+    "privacy_curve",
+    "ssl_losses",
+]
 
 
 def learning_curve(history: Sequence[dict[str, float]], title: str = "") -> Figure:

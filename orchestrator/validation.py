@@ -14,8 +14,8 @@ from trainers.cmfl import Roles
 from trainers.decentralized import LOSSES
 from trainers.models import MODELS
 from trainers.topology import GRAPHS
-from trainers.vertical import DEFENSES
-from trainers.vertical.attacks import LABEL_ATTACKS
+from trainers.vertical import DEFENSES, SplitLearning
+from trainers.vertical.attacks import ATTACKS as VFL_ATTACKS
 
 if TYPE_CHECKING:
     from orchestrator.config import ExperimentConfig
@@ -24,8 +24,6 @@ __all__ = ["validate"]
 
 OPTIMIZERS = ("adam", "sgd")
 DECENTRALIZED = ("dpsvrg", "dsgd", "dspg")
-VERTICAL_TRAINERS = ("fedcssl", "fedgssl", "fedhssl", "vfl_supervised", "vhnn", "vlr", "vsnn")
-VFL_ATTACKS = (*LABEL_ATTACKS, "mc", "mi")
 EXECUTORS = ("local", "ray")
 
 
@@ -219,12 +217,14 @@ def _check_trainer(cfg: ExperimentConfig) -> None:
     t = cfg.trainer
     parties = 1 if t.name == "centralized" else cfg.partition.num_parties
     vertical = cfg.partition.name == VERTICAL
-    if (t.name in VERTICAL_TRAINERS) != vertical:
+    trainer = TRAINERS.get(t.name)
+    if trainer.vertical != vertical:
         if vertical:
+            names = [n for n in TRAINERS.names() if TRAINERS.get(n).vertical]
             raise ConfigError(
                 "trainer.name",
                 f"{t.name} is not a vertical trainer; with partition.name=vertical use one of "
-                f"{', '.join(VERTICAL_TRAINERS)}",
+                f"{', '.join(names)}",
             )
         raise ConfigError(
             "partition.name", f"{t.name} is vertical: it needs partition.name=vertical"
@@ -246,7 +246,7 @@ def _check_trainer(cfg: ExperimentConfig) -> None:
         for i, width in enumerate(t.vfl.top_hidden):
             if width < 1:
                 raise ConfigError(f"trainer.vfl.top_hidden[{i}]", f"must be >= 1, got {width}")
-        if t.name in ("vlr", "vhnn", "vsnn") and cfg.model.name not in ("logreg", "mlp"):
+        if issubclass(trainer, SplitLearning) and cfg.model.name not in ("logreg", "mlp"):
             raise ConfigError(
                 "model.name", f"{t.name} builds its own bottoms; model gives only mlp hidden widths"
             )

@@ -15,9 +15,11 @@ A space file is YAML::
 
 ``when`` makes a parameter conditional: it is suggested only when an earlier parameter took
 one of the given values. A name ``key@variant`` sets ``key`` too, so that one key can have a
-distribution per condition (``trainer.vfl.defense.strength@laplace``, ``...@gaussian``). The objective's value is the metric's last round value (``reduce:
-last``, the default), its best over rounds (``reduce: max`` / ``min``) or its mean over the
-last tenth of the rounds (``reduce: tail``, steadier than one round under attack).
+distribution per condition (``trainer.vfl.defense.strength@laplace``, ``...@gaussian``).
+
+The objective's value is the metric's last round value (``reduce: last``, the default), its
+best over rounds (``reduce: max`` / ``min``) or its mean over the last tenth of the rounds
+(``reduce: tail``, steadier than one round under attack).
 
 A ``preset`` parameter chooses among named sets of config values, for what one key cannot
 say (a method is a trainer plus its aggregator; an attack is a name plus a fraction)::

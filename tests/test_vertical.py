@@ -371,7 +371,7 @@ def test_fedhssl_aggregates_the_local_tops_only():
     class Spy(InProcessExecutor):
         def map(self, fn, party_ids, payload=None, reduce=None):
             out = super().map(fn, party_ids, payload, reduce)
-            if isinstance(payload, dict) and payload.get("mode") == "set_shared":
+            if getattr(payload, "step", None) is fedhssl.Step.SET_SHARED:
                 nets = [self._contexts[p].state["nets"] for p in party_ids]
                 seen["top"] = [n.local_top[0].weight.detach().clone() for n in nets]
                 seen["bottom"] = [n.local_bottom[0].weight.detach().clone() for n in nets]

@@ -31,9 +31,9 @@ from trainers.vertical import DEFENSES, VHNN, VLR, VSNN, VerticalData
 
 __all__ = [
     "AGGREGATORS",
-    "DEFENSES",
     "ATTACKS",
     "CMFL",
+    "DEFENSES",
     "DPSVRG",
     "DSGD",
     "DSPG",

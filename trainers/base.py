@@ -104,6 +104,8 @@ class Trainer(abc.ABC):
 
     metrics: tuple[str, ...] = ()
     """The names of the metrics the trainer reports every round."""
+    vertical = False
+    """Whether it trains a vertical federation (partition.name=vertical, VerticalData)."""
     checkpointable = True
     """Whether the final model rebuilds from the experiment's ModelSpec (a light checkpoint);
     a federation of per-party models (vertical FL) is logged as an MLflow model only."""

@@ -41,6 +41,7 @@ from trainers.config import VFLAttackConfig
 from trainers.vertical.data import VerticalData
 
 __all__ = [
+    "ATTACKS",
     "LABEL_ATTACKS",
     "auc",
     "complete",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 LABEL_ATTACKS = ("ns", "ds", "dli", "rr")
+ATTACKS = (*LABEL_ATTACKS, "mc", "mi")
+"""Every attack a vertical run can name in ``trainer.vfl.attack.names``."""
 
 
 def auc(y: np.ndarray, scores: np.ndarray) -> float | None:

@@ -30,6 +30,7 @@ the aggregated weights (``model_noise``) and on the fine-tuning embeddings
 from __future__ import annotations
 
 import copy
+import enum
 import math
 import time
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ from trainers.vertical import attacks
 from trainers.vertical.data import ACTIVE, VerticalData
 from trainers.vertical.defenses import iso_noise
 from trainers.vertical.split import (
+    BYTES_PER_VALUE,
     ActiveParty,
     Optim,
     PassiveParty,
@@ -56,7 +58,15 @@ from trainers.vertical.split import (
     split_batch,
 )
 
-__all__ = ["FedCSSL", "FedGSSL", "FedHSSL", "SupervisedVFL", "augment"]
+__all__ = [
+    "FedCSSL",
+    "FedGSSL",
+    "FedHSSL",
+    "PretrainPayload",
+    "Step",
+    "SupervisedVFL",
+    "augment",
+]
 
 _INIT_STREAM = 41
 _BATCH_STREAM = 42
@@ -64,7 +74,6 @@ _AUGMENT_STREAM = 43
 _NOISE_STREAM = 44
 _LABEL_STREAM = 45
 _ATTACK_STREAM = 46
-BYTES_PER_VALUE = 4
 
 
 def _mlp(widths: list[int], last_relu: bool = True) -> nn.Sequential:
@@ -155,9 +164,45 @@ def augment(
     return torch.where(mask, values, x)
 
 
+class Step(str, enum.Enum):
+    """One call of pretraining work on the parties."""
+
+    LR = "lr"
+    """Set this epoch's learning rates (cosine decay)."""
+    CROSS_EMBED = "cross_embed"
+    """Step 1, the message: each party's z_i for the batch."""
+    CROSS_UPDATE = "cross_update"
+    """Step 1, the update against the partners' z."""
+    LOCAL_EPOCH = "local_epoch"
+    """Step 2: an epoch of local SimSiam (no communication)."""
+    GET_SHARED = "get_shared"
+    """Step 3: upload the local top and heads."""
+    SET_SHARED = "set_shared"
+    """Step 3: the average comes back."""
+    TO_BACKBONE = "to_backbone"
+    """Hand the pretrained encoders to fine-tuning."""
+
+
+@dataclass(frozen=True)
+class PretrainPayload:
+    """What the driver sends the parties for one :class:`Step`."""
+
+    step: Step
+    rows: np.ndarray | None = None
+    """CROSS_*: aligned-sample positions of the batch."""
+    z: Mapping[int, np.ndarray] | None = None
+    """CROSS_UPDATE: every party's projection of the batch."""
+    counter: int = 0
+    """CROSS_EMBED: seeds the feature noise; LOCAL_EPOCH: the epoch (seeds augmentation)."""
+    scale: float = 1.0
+    """LR: the cosine factor."""
+    weights: np.ndarray | None = None
+    """SET_SHARED: the aggregated local top and heads."""
+
+
 @dataclass(frozen=True)
 class _Pretrain:
-    """Self-supervised pretraining, as each party runs it (one ``mode`` per call)."""
+    """Self-supervised pretraining, as each party runs it (one :class:`Step` per call)."""
 
     n_features: tuple[tuple[int, int], ...]
     seed: int
@@ -193,30 +238,30 @@ class _Pretrain:
         st["own"] = torch.from_numpy(np.array(own, dtype=np.float32))
         st["low"], st["high"] = st["own"].min(0).values, st["own"].max(0).values
 
-    def __call__(self, ctx: PartyContext, payload: Mapping) -> object:
+    def __call__(self, ctx: PartyContext, payload: PretrainPayload) -> object:
         st = ctx.state
         if "nets" not in st:
             self._setup(ctx)
         nets, opt = st["nets"], st["opt"]
-        mode = payload["mode"]
-        if mode == "lr":
+        step = payload.step
+        if step is Step.LR:
             for group in opt.param_groups:
-                group["lr"] = self.lr * payload["scale"] if group["decay"] else self.lr
+                group["lr"] = self.lr * payload.scale if group["decay"] else self.lr
             return None
-        if mode == "cross_embed":  # step 1, the message: z_i for the batch
-            x = torch.from_numpy(np.array(ctx.data.x_aligned[payload["rows"]]))
+        if step is Step.CROSS_EMBED:
+            x = torch.from_numpy(np.array(ctx.data.x_aligned[payload.rows]))
             with torch.no_grad():
                 z = nets.proj_cross(nets.cross(x))
             gen = torch.Generator().manual_seed(
-                derive_seed(self.seed, _NOISE_STREAM, ctx.party_id, payload["step"])
+                derive_seed(self.seed, _NOISE_STREAM, ctx.party_id, payload.counter)
             )
             return ctx.party_id, iso_noise(z, self.feature_noise, gen).numpy()
-        if mode == "cross_step":  # step 1, the update against the partners' z
-            x = torch.from_numpy(np.array(ctx.data.x_aligned[payload["rows"]]))
+        if step is Step.CROSS_UPDATE:
+            x = torch.from_numpy(np.array(ctx.data.x_aligned[payload.rows]))
             p = nets.pred_cross(nets.proj_cross(nets.cross(x)))
             partners = [
                 torch.from_numpy(np.array(z))
-                for pid, z in payload["z"].items()
+                for pid, z in payload.z.items()
                 if pid != ctx.party_id and (ctx.party_id == ACTIVE or pid == ACTIVE)
             ]
             loss = torch.stack([simsiam(p, z) for z in partners]).mean()
@@ -224,10 +269,10 @@ class _Pretrain:
             loss.backward()
             opt.step()
             return float(loss.detach())
-        if mode == "local_epoch":  # step 2, no communication
+        if step is Step.LOCAL_EPOCH:
             own = st["own"]
             gen = torch.Generator().manual_seed(
-                derive_seed(self.seed, _AUGMENT_STREAM, ctx.party_id, payload["epoch"])
+                derive_seed(self.seed, _AUGMENT_STREAM, ctx.party_id, payload.counter)
             )
             order = torch.randperm(len(own), generator=gen)
             total = 0.0
@@ -247,25 +292,29 @@ class _Pretrain:
                 opt.step()
                 total += float(loss.detach()) * len(x)
             return total / len(own)
-        if mode == "get_shared":  # step 3: upload
+        if step is Step.GET_SHARED:
             return get_flat(nn.ModuleList(nets.shared()))
-        if mode == "set_shared":  # step 3: the average comes back
-            set_flat(nn.ModuleList(nets.shared()), payload["weights"])
+        if step is Step.SET_SHARED:
+            set_flat(nn.ModuleList(nets.shared()), payload.weights)
             return None
-        if mode == "to_backbone":  # hand the pretrained encoders to fine-tuning
-            st.clear()
-            st["backbone"] = Backbone(nets)
-            return None
-        raise ValueError(f"unknown pretraining step {mode!r}")
+        st.clear()  # Step.TO_BACKBONE
+        st["backbone"] = Backbone(nets)
+        return None
 
 
-def _fresh_backbones(ctx: PartyContext, payload: Mapping) -> None:
-    """Without pretraining: freshly initialised backbones of the same architecture."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(payload["seed"], _INIT_STREAM, ctx.party_id))
-        nets = PartyNets(ctx.data.x_aligned.shape[1], payload["hidden"], 1, 1)
-    ctx.state.clear()
-    ctx.state["backbone"] = Backbone(nets)
+@dataclass(frozen=True)
+class _FreshBackbone:
+    """Without pretraining: a freshly initialised backbone of the same architecture."""
+
+    seed: int
+    hidden: int
+
+    def __call__(self, ctx: PartyContext, payload: object) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
+            nets = PartyNets(ctx.data.x_aligned.shape[1], self.hidden, 1, 1)
+        ctx.state.clear()
+        ctx.state["backbone"] = Backbone(nets)
 
 
 def _export_backbone(ctx: PartyContext, payload: object) -> nn.Module:
@@ -279,6 +328,7 @@ def _export_head(ctx: PartyContext, payload: object) -> nn.Module:
 class FedHSSL(Trainer):
     """FedHSSL: cross-party SSL, local SSL and partial model aggregation, then fine-tuning."""
 
+    vertical = True
     checkpointable = False
     cross_ssl = True
     local_ssl = True
@@ -314,7 +364,7 @@ class FedHSSL(Trainer):
         if pretraining:
             step = self._pretrain(data, executor, reporter, seed, history)
         else:
-            executor.map(_fresh_backbones, ids, {"seed": seed, "hidden": s.hidden})
+            executor.map(_FreshBackbone(seed, s.hidden), ids)
         self._finetune(data, executor, reporter, seed, history, step)
         passive = list(range(1, k))
         backbones = executor.map(_export_backbone, ids)
@@ -353,37 +403,39 @@ class FedHSSL(Trainer):
         for epoch in range(s.pretrain_epochs):
             start = time.perf_counter()
             scale = 0.5 * (1 + math.cos(math.pi * epoch / s.pretrain_epochs))
-            executor.map(fn, ids, {"mode": "lr", "scale": scale})
+            executor.map(fn, ids, PretrainPayload(Step.LR, scale=scale))
             order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
             cross, sent = [], 0
             for begin in range(0, n - 1, batch):  # batch norm needs 2 rows
                 rows = order[begin : begin + batch]
                 z = dict(
                     executor.map(
-                        fn, ids, {"mode": "cross_embed", "rows": rows, "step": epoch * n + begin}
+                        fn, ids, PretrainPayload(Step.CROSS_EMBED, rows, counter=epoch * n + begin)
                     )
                 )
                 sent += sum(v.size for v in z.values()) * (len(ids) - 1)
-                losses = executor.map(fn, ids, {"mode": "cross_step", "rows": rows, "z": z})
+                losses = executor.map(fn, ids, PretrainPayload(Step.CROSS_UPDATE, rows, z))
                 cross.append(float(np.mean(losses)) * len(rows))
             metrics = {"ssl_cross_loss": sum(cross) / n}
             if self.local_ssl:
                 metrics["ssl_local_loss"] = float(
-                    np.mean(executor.map(fn, ids, {"mode": "local_epoch", "epoch": epoch}))
+                    np.mean(executor.map(fn, ids, PretrainPayload(Step.LOCAL_EPOCH, counter=epoch)))
                 )
             if self.aggregate:
-                uploads = executor.map(fn, ids, {"mode": "get_shared"})
+                uploads = executor.map(fn, ids, PretrainPayload(Step.GET_SHARED))
                 mean = np.mean(np.stack(uploads), axis=0)
                 if s.model_noise > 0:
                     gen = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM, epoch))
                     mean = iso_noise(torch.from_numpy(mean)[None], s.model_noise, gen)[0].numpy()
-                executor.map(fn, ids, {"mode": "set_shared", "weights": mean.astype(np.float32)})
+                executor.map(
+                    fn, ids, PretrainPayload(Step.SET_SHARED, weights=mean.astype(np.float32))
+                )
                 sent += 2 * len(ids) * mean.size
             metrics["bytes_communicated"] = float(sent * BYTES_PER_VALUE)
             metrics["round_time_s"] = time.perf_counter() - start
             history.append({"round": float(epoch), **metrics})
             reporter.report(epoch, metrics)
-        executor.map(fn, ids, {"mode": "to_backbone"})
+        executor.map(fn, ids, PretrainPayload(Step.TO_BACKBONE))
         return s.pretrain_epochs
 
     def _finetune(

@@ -51,6 +51,7 @@ __all__ = [
     "VHNN",
     "VLR",
     "VSNN",
+    "BYTES_PER_VALUE",
     "ActiveParty",
     "Optim",
     "Embedding",
@@ -88,6 +89,8 @@ class Gradient:
 
 @dataclass(frozen=True)
 class Optim:
+    """A party's optimizer settings; each party builds its own from them."""
+
     name: str
     lr: float
     momentum: float
@@ -134,11 +137,13 @@ class PassiveParty:
             else:
                 spec = dict(self.specs)[ctx.party_id]
                 st["model"] = build_model(spec, derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
-            params = [] if self.frozen else list(st["model"].parameters())
-            st["opt"] = self.optim.build(params or [torch.zeros(1, requires_grad=True)])
+            if not self.frozen:
+                st["opt"] = self.optim.build(st["model"].parameters())
         model, data = st["model"], ctx.data
         message = payload.gradients.get(ctx.party_id)
-        if message is not None:
+        if message is not None and self.frozen:
+            st.pop("rows")
+        elif message is not None:
             x = _tensor(data.x_aligned[st.pop("rows")])
             st["opt"].zero_grad()
             model(x).backward(_tensor(message.values))
@@ -358,6 +363,7 @@ class SplitLearning(Trainer):
         model: ``hidden`` gives the MLP bottoms' hidden widths.
     """
 
+    vertical = True
     checkpointable = False
     sum_logits = True
     """The passive bottoms output class logits and the active party sums them (no top)."""
