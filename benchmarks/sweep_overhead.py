@@ -27,6 +27,7 @@ import optuna
 
 from clusters import InProcessExecutor
 from orchestrator import run, sweep
+from orchestrator.config import configure, load_config
 from search_spaces import parse_space
 
 SPACE = {
@@ -55,11 +56,12 @@ def plain_loop(trials: int) -> float:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     executor = InProcessExecutor()
+    base = load_config(config(None))
     start = time.perf_counter()
     for _ in range(trials):
         trial = study.ask()
         lr = trial.suggest_float("trainer.lr", 0.01, 0.5, log=True)
-        result = run(config(None), [f"trainer.lr={lr}"], executor=executor)
+        result = run(configure(base, {"trainer.lr": lr}), executor=executor)
         study.tell(trial, result.metrics["test_accuracy"])
     return time.perf_counter() - start
 

@@ -13,11 +13,20 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar, overload
 
 R = TypeVar("R")
+S = TypeVar("S")
 
-__all__ = ["Executor", "PartyContext", "PartyFn", "Reduce", "assign_parties", "run_parties"]
+__all__ = [
+    "Executor",
+    "PartyContext",
+    "PartyFn",
+    "PartyHost",
+    "Reduce",
+    "assign_parties",
+    "run_parties",
+]
 
 
 @dataclass
@@ -30,15 +39,29 @@ class PartyContext:
     """Whatever was shipped for this party by :meth:`Executor.load` (read-only by convention)."""
     state: dict[str, Any]
     """The party's own state; it persists across calls on the same executor."""
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
     """Scratch shared by all parties of one worker (models, buffers); never party state."""
+
+    def get(self, kind: type[S]) -> S | None:
+        """The party's state record of type ``kind`` (one per type), or None."""
+        value = self.state.get(kind.__name__)
+        return value if isinstance(value, kind) else None
+
+    def put(self, value: object) -> None:
+        """Keeps ``value`` as the party's state record of its type."""
+        self.state[type(value).__name__] = value
+
+    def pop(self, kind: type[S]) -> S | None:
+        """Removes and returns the party's record of type ``kind`` (None when absent)."""
+        value = self.state.pop(kind.__name__, None)
+        return value if isinstance(value, kind) else None
 
 
 PartyFn = Callable[[PartyContext, Any], R]
 Reduce = Callable[[R, R], R]
 
 
-class Executor(abc.ABC, Generic[R]):
+class Executor(abc.ABC):
     """Runs per-party work, in this process or spread over workers.
 
     Contract:
@@ -46,8 +69,8 @@ class Executor(abc.ABC, Generic[R]):
           before (so one executor can serve several runs); later calls refer to parties by id.
         * :meth:`map` runs ``fn(ctx, payload)`` for every id in ``party_ids``. With ``reduce``
           it returns the combination of all results (``reduce`` must be associative and the
-          combination must not depend on how parties are grouped); without, it returns the
-          results in the order of ``party_ids``.
+          combination must not depend on how parties are grouped; None for no party);
+          without, it returns the results in the order of ``party_ids``.
         * An exception raised by ``fn`` propagates to the caller of :meth:`map`.
         * :meth:`close` releases the workers; the executor is unusable afterwards.
     """
@@ -66,20 +89,40 @@ class Executor(abc.ABC, Generic[R]):
             sizes: optional party id -> work estimate (e.g. sample count) for load balancing.
         """
 
-    @abc.abstractmethod
+    @overload
+    def map(
+        self, fn: PartyFn[R], party_ids: Sequence[int], payload: Any = None, reduce: None = None
+    ) -> list[R]: ...
+
+    @overload
+    def map(
+        self, fn: PartyFn[R], party_ids: Sequence[int], payload: Any, reduce: Reduce[R]
+    ) -> R | None: ...
+
     def map(
         self,
         fn: PartyFn[R],
         party_ids: Sequence[int],
         payload: Any = None,
         reduce: Reduce[R] | None = None,
-    ) -> list[R] | R:
+    ) -> list[R] | R | None:
         """Runs ``fn`` for the given parties; see the class docstring."""
+        return self._run(fn, party_ids, payload, reduce)
+
+    @abc.abstractmethod
+    def _run(
+        self,
+        fn: PartyFn[R],
+        party_ids: Sequence[int],
+        payload: Any,
+        reduce: Reduce[R] | None,
+    ) -> list[R] | R | None:
+        """:meth:`map`'s work, where the executor runs it."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Releases the workers."""
 
-    def __enter__(self) -> Executor[R]:
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,3 +160,42 @@ def run_parties(
         result = fn(ctx, payload)
         acc = result if acc is None else reduce(acc, result)
     return acc
+
+
+class PartyHost:
+    """What every worker is, wherever it runs: it hosts a set of parties (their data and their
+    state) and runs their work. Both executors are made of these: one in-process, one inside
+    each Ray actor.
+
+    Args:
+        worker_init: run once, before the first party's work (imports, warm-up).
+    """
+
+    def __init__(self, worker_init: Callable[[], None] | None = None) -> None:
+        self._contexts: dict[int, PartyContext] = {}
+        self._cache: dict[Any, Any] = {}
+        if worker_init is not None:
+            worker_init()
+
+    def load(self, parties: Mapping[int, Any]) -> int:
+        """Hosts these parties from now on, with fresh state; returns how many."""
+        self._contexts.clear()
+        for pid, data in parties.items():
+            self._contexts[pid] = PartyContext(pid, data, {}, self._cache)
+        return len(self._contexts)
+
+    def hosts(self, party_id: int) -> bool:
+        return party_id in self._contexts
+
+    def run(
+        self, fn: PartyFn[R], party_ids: Sequence[int], payload: Any, reduce: Reduce[R] | None
+    ) -> list[R] | R | None:
+        """Runs ``fn`` for the given hosted parties (see :func:`run_parties`)."""
+        missing = [p for p in party_ids if p not in self._contexts]
+        if missing:
+            raise KeyError(f"parties never loaded: {missing[:5]}")
+        return run_parties(fn, (self._contexts[p] for p in party_ids), payload, reduce)
+
+    def clear(self) -> None:
+        self._contexts.clear()
+        self._cache.clear()

@@ -7,12 +7,12 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from clusters.base import Executor, PartyContext, PartyFn, R, Reduce, run_parties
+from clusters.base import Executor, PartyFn, PartyHost, R, Reduce
 
 __all__ = ["InProcessExecutor"]
 
 
-class InProcessExecutor(Executor[R]):
+class InProcessExecutor(Executor):
     """Hosts all parties in this process, as one worker.
 
     Party work runs with torch limited to ``threads`` threads (restored afterwards), as on a
@@ -26,37 +26,28 @@ class InProcessExecutor(Executor[R]):
     def __init__(
         self, worker_init: Callable[[], None] | None = None, threads: int | None = 1
     ) -> None:
-        self._contexts: dict[int, PartyContext] = {}
-        self._cache: dict[str, Any] = {}
+        self._host = PartyHost(worker_init)
         self._threads = threads
-        if worker_init is not None:
-            worker_init()
 
     @property
     def num_workers(self) -> int:
         return 1
 
     def load(self, parties: Mapping[int, Any], sizes: Mapping[int, int] | None = None) -> None:
-        self._contexts.clear()
-        for pid, data in parties.items():
-            self._contexts[pid] = PartyContext(pid, data, {}, self._cache)
+        self._host.load(parties)
 
-    def map(
+    def _run(
         self,
         fn: PartyFn[R],
         party_ids: Sequence[int],
-        payload: Any = None,
-        reduce: Reduce[R] | None = None,
-    ) -> list[R] | R:
-        missing = [p for p in party_ids if p not in self._contexts]
-        if missing:
-            raise KeyError(f"parties never loaded: {missing[:5]}")
+        payload: Any,
+        reduce: Reduce[R] | None,
+    ) -> list[R] | R | None:
         with _torch_threads(self._threads):
-            return run_parties(fn, (self._contexts[p] for p in party_ids), payload, reduce)
+            return self._host.run(fn, party_ids, payload, reduce)
 
     def close(self) -> None:
-        self._contexts.clear()
-        self._cache.clear()
+        self._host.clear()
 
 
 @contextlib.contextmanager

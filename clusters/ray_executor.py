@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from clusters.base import Executor, PartyContext, PartyFn, R, Reduce, assign_parties, run_parties
+from clusters.base import Executor, PartyFn, PartyHost, R, Reduce, assign_parties
 
 __all__ = ["RayExecutor", "ensure_ray"]
 
@@ -40,26 +40,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
-class _PartyHost:
-    """One actor: hosts a set of parties and runs their work in a loop."""
-
-    def __init__(self, worker_init: Callable[[], None] | None) -> None:
-        self._contexts: dict[int, PartyContext] = {}
-        self._cache: dict[str, Any] = {}
-        if worker_init is not None:
-            worker_init()
-
-    def load(self, parties: Mapping[int, Any]) -> int:
-        self._contexts.clear()
-        for pid, data in parties.items():
-            self._contexts[pid] = PartyContext(pid, data, {}, self._cache)
-        return len(self._contexts)
-
-    def run(self, fn: PartyFn, party_ids: Sequence[int], payload: Any, reduce: Reduce | None):
-        return run_parties(fn, (self._contexts[p] for p in party_ids), payload, reduce)
-
-
-class RayExecutor(Executor[R]):
+class RayExecutor(Executor):
     """Runs parties on a pool of Ray actors.
 
     Args:
@@ -83,8 +64,9 @@ class RayExecutor(Executor[R]):
         if num_workers is None:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             num_workers = max(1, int(cpus // cpus_per_worker))
-        host_cls = ray.remote(num_cpus=cpus_per_worker)(_PartyHost)
-        self._hosts = [host_cls.remote(worker_init) for _ in range(num_workers)]
+        host_cls = ray.remote(num_cpus=cpus_per_worker)(PartyHost)
+        # actor handles: their methods are called as .remote(), which nothing types
+        self._hosts: list[Any] = [host_cls.remote(worker_init) for _ in range(num_workers)]
         self._owner: dict[int, int] = {}
         self._pending: list[ray.ObjectRef] = []
 
@@ -102,13 +84,13 @@ class RayExecutor(Executor[R]):
         # driver goes on while the actors start. Every host loads, so old parties are dropped.
         self._pending += [h.load.remote(b) for h, b in zip(self._hosts, batches)]
 
-    def map(
+    def _run(
         self,
         fn: PartyFn[R],
         party_ids: Sequence[int],
-        payload: Any = None,
-        reduce: Reduce[R] | None = None,
-    ) -> list[R] | R:
+        payload: Any,
+        reduce: Reduce[R] | None,
+    ) -> list[R] | R | None:
         if self._pending:
             ray.get(self._pending)
             self._pending = []

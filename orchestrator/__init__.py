@@ -10,7 +10,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from orchestrator.config import ExperimentConfig, load_config  # noqa: E402
 from orchestrator.errors import ConfigError  # noqa: E402
 from orchestrator.jobs import Job, JobStatus, get_job, submit  # noqa: E402
-from orchestrator.runner import RunResult, run  # noqa: E402
+from orchestrator.runner import RunFailed, RunResult, run  # noqa: E402
 from orchestrator.sweeps import SweepResult, sweep  # noqa: E402
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ExperimentConfig",
     "Job",
     "JobStatus",
+    "RunFailed",
     "RunResult",
     "SweepResult",
     "__version__",

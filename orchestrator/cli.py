@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
 from search_spaces.space import SpaceError
 
+if TYPE_CHECKING:
+    from trainers.base import Budget
+
 __all__ = ["main"]
 
-_SHOWN = ("test_accuracy", "test_loss", "train_loss", "suboptimality", "epochs")
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.@\[\]-]*=")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +78,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come anywhere after the config, before or after the options.
+    stray = [a for a in extra if not _OVERRIDE.match(a)]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "show":
             from orchestrator.config import load_config, to_yaml
@@ -92,62 +106,63 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.runner import run
+    from orchestrator.runner import RunFailed, run
+    from trainers import TRAINERS
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before Ray starts
-    bar = None
-
-    def progress(step: int, metrics: Mapping[str, float]) -> None:
-        nonlocal bar
-        if args.quiet or "test_accuracy" not in metrics:  # e.g. a run's closing summary
-            return
-        decentralized = "epochs" in metrics  # budgeted in epochs, not rounds
-        if bar is None:  # made at the first round, so that a data error prints nothing else
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=cfg.trainer.decentralized.epochs if decentralized else cfg.trainer.rounds,
-                desc=cfg.trainer.name,
-                unit="epoch" if decentralized else "round",
-                file=sys.stderr,
-            )
-        if decentralized:
-            bar.set_postfix(
-                sub=f"{metrics['suboptimality']:.2e}",
-                acc=f"{metrics['test_accuracy']:.4f}",
-                refresh=False,
-            )
-            bar.update(min(round(metrics["epochs"], 2), bar.total) - bar.n)
-            return
-        bar.set_postfix(
-            acc=f"{metrics['test_accuracy']:.4f}",
-            loss=f"{metrics['train_loss']:.4f}",
-            refresh=False,
-        )
-        bar.update(1)
-
+    budget = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model).budget()
+    bar = None if args.quiet else _Bar(budget, cfg.trainer.name)
     try:
-        result = run(cfg, progress=progress)
-    except ConfigError:
-        raise
+        result = run(cfg, progress=bar)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except RunFailed as exc:
         if args.traceback:
-            raise
-        print(f"run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise exc.cause from None
+        print(f"run failed: {exc}", file=sys.stderr)
         return 1
     finally:
         if bar is not None:
             bar.close()
-    shown = "  ".join(f"{k}={result.metrics[k]:.4f}" for k in _SHOWN if k in result.metrics)
+    shown = "  ".join(
+        f"{k}={result.metrics[k]:.4f}" for k in result.headline if k in result.metrics
+    )
     print(
         f"run {result.run_id or '(not tracked)'}  {shown}  wall={result.metrics['wall_time_s']:.1f}s"
     )
     if args.json:
         print(json.dumps(result.to_json()))
     return 0
+
+
+class _Bar:
+    """A run's progress bar on stderr, as the trainer's budget describes it; made at the first
+    step, so that a data error prints nothing else."""
+
+    def __init__(self, budget: Budget, name: str) -> None:
+        self.budget, self.name = budget, name
+        self.bar: Any = None
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        b = self.budget
+        if b.counter is not None and b.counter not in metrics:
+            return  # not a step (e.g. a run's closing summary)
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=b.total, desc=self.name, unit=b.unit, file=sys.stderr)
+        shown = {label: format(metrics[key], fmt) for label, key, fmt in b.shown if key in metrics}
+        if shown:
+            self.bar.set_postfix(shown, refresh=False)
+        if b.counter is None:
+            self.bar.update(1)
+        else:
+            self.bar.update(min(round(metrics[b.counter], 2), self.bar.total) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -173,8 +188,7 @@ def _jobs(args: argparse.Namespace) -> int:
         elif args.command == "logs":
             print(job.logs(), end="")
         elif args.command == "cancel":
-            job.cancel()
-            print(job.status().value)
+            print(job.cancel().value)
         else:
             print(json.dumps(job.result()))
     except JobError as exc:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import ConfigError
 from trainers.base import FederatedData, PartyData, derive_seed
+from trainers.cache import CACHE
 from trainers.registry import Registry
 from trainers.vertical.data import VerticalData
 
@@ -70,15 +71,18 @@ def _sklearn(loader_name: str) -> Callable[[DataConfig, int], TableSource]:
     return load
 
 
-@functools.cache
 def _bundled(loader_name: str) -> TableSource:
     """A scikit-learn data set, parsed once per process (digits' CSV takes tens of ms, and a
     sweep's worker loads it for every trial); Arrow tables are immutable, so sharing is safe."""
-    import sklearn.datasets
 
-    bunch = getattr(sklearn.datasets, loader_name)()
-    names = [str(n).replace(" ", "_") for n in bunch.feature_names]
-    return _from_arrays(bunch.data, bunch.target, names)
+    def parse() -> TableSource:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader_name)()
+        names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+        return _from_arrays(bunch.data, bunch.target, names)
+
+    return CACHE.get("data.bundled", loader_name, parse)
 
 
 DATASETS.register("digits")(_sklearn("load_digits"))
@@ -109,7 +113,8 @@ def _synthetic_images(cfg: DataConfig, seed: int) -> TableSource:
     rng = np.random.default_rng(cfg.random_state if cfg.random_state is not None else seed)
     side, n = cfg.image_side, cfg.n_samples
     raw = rng.normal(size=(cfg.n_classes, side + 2, side + 2))
-    smooth = sum(np.roll(raw, (i, j), axis=(1, 2)) for i in (-1, 0, 1) for j in (-1, 0, 1)) / 3
+    shifted = [np.roll(raw, (i, j), axis=(1, 2)) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+    smooth = functools.reduce(np.add, shifted) / 3
     y = rng.integers(0, cfg.n_classes, n)
     rows, cols = rng.integers(0, 3, (2, n))
     images = np.stack([smooth[c, r : r + side, k : k + side] for c, r, k in zip(y, rows, cols)])
@@ -159,15 +164,36 @@ def load_table(cfg: DataConfig, seed: int) -> TableSource:
 
 def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
     table = src.table
-    x = np.column_stack(
-        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in src.features]
-    )
+    columns = []
+    for name in src.features:
+        col = table.column(name)
+        values = col.to_numpy(zero_copy_only=False).astype(np.float32)
+        if col.null_count or np.isnan(values).any():
+            raise ConfigError("data.features", f"column {name!r} has missing values")
+        if not np.isfinite(values).all():
+            raise ConfigError("data.features", f"column {name!r} holds infinite values")
+        columns.append(values)
+    x = np.column_stack(columns)
     labels = table.column(src.label)
     if labels.null_count:
-        raise ConfigError("data.label", f"{labels.null_count} rows have no label")
-    if np.isnan(x).any():
-        raise ConfigError("data.features", "feature columns contain missing values")
-    classes, y = np.unique(labels.to_numpy(), return_inverse=True)
+        raise ConfigError(
+            "data.label", f"column {src.label!r}: {labels.null_count} rows have no label"
+        )
+    kind = labels.type
+    if not (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_boolean(kind)
+    ):
+        raise ConfigError(
+            "data.label", f"column {src.label!r} is {kind}: labels must be numbers or strings"
+        )
+    raw = labels.to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(kind) and not np.isfinite(raw).all():
+        raise ConfigError("data.label", f"column {src.label!r} holds NaN or infinite labels")
+    classes, y = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
         raise ConfigError("data.label", "fewer than two distinct labels")
     return x, y.astype(np.int64), classes.tolist()
@@ -208,6 +234,12 @@ def _dirichlet(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.rand
         f"alpha={cfg.alpha} left some of {n} parties with fewer than "
         f"{cfg.min_samples} samples in 100 draws; raise alpha or lower partition.min_samples",
     )
+
+
+@PARTITIONERS.register(VERTICAL)
+def _vertical(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """A split across features, not samples: :func:`prepare` deals the columns instead."""
+    raise AssertionError("a vertical partition is prepared by feature_split")
 
 
 @PARTITIONERS.register("shards")
@@ -260,7 +292,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
 
     Raises:
         ConfigError: for data that cannot serve the config (too few samples for the parties,
-            a CNN on non-image features, unreadable files).
+            unreadable files, missing or non-finite values).
     """
     src = load_table(cfg.data, cfg.seed)
     x, y, classes = _to_arrays(src)
@@ -293,14 +325,6 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             "partition.num_parties",
             f"{cfg.partition.num_parties} parties but only {len(y_train)} training samples",
         )
-    if cfg.model.name == "cnn":
-        side = int(round(x.shape[1] ** 0.5))
-        if side * side != x.shape[1] or side % 4:
-            raise ConfigError(
-                "model.name",
-                f"cnn needs square images with a side divisible by 4 (digits: 8x8); "
-                f"{cfg.data.name} has {x.shape[1]} features",
-            )
     rng = np.random.default_rng(derive_seed(cfg.seed, _PARTITION_STREAM))
     parts = PARTITIONERS.get(cfg.partition.name)(y_train, cfg.partition, len(classes), rng)
     parties = {
@@ -331,7 +355,8 @@ def feature_split(
                 f"give one list of feature names per party ({k} parties)",
             )
         index = {n: i for i, n in enumerate(names)}
-        out, seen = [], set()
+        out: list[np.ndarray] = []
+        seen: set[str] = set()
         for party, cols in enumerate(v.columns):
             unknown = [c for c in cols if c not in index]
             if unknown:
@@ -433,9 +458,9 @@ def write_partitions(prepared: Prepared, out_dir: str | Path) -> list[Path]:
     paths = []
     data = prepared.data
     if isinstance(data, VerticalData):  # each party's columns: aligned rows, then its own
-        for pid, cols in enumerate(data.columns):
+        for pid, held in enumerate(data.columns):
             rows = np.concatenate([data.aligned, data.local[pid]])
-            table = {prepared.feature_names[c]: data.x_train[rows, c] for c in cols}
+            table = {prepared.feature_names[c]: data.x_train[rows, c] for c in held}
             table["aligned"] = np.arange(len(rows)) < len(data.aligned)
             if pid == 0:
                 table["label"] = data.y_train[rows]
@@ -443,7 +468,8 @@ def write_partitions(prepared: Prepared, out_dir: str | Path) -> list[Path]:
             pq.write_table(pa.table(table), path)
             paths.append(path)
         return paths
-    for pid, part in sorted(prepared.data.parties.items()):
+    assert isinstance(data, FederatedData)
+    for pid, part in sorted(data.parties.items()):
         cols = {n: part.x[:, i] for i, n in enumerate(prepared.feature_names)}
         cols["label"] = part.y
         path = out / f"party_{pid:05d}.parquet"

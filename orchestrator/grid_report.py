@@ -13,12 +13,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from search_spaces import Space
+
+if TYPE_CHECKING:
+    import optuna
+
+    from orchestrator.tracking import Tracker
 
 __all__ = ["ResultsTable", "build_report"]
 
@@ -45,7 +50,7 @@ class ResultsTable:
             paths.append(out / name)
         return paths
 
-    def log(self, tracker: Any) -> None:
+    def log(self, tracker: Tracker) -> None:
         """Logs the table, the Markdown and the charts under ``report/``."""
         tracker.log_table(self.table, "report/results.parquet")
         tracker.log_text(self.markdown, "report/results.md")
@@ -53,7 +58,7 @@ class ResultsTable:
             tracker.log_figure(fig, f"report/{name}")
 
 
-def build_report(study: Any, space: Space) -> ResultsTable | None:
+def build_report(study: optuna.Study, space: Space) -> ResultsTable | None:
     """The results table of ``study`` as its space's ``report`` describes (None: no report,
     or no finished trial carries the report's metrics)."""
     from optuna.trial import TrialState

@@ -4,7 +4,8 @@ A job is the ``fedsweep run`` or ``fedsweep sweep`` command line, run elsewhere:
 job submission (the working directory shipped as the runtime environment) when a cluster's
 dashboard address is given, else as a detached process here. Either way its last line of
 output is the command's JSON result, which :meth:`Job.result` reads. A small record of every
-job is kept in ``.fedsweep/jobs/`` so ``fedsweep status / logs / cancel`` find it later.
+job is kept in ``.fedsweep/jobs/`` under the working directory, so ``fedsweep status / logs /
+cancel`` run there find it later.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["Job", "JobError", "JobStatus", "get_job", "submit"]
+if TYPE_CHECKING:
+    from clusters.jobs import RayJobClient
 
-JOBS_DIR = Path(".fedsweep") / "jobs"
+__all__ = ["Job", "JobError", "JobStatus", "get_job", "jobs_dir", "submit"]
 _EXCLUDES = [
     ".git",
     "mlruns",
@@ -53,7 +55,28 @@ class JobStatus(str, enum.Enum):
 
 
 class JobError(RuntimeError):
-    """A job that cannot be found, or whose result is not there."""
+    """A job that cannot be found, or whose result is not there; a cluster that cannot be
+    reached."""
+
+
+def jobs_dir() -> Path:
+    """Where job records are kept: ``.fedsweep/jobs`` in the working directory (now)."""
+    return Path.cwd() / ".fedsweep" / "jobs"
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A job record, or JobError naming the file when it is unreadable or incomplete."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise JobError(f"{path}: unreadable job record ({type(exc).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("local", "ray"):
+        raise JobError(f"{path}: not a job record (no kind)")
+    needed = ("pid",) if meta["kind"] == "local" else ("cluster",)
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        raise JobError(f"{path}: incomplete job record (no {', '.join(missing)})")
+    return meta
 
 
 class Job(abc.ABC):
@@ -71,8 +94,9 @@ class Job(abc.ABC):
         """Everything the job printed so far."""
 
     @abc.abstractmethod
-    def cancel(self) -> None:
-        """Stops the job (a sweep stops cleanly and can be resumed)."""
+    def cancel(self, timeout: float = 120.0) -> JobStatus:
+        """Stops the job (a sweep stops cleanly and can be resumed), waiting up to
+        ``timeout`` seconds for it to end; returns its status then."""
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> JobStatus:
         """Blocks until the job finishes or ``timeout`` seconds pass; returns its status."""
@@ -130,14 +154,20 @@ def submit(
 
     Raises:
         ConfigError, SpaceError: the config or space is refused before anything is submitted.
+        JobError: the cluster cannot be reached.
     """
     # Bad input fails here, in one line, rather than in a job somewhere else later.
     from orchestrator.config import load_config
+    from orchestrator.errors import ConfigError
+    from orchestrator.sweeps import check_space
     from search_spaces import load_space
 
-    load_config(Path(working_dir) / config, list(overrides))
+    cfg = load_config(Path(working_dir) / config, list(overrides))
+    for flag, count in (("--trials", trials), ("--parallel", parallel)):
+        if count is not None and count < 1:
+            raise ConfigError(flag, f"must be >= 1, got {count}")
     if space is not None:
-        load_space(Path(working_dir) / space)
+        check_space(load_space(Path(working_dir) / space), cfg)
     flags: list[str] = []
     for name, value in (
         ("--trials", trials),
@@ -156,9 +186,9 @@ def submit(
 def get_job(job_id: str, cluster: str | None = None) -> Job:
     """The job with this id: a local one, or one submitted to ``cluster`` (or the cluster its
     record names)."""
-    record = JOBS_DIR / job_id / "job.json"
+    record = jobs_dir() / job_id / "job.json"
     if record.exists():
-        meta = json.loads(record.read_text())
+        meta = _read_record(record)
         if meta["kind"] == "local":
             return LocalJob(job_id)
         cluster = cluster or meta["cluster"]
@@ -173,7 +203,7 @@ class LocalJob(Job):
     @classmethod
     def start(cls, args: list[str], working_dir: Path) -> LocalJob:
         job_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        folder = (JOBS_DIR / job_id).resolve()
+        folder = jobs_dir() / job_id
         folder.mkdir(parents=True)
         cli = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "orchestrator.cli", *args])
         # The shell records the exit code, so a later `fedsweep status` (another process) knows it.
@@ -194,20 +224,22 @@ class LocalJob(Job):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id)
-        self.folder = (JOBS_DIR / job_id).resolve()
+        self.folder = jobs_dir() / job_id
         if not (self.folder / "job.json").exists():
             raise JobError(f"no local job {job_id!r}")
-        self.meta = json.loads((self.folder / "job.json").read_text())
-        self._proc: subprocess.Popen | None = None
+        self.meta = _read_record(self.folder / "job.json")
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def _alive(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
+        import psutil
+
         try:
-            os.kill(self.meta["pid"], 0)
-        except ProcessLookupError:
+            # a shell that has exited but is not reaped yet is a zombie: not running
+            return psutil.Process(self.meta["pid"]).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
             return False
-        return True
 
     def status(self) -> JobStatus:
         code_file = self.folder / "exit_code"
@@ -223,9 +255,10 @@ class LocalJob(Job):
         path = self.folder / "out.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def cancel(self) -> None:
-        if self.status().finished:
-            return
+    def cancel(self, timeout: float = 120.0) -> JobStatus:
+        status = self.status()
+        if status.finished:
+            return status
         (self.folder / "cancelled").touch()
         import psutil
 
@@ -236,10 +269,15 @@ class LocalJob(Job):
             for child in shell.children():
                 child.send_signal(signal.SIGINT)
         except psutil.NoSuchProcess:
-            return
-        if self.wait(timeout=60, poll=0.5) == JobStatus.RUNNING:
-            os.killpg(self.meta["pid"], signal.SIGKILL)
-            self.wait(timeout=10, poll=0.2)
+            return self.status()
+        status = self.wait(timeout=timeout, poll=0.2)
+        if not status.finished:  # it did not stop in time: end the whole group
+            try:
+                os.killpg(self.meta["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            status = self.wait(timeout=10, poll=0.2)
+        return status
 
 
 class RayJob(Job):
@@ -247,41 +285,47 @@ class RayJob(Job):
 
     @classmethod
     def start(cls, cluster: str, args: list[str], working_dir: Path) -> RayJob:
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(cluster)
+        client = _client(cluster)
         entrypoint = " ".join(shlex.quote(a) for a in ["python", "-m", "orchestrator.cli", *args])
         runtime_env = {"working_dir": str(working_dir.resolve()), "excludes": _EXCLUDES}
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-                break
-            except RuntimeError as exc:
-                # A head that has just started answers before its job agent is up.
-                if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
-        folder = JOBS_DIR / job_id
+        job_id = _call(lambda: client.submit(entrypoint, runtime_env))
+        folder = jobs_dir() / job_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "job.json").write_text(
             json.dumps({"kind": "ray", "cluster": cluster, "args": args})
         )
         return cls(job_id, cluster, client)
 
-    def __init__(self, job_id: str, cluster: str, client: Any = None) -> None:
+    def __init__(self, job_id: str, cluster: str, client: RayJobClient | None = None) -> None:
         super().__init__(job_id)
-        if client is None:
-            from ray.job_submission import JobSubmissionClient
-
-            client = JobSubmissionClient(cluster)
-        self.cluster, self._client = cluster, client
+        self.cluster = cluster
+        self._client = client if client is not None else _client(cluster)
 
     def status(self) -> JobStatus:
-        return JobStatus(str(self._client.get_job_status(self.job_id).value))
+        return JobStatus(_call(lambda: self._client.status(self.job_id)))
 
     def logs(self) -> str:
-        return self._client.get_job_logs(self.job_id)
+        return _call(lambda: self._client.logs(self.job_id))
 
-    def cancel(self) -> None:
-        self._client.stop_job(self.job_id)
+    def cancel(self, timeout: float = 120.0) -> JobStatus:
+        _call(lambda: self._client.stop(self.job_id))
+        return self.wait(timeout=timeout, poll=0.5)
+
+
+T = TypeVar("T")
+
+
+def _client(cluster: str) -> RayJobClient:
+    from clusters.jobs import RayJobClient
+
+    return _call(lambda: RayJobClient(cluster))
+
+
+def _call(fn: Callable[[], T]) -> T:
+    """``fn()``, a cluster's refusal as JobError."""
+    from clusters.jobs import ClusterError
+
+    try:
+        return fn()
+    except ClusterError as exc:
+        raise JobError(str(exc)) from None

@@ -1,8 +1,9 @@
-"""Figures logged with runs: learning curves and partition label histograms."""
+"""Figures logged with runs: learning curves and partition label histograms, and the
+registry of a run's figures that trainers name."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -13,7 +14,11 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from trainers.base import TrainResult  # noqa: E402
+from trainers.registry import Registry  # noqa: E402
+
 __all__ = [
+    "RUN_PLOTS",
     "convergence",
     "label_histogram",
     "learning_curve",
@@ -163,3 +168,49 @@ def network(edges: Sequence[dict[str, int]], n: int, title: str = "") -> Figure:
     ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- a run's figures, by name
+
+RunPlot = Callable[["TrainResult", str], "Figure | None"]
+RUN_PLOTS: Registry[tuple[str, RunPlot]] = Registry("plot")
+"""The figures a trainer can ask for (:meth:`trainers.Trainer.plots`): name -> (artifact
+path, drawing of a run's result under a title; None when there is nothing to draw)."""
+
+
+def _rows_with(result: TrainResult, key: str) -> list[dict[str, float]]:
+    return [h for h in result.history if key in h]
+
+
+def _learning(result: TrainResult, title: str) -> Figure | None:
+    rows = _rows_with(result, "test_accuracy")  # fine-tuning rows only, after pretraining
+    return learning_curve(rows, title) if rows else None
+
+
+def _privacy(result: TrainResult, title: str) -> Figure | None:
+    rows = _rows_with(result, "utility")
+    return privacy_curve(rows, title) if rows else None
+
+
+def _convergence(result: TrainResult, title: str) -> Figure | None:
+    rows = _rows_with(result, "suboptimality")
+    return convergence(rows, title) if rows else None
+
+
+def _pretraining(result: TrainResult, title: str) -> Figure | None:
+    return ssl_losses(result.history, title) if _rows_with(result, "ssl_cross_loss") else None
+
+
+def _network(result: TrainResult, title: str) -> Figure | None:
+    if "edges" not in result.tables:
+        return None
+    net = result.tables.get("network", [{}])[0]
+    name = f"{net.get('graph', '')}, {net.get('nodes', '')} nodes, gap {net.get('spectral_gap', 0):.4f}"
+    return network(result.tables["edges"], int(net.get("nodes", 0)), name)
+
+
+RUN_PLOTS.register("learning_curve")(("learning_curve.png", _learning))
+RUN_PLOTS.register("privacy_curve")(("privacy_curve.png", _privacy))
+RUN_PLOTS.register("convergence")(("convergence.png", _convergence))
+RUN_PLOTS.register("pretraining")(("pretraining.png", _pretraining))
+RUN_PLOTS.register("network")(("network.png", _network))

@@ -1,24 +1,25 @@
 """One experiment end to end: config -> data -> parties on an executor -> trainer -> MLflow.
 
-:func:`run` is the code path of both the Python API and ``fedsweep run``.
+:func:`run` is the code path of both the Python API and ``fedsweep run``, and of every sweep
+trial. A run that fails after it started is closed as FAILED and raised as :class:`RunFailed`,
+which carries the run's id (or, recorded, its record); one stopped on purpose by its progress
+callback (a pruned trial) is closed as FINISHED and returned with ``stopped`` set.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from clusters import Executor, InProcessExecutor
-from orchestrator import plots
 from orchestrator.config import (
+    ExecutorKind,
     ExperimentConfig,
+    ModelFormat,
     RuntimeConfig,
     flatten,
     load_config,
@@ -27,14 +28,20 @@ from orchestrator.config import (
 )
 from orchestrator.data import Prepared, prepare, write_partitions
 from orchestrator.errors import ConfigError
+from orchestrator.validation import validate
 from trainers import TRAINERS
-from trainers.base import DataMismatch, StopTraining, TrainResult
+from trainers.base import Invalid, StopTraining, Trainer, TrainResult
+from trainers.cache import CACHE
 from trainers.local import warm_up
 from trainers.models import ModelSpec, load_checkpoint, save_checkpoint
 
-__all__ = ["RunResult", "make_executor", "run"]
+if TYPE_CHECKING:
+    from orchestrator.tracking import RunRecord, Tracker
+
+__all__ = ["RunFailed", "RunResult", "make_executor", "run"]
 
 ProgressFn = Callable[[int, Mapping[str, float]], None]
+_CHECKPOINT = "checkpoint/model.pt"
 
 
 @dataclass
@@ -42,24 +49,44 @@ class RunResult:
     """What one experiment produced."""
 
     run_id: str | None
-    """MLflow run id (None when tracking is off)."""
+    """MLflow run id (None when tracking is off, or the run was only recorded)."""
     metrics: dict[str, float]
-    """The last round's metrics."""
+    """The last round's metrics, plus wall_time_s."""
     history: list[dict[str, float]] = field(default_factory=list)
     """One metrics dict per round, with a ``round`` key."""
     model_uri: str | None = None
     """``models:/<model id>`` when the model was logged as an MLflow model, or
     ``runs:/<run id>/checkpoint/model.pt`` for a checkpoint."""
-    record: Any = None
-    """With ``tracking.deferred``: the run's RunRecord, written by whoever receives it."""
+    record: RunRecord | None = None
+    """With ``tracking.deferred``: the run's record, written by whoever receives it."""
+    model_path: str | None = None
+    """The checkpoint's artifact path, when one was logged."""
+    stopped: str | None = None
+    """Why the run stopped before its last round (a pruned trial); None: it ran to the end."""
+    headline: tuple[str, ...] = ()
+    """The final metrics worth a summary line (the trainer's choice)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "metrics": self.metrics}
 
 
+class RunFailed(Exception):
+    """A run that started and then failed; its MLflow run is closed as FAILED.
+
+    Attributes:
+        cause: the exception that ended it.
+        run_id: its MLflow run (None when untracked or only recorded).
+        record: its record, when the run was recorded (``tracking.deferred``).
+    """
+
+    def __init__(self, cause: Exception, run_id: str | None, record: RunRecord | None) -> None:
+        self.cause, self.run_id, self.record = cause, run_id, record
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
 def make_executor(runtime: RuntimeConfig) -> Executor:
     """The executor the runtime config asks for; a Ray pool starts warming up at once."""
-    if runtime.executor == "local":
+    if runtime.executor == ExecutorKind.local:
         return InProcessExecutor()
     from clusters import RayExecutor
 
@@ -72,13 +99,15 @@ def make_executor(runtime: RuntimeConfig) -> Executor:
 
 
 class _Reporter:
-    """Fans a trainer's per-round metrics out to history, MLflow and a progress callback."""
+    """Fans a trainer's per-round metrics out to the history, MLflow and a progress callback."""
 
-    def __init__(self, tracker: Any | None, progress: ProgressFn | None) -> None:
+    def __init__(self, tracker: Tracker | None, progress: ProgressFn | None) -> None:
         self.tracker = tracker
         self.progress = progress
+        self.history: list[dict[str, float]] = []
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.history.append({"round": float(step), **metrics})
         if self.tracker is not None:
             self.tracker.log_metrics(step, metrics)
         if self.progress is not None:
@@ -86,7 +115,7 @@ class _Reporter:
 
 
 def run(
-    config: str | os.PathLike | ExperimentConfig | dict | None = None,
+    config: str | os.PathLike[str] | ExperimentConfig | dict[str, Any] | None = None,
     overrides: Sequence[str] = (),
     *,
     progress: ProgressFn | None = None,
@@ -97,9 +126,11 @@ def run(
     """Runs one experiment and records it in MLflow.
 
     Args:
-        config: a YAML path, a nested dict or an ExperimentConfig.
+        config: a YAML path, a nested dict or an ExperimentConfig (used as it is, without
+            parsing, when there are no overrides).
         overrides: ``dotted.key=value`` strings applied on top.
-        progress: called after every round with (round, metrics).
+        progress: called after every round with (round, metrics); it may raise
+            :class:`trainers.StopTraining` to stop the run early.
         executor: run parties here instead of the executor ``runtime`` asks for (the caller
             keeps ownership and closes it).
         tags: extra MLflow tags.
@@ -107,8 +138,13 @@ def run(
 
     Raises:
         ConfigError: bad config or data; raised before any MLflow run exists.
+        RunFailed: the run failed after it started (its MLflow run is FAILED).
     """
-    cfg = load_config(config, list(overrides))
+    if isinstance(config, ExperimentConfig) and not overrides:
+        cfg = config
+        validate(cfg)
+    else:
+        cfg = load_config(config, list(overrides))
     trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
     lineage = _load_teacher(cfg, trainer)
     own_executor = executor is None
@@ -118,7 +154,7 @@ def run(
         prepared = prepare(cfg)
         try:
             trainer.check(prepared.data)
-        except DataMismatch as exc:
+        except Invalid as exc:
             raise ConfigError(exc.key, exc.problem) from None
         if cfg.partition.output_dir:
             write_partitions(prepared, cfg.partition.output_dir)
@@ -130,145 +166,170 @@ def run(
             executor.close()
 
 
-def _load_teacher(cfg: ExperimentConfig, trainer: Any) -> dict[str, str]:
-    """Hands a distillation trainer its teacher from MLflow; returns the lineage tags."""
-    if cfg.trainer.name != "distill" or cfg.trainer.distill.teacher.source != "mlflow":
+def _load_teacher(cfg: ExperimentConfig, trainer: Trainer[Any]) -> dict[str, str]:
+    """Hands a trainer the teacher it asks for, from MLflow; returns the lineage tags."""
+    ref = trainer.teacher_uri()
+    if ref is None:
         return {}
-    teacher = cfg.trainer.distill.teacher
+    from orchestrator.tracking import fetch_checkpoint
+
+    where = ref.tracking_uri or cfg.tracking.uri
     try:
-        data, lineage = _fetch_cached(teacher.uri, teacher.tracking_uri or cfg.tracking.uri)
+        # fetched once per process: a sweep's trials on one worker share it
+        data, lineage = CACHE.get(
+            "runner.teacher", (ref.uri, where), lambda: fetch_checkpoint(ref.uri, where)
+        )
     except ValueError as exc:
-        raise ConfigError("trainer.distill.teacher.uri", str(exc)) from None
+        raise ConfigError(ref.key, str(exc)) from None
     trainer.teacher, _ = load_checkpoint(data)
     return dict(lineage)
 
 
-@functools.lru_cache(maxsize=4)
-def _fetch_cached(ref: str, uri: str | None) -> tuple[bytes, tuple]:
-    """A teacher is fetched once per process: a sweep's trials on one worker share it."""
-    from orchestrator.tracking import fetch_checkpoint
+def _start_tracker(
+    cfg: ExperimentConfig,
+    prepared: Prepared,
+    tags: Mapping[str, str],
+    parent_run_id: str | None,
+) -> Tracker:
+    from orchestrator.tracking import MlflowTracker, RecordingTracker
 
-    data, lineage = fetch_checkpoint(ref, uri)
-    return data, tuple(lineage.items())
+    t = cfg.tracking
+    tracker: Tracker
+    if t.deferred:
+        tracker = RecordingTracker(t.experiment)
+    else:
+        tracker = MlflowTracker(t.uri, t.experiment, t.flush_every)
+    tracker.start(
+        _params(cfg),
+        {**_run_tags(cfg), **tags},
+        run_name=t.run_name,
+        parent_run_id=parent_run_id,
+    )
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+    if t.partition:
+        tracker.log_table(prepared.stats, "partition/stats.parquet")
+        if t.plots and "label_0" in prepared.stats.column_names:
+            from orchestrator import plots
+
+            tracker.log_figure(
+                plots.label_histogram(prepared.stats), "partition/label_histogram.png"
+            )
+    return tracker
 
 
 def _run_tracked(
     cfg: ExperimentConfig,
-    trainer: Any,
+    trainer: Trainer[Any],
     prepared: Prepared,
     executor: Executor,
     progress: ProgressFn | None,
-    extra_tags: Mapping[str, str] | None,
+    extra_tags: Mapping[str, str],
     parent_run_id: str | None,
 ) -> RunResult:
-    tracker = None
-    if cfg.tracking.enabled:
-        from orchestrator.tracking import MlflowTracker, RecordingTracker
+    from orchestrator.tracking import RunStatus
 
-        cls = RecordingTracker if cfg.tracking.deferred else MlflowTracker
-        tracker = cls(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
-        tracker.start(
-            _params(cfg),
-            {**_run_tags(cfg), **(extra_tags or {})},
-            run_name=cfg.tracking.run_name,
-            parent_run_id=parent_run_id,
-        )
-        tracker.log_text(to_yaml(cfg), "config.yaml")
-        if cfg.tracking.partition:
-            tracker.log_table(prepared.stats, "partition/stats.parquet")
-        if (
-            cfg.tracking.partition
-            and cfg.tracking.plots
-            and "label_0" in prepared.stats.column_names
-        ):
-            tracker.log_figure(
-                plots.label_histogram(prepared.stats), "partition/label_histogram.png"
-            )
+    tracker = (
+        _start_tracker(cfg, prepared, extra_tags, parent_run_id) if cfg.tracking.enabled else None
+    )
+    record = getattr(tracker, "record", None)
+    reporter = _Reporter(tracker, progress)
     start = time.perf_counter()
     try:
-        result: TrainResult = trainer.fit(
-            prepared.data, executor, _Reporter(tracker, progress), cfg.seed
+        result: TrainResult = trainer.fit(prepared.data, executor, reporter, cfg.seed)
+    except StopTraining as exc:  # stopped on purpose (a pruned trial): not a failure
+        reason = str(exc) or "stopped"
+        if tracker is not None:
+            tracker.set_tags({"stopped_early": reason})
+            tracker.end(RunStatus.FINISHED)
+        last = reporter.history[-1] if reporter.history else {}
+        return RunResult(
+            tracker.run_id if tracker else None,
+            {k: v for k, v in last.items() if k != "round"},
+            reporter.history,
+            record=record,
+            stopped=reason,
+            headline=trainer.headline,
         )
-    except StopTraining as exc:
-        if tracker is not None:  # stopped on purpose (a pruned trial): not a failure
-            exc.run_id = tracker.run_id  # type: ignore[attr-defined]
-            exc.record = getattr(tracker, "record", None)  # type: ignore[attr-defined]
-            tracker.set_tags({"stopped_early": str(exc) or "yes"})
-            tracker.end("FINISHED")
-        raise
-    except KeyboardInterrupt as exc:
+    except Exception as exc:
         if tracker is not None:
-            tracker.end("KILLED", exc)
-        raise
-    except BaseException as exc:
+            tracker.end(RunStatus.FAILED, exc)
+        raise RunFailed(exc, tracker.run_id if tracker else None, record) from exc
+    except BaseException as exc:  # Ctrl-C, a signal: the run was killed
         if tracker is not None:
-            exc.run_id = tracker.run_id  # type: ignore[attr-defined]
-            exc.record = getattr(tracker, "record", None)  # type: ignore[attr-defined]
-            tracker.end("FAILED", exc)
+            tracker.end(RunStatus.KILLED, exc)
         raise
     metrics = {**result.final_metrics, "wall_time_s": time.perf_counter() - start}
-    model_uri = None
+    model_uri = model_path = None
     if tracker is not None:
         try:
             tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
             if cfg.tracking.plots:
-                _log_plots(tracker, cfg, result)
-            for name, rows in result.tables.items():
-                if rows:
-                    tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
+                _log_plots(tracker, cfg, trainer, result)
+            if result.tables:
+                import pyarrow as pa
+
+                for name, rows in result.tables.items():
+                    if rows:
+                        tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
             if cfg.tracking.log_model:
-                model_uri = _log_model(tracker, cfg, trainer, result, prepared)
+                model_uri, model_path = _log_model(tracker, cfg, trainer, result, prepared)
+        except Exception as exc:
+            tracker.end(RunStatus.FAILED, exc)
+            raise RunFailed(exc, tracker.run_id, record) from exc
         except BaseException as exc:
-            tracker.end("FAILED", exc)
+            tracker.end(RunStatus.KILLED, exc)
             raise
-        tracker.end("FINISHED")
+        tracker.end(RunStatus.FINISHED)
     return RunResult(
         tracker.run_id if tracker else None,
         metrics,
         result.history,
         model_uri,
-        getattr(tracker, "record", None),
+        record,
+        model_path,
+        headline=trainer.headline,
     )
 
 
 def _log_model(
-    tracker: Any, cfg: ExperimentConfig, trainer: Any, result: TrainResult, prepared: Prepared
-) -> str | None:
-    """Logs the final model; returns its URI (None: a checkpoint the trainer cannot make)."""
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    trainer: Trainer[Any],
+    result: TrainResult,
+    prepared: Prepared,
+) -> tuple[str | None, str | None]:
+    """Logs the final model; returns its URI (None: a checkpoint of a recorded run, whose URI
+    exists once it is written, or one the trainer cannot make) and its checkpoint's path."""
     spec = ModelSpec.from_config(cfg.model, prepared.data.n_features, prepared.data.n_classes)
-    if cfg.tracking.model_format == "checkpoint":
-        if not trainer.checkpointable:  # a federation of party models: no light checkpoint
-            return None
-        return tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
+    path = _CHECKPOINT if trainer.checkpointable else None
+    if path is not None:
+        # The architecture and weights (milliseconds), so that any run's model can be
+        # reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
+        tracker.log_bytes(save_checkpoint(result.model, spec), path)
+    if cfg.tracking.model_format == ModelFormat.checkpoint:
+        if path is None or tracker.run_id is None:
+            return None, path
+        return f"runs:/{tracker.run_id}/{path}", path
+    from orchestrator.tracking import MlflowTracker
+
+    assert isinstance(tracker, MlflowTracker), "an MLflow model needs a live run"
     uri = tracker.log_model(
-        result.model, prepared.data.x_test[:5], serialization=cfg.tracking.model_format
+        result.model, prepared.data.x_test[:5], serialization=str(cfg.tracking.model_format)
     )
-    # The architecture and weights too (milliseconds), so that any run's model can be
-    # reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
-    if trainer.checkpointable:
-        tracker.log_bytes(save_checkpoint(result.model, spec), "checkpoint/model.pt")
-    return uri
+    return uri, path
 
 
-def _log_plots(tracker: Any, cfg: ExperimentConfig, result: TrainResult) -> None:
+def _log_plots(
+    tracker: Tracker, cfg: ExperimentConfig, trainer: Trainer[Any], result: TrainResult
+) -> None:
+    from orchestrator.plots import RUN_PLOTS
+
     title = f"{cfg.trainer.name} on {cfg.data.name}"
-    if any("ssl_cross_loss" in h for h in result.history):  # pretraining, then fine-tuning
-        tracker.log_figure(plots.ssl_losses(result.history, title), "pretraining.png")
-        result = TrainResult(
-            result.model, [h for h in result.history if "test_accuracy" in h], result.tables
-        )
-    if result.history and any(k.endswith("_auc") and k != "test_auc" for k in result.history[0]):
-        tracker.log_figure(plots.privacy_curve(result.history, title), "privacy_curve.png")
-    elif result.history and "suboptimality" in result.history[0]:
-        tracker.log_figure(plots.convergence(result.history, title), "convergence.png")
-    elif result.history:
-        tracker.log_figure(plots.learning_curve(result.history, title), "learning_curve.png")
-    if "edges" in result.tables:
-        net = result.tables.get("network", [{}])[0]
-        name = f"{net.get('graph', '')}, {net.get('nodes', '')} nodes, gap {net.get('spectral_gap', 0):.4f}"
-        tracker.log_figure(
-            plots.network(result.tables["edges"], cfg.partition.num_parties, name), "network.png"
-        )
+    for name in trainer.plots():
+        path, draw = RUN_PLOTS.get(name)
+        fig = draw(result, title)
+        if fig is not None:
+            tracker.log_figure(fig, path)
 
 
 def _params(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -287,20 +348,19 @@ def _run_tags(cfg: ExperimentConfig) -> dict[str, str]:
         "seed": str(cfg.seed),
         "fedsweep_version": __version__,
     }
-    commit = _git_commit()
+    commit = CACHE.get("runner.git_commit", None, _git_commit)
     if commit:
         tags["git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
     return tags
 
 
-@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
-    """The commit checked out here, asked once per process (sweep trials would ask each time)."""
+    """The commit checked out here (asked once per process: sweep trials would ask each time)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None

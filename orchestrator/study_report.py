@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import pyarrow as pa
 
 from search_spaces import Space
 
-__all__ = ["log_pareto_table", "log_plots", "log_trials_table"]
+if TYPE_CHECKING:
+    import optuna
+
+    from orchestrator.tracking import Tracker
+
+__all__ = ["Best", "log_pareto_table", "log_plots", "log_trials_table"]
 
 
-def log_trials_table(study: Any, tracker: Any) -> None:
+class Best(TypedDict):
+    """A best trial as ``--json`` prints it (a single objective's best has no number)."""
+
+    number: NotRequired[int]
+    values: list[float]
+    params: dict[str, Any]
+    run_id: str | None
+    model_uri: str | None
+
+
+def log_trials_table(study: optuna.Study, tracker: Tracker) -> None:
     """All trials (number, state, values, params, user attributes) as ``trials.parquet``."""
     frame = study.trials_dataframe(
         attrs=("number", "state", "values", "params", "user_attrs", "duration")
@@ -23,7 +39,7 @@ def log_trials_table(study: Any, tracker: Any) -> None:
     tracker.log_table(pa.Table.from_pandas(frame, preserve_index=False), "trials.parquet")
 
 
-def log_pareto_table(entries: list[dict], space: Space, tracker: Any) -> None:
+def log_pareto_table(entries: Sequence[Best], space: Space, tracker: Tracker) -> None:
     """The Pareto-optimal trials (number, one column per objective, params, run) as
     ``pareto.parquet``, ordered by the first objective."""
     names = [o.metric for o in space.objectives]
@@ -41,7 +57,7 @@ def log_pareto_table(entries: list[dict], space: Space, tracker: Any) -> None:
     tracker.log_table(table, "pareto.parquet")
 
 
-def log_plots(study: Any, space: Space, tracker: Any) -> None:
+def log_plots(study: optuna.Study, space: Space, tracker: Tracker) -> None:
     """Optuna's plots as PNG: history, importances, parallel coordinates, Pareto front.
 
     A plot Optuna cannot draw yet (too few finished trials) is skipped and named in the

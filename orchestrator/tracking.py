@@ -1,11 +1,15 @@
 """MLflow tracking: the only module that imports mlflow.
 
-One :class:`MlflowTracker` follows one MLflow run from creation to its end status. Metrics
-are buffered and written in batches (a write per value costs milliseconds on SQLite).
+One contract, :class:`Tracker`, with two implementations: :class:`MlflowTracker` follows one
+MLflow run from creation to its end status, writing as it goes (metrics buffered and written
+in batches: a write per value costs milliseconds on SQLite); :class:`RecordingTracker` keeps
+everything in a :class:`RunRecord` that someone else writes later, at once
+(:func:`write_record`): a sweep's trial hands its record to the driver.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import tempfile
 import time
@@ -15,7 +19,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 # MLflow's per-download progress bars would fill every trial's log (teachers, checkpoints).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -28,11 +32,15 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from trainers.cache import CACHE
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "MlflowTracker",
     "RecordingTracker",
     "RunRecord",
+    "RunStatus",
+    "Tracker",
     "fetch_checkpoint",
     "resolve_tracking_uri",
     "write_record",
@@ -40,6 +48,60 @@ __all__ = [
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _MAX_PARAMS, _MAX_METRICS, _MAX_PARAM_LEN = 100, 1000, 6000
+
+
+class RunStatus(str, enum.Enum):
+    """Where an MLflow run stands (MLflow's own names)."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """What a run logs to, from start to end.
+
+    Contract:
+        * :meth:`start` opens the run with its params and tags; every other call comes after
+          it and before :meth:`end`, which closes the run with its status (and the error that
+          ended it, kept as the ``error`` tag and ``error.txt``).
+        * Metrics are per step; :meth:`flush` makes the buffered ones durable (the live
+          tracker writes in batches; a recording keeps everything until it is written).
+        * Artifacts are logged under a relative path: text, a figure (PNG), an Arrow table
+          (Parquet) or raw bytes.
+        * :attr:`run_id` is the MLflow run's id once it exists (a recording has none until it
+          is written).
+    """
+
+    run_id: str | None
+
+    def start(
+        self,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> None: ...
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def log_text(self, text: str, path: str) -> None: ...
+
+    def log_figure(self, fig: Figure, path: str) -> None: ...
+
+    def log_table(self, table: pa.Table, path: str) -> None: ...
+
+    def log_bytes(self, data: bytes, path: str) -> None: ...
+
+    def end(
+        self, status: RunStatus = RunStatus.FINISHED, error: BaseException | None = None
+    ) -> None: ...
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -71,8 +133,8 @@ class MlflowTracker:
         tags: Mapping[str, str],
         run_name: str | None = None,
         parent_run_id: str | None = None,
-    ) -> str:
-        """Creates the run with its params and tags; returns its id."""
+    ) -> None:
+        """Creates the run with its params and tags."""
         exp_id = _experiment_id(self.client, self.uri, self.experiment)
         all_tags = dict(tags)
         if parent_run_id:
@@ -82,7 +144,6 @@ class MlflowTracker:
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
-        return self.run_id
 
     def resume(self, run_id: str) -> bool:
         """Reopens an existing run (a resumed sweep's parent); False when it is gone."""
@@ -91,10 +152,10 @@ class MlflowTracker:
         except mlflow.exceptions.MlflowException:
             return False
         self.run_id = run_id
-        self.client.update_run(run_id, status="RUNNING")
+        self.client.update_run(run_id, status=RunStatus.RUNNING.value)
         return True
 
-    def close_children(self, status: str, reason: str, trial: int | None = None) -> list[str]:
+    def close_children(self, status: RunStatus, reason: str, trial: int | None = None) -> list[str]:
         """Ends this run's child runs that are still RUNNING (of one trial, or all of them)."""
         query = f"tags.mlflow.parentRunId = '{self._run()}' and attributes.status = 'RUNNING'"
         if trial is not None:
@@ -103,7 +164,7 @@ class MlflowTracker:
         closed = []
         for r in self.client.search_runs([exp_id], query, max_results=1000):
             self.client.set_tag(r.info.run_id, "error", reason)
-            self.client.set_terminated(r.info.run_id, status=status)
+            self.client.set_terminated(r.info.run_id, status=RunStatus(status).value)
             closed.append(r.info.run_id)
         return closed
 
@@ -148,14 +209,13 @@ class MlflowTracker:
         self.client.log_figure(self._run(), fig, path)
         plt.close(fig)
 
-    def log_bytes(self, data: bytes, path: str) -> str:
-        """Logs raw bytes as the artifact ``path``; returns its ``runs:/`` URI."""
+    def log_bytes(self, data: bytes, path: str) -> None:
+        """Logs raw bytes as the artifact ``path``."""
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(path).name
             local.write_bytes(data)
             parent = str(Path(path).parent)
             self.client.log_artifact(self._run(), str(local), None if parent == "." else parent)
-        return f"runs:/{self.run_id}/{path}"
 
     def read_bytes(self, uri: str) -> bytes:
         """The content of an artifact given by its ``runs:/<run id>/<path>`` URI."""
@@ -212,7 +272,9 @@ class MlflowTracker:
         self.client.update_run(target, status=status)  # start_run/end_run changed it
         return info.model_uri
 
-    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+    def end(
+        self, status: RunStatus = RunStatus.FINISHED, error: BaseException | None = None
+    ) -> None:
         """Flushes and closes the run: FINISHED, FAILED (with the error) or KILLED."""
         if self.run_id is None:
             return
@@ -228,7 +290,7 @@ class MlflowTracker:
                     "error.txt",
                 )
         finally:
-            self.client.set_terminated(self.run_id, status=status)
+            self.client.set_terminated(self.run_id, status=RunStatus(status).value)
 
     def _run(self) -> str:
         if self.run_id is None:
@@ -250,7 +312,7 @@ class RunRecord:
     """(key, value, timestamp in ms, step)."""
     files: dict[str, bytes] = field(default_factory=dict)
     """Artifact path -> content."""
-    status: str = "RUNNING"
+    status: RunStatus = RunStatus.RUNNING
     start_ms: int = 0
     end_ms: int | None = None
     model_path: str | None = None
@@ -258,15 +320,14 @@ class RunRecord:
 
 
 class RecordingTracker:
-    """The MlflowTracker interface, recording into a :class:`RunRecord` instead of writing.
+    """A :class:`Tracker` recording into a :class:`RunRecord` instead of writing.
 
-    Only checkpoints can be logged as models (an MLflow model needs a live run to log into).
+    Models are logged as checkpoints only (an MLflow model needs a live run to log into).
     """
 
-    run_id = None
-
-    def __init__(self, uri: str | None, experiment: str, flush_every: int = 20) -> None:
+    def __init__(self, experiment: str) -> None:
         self.record = RunRecord(experiment)
+        self.run_id: str | None = None
 
     def start(
         self,
@@ -312,12 +373,9 @@ class RecordingTracker:
         self.record.files[path] = data
         self.record.model_path = path if path.startswith("checkpoint/") else self.record.model_path
 
-    def log_model(self, *args: Any, **kwargs: Any) -> str:
-        raise RuntimeError(
-            "a recorded run logs checkpoints only (tracking.model_format=checkpoint)"
-        )
-
-    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+    def end(
+        self, status: RunStatus = RunStatus.FINISHED, error: BaseException | None = None
+    ) -> None:
         if error is not None:
             import traceback
 
@@ -329,17 +387,16 @@ class RecordingTracker:
         self.record.end_ms = int(time.time() * 1000)
 
 
-_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
-
-
 def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     """The experiment's id, created when missing; looked up once per process and store."""
-    key = (uri, name)
-    if key not in _EXPERIMENT_IDS:
+
+    def look_up() -> str:
         exp = client.get_experiment_by_name(name)  # on a new store, this creates its tables
-        _EXPERIMENT_IDS[key] = exp.experiment_id if exp else client.create_experiment(name)
+        found = exp.experiment_id if exp else client.create_experiment(name)
         _use_wal(uri)
-    return _EXPERIMENT_IDS[key]
+        return str(found)
+
+    return CACHE.get("tracking.experiment", (uri, name), look_up)
 
 
 def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str, str]]:
@@ -365,11 +422,14 @@ def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str,
         elif ref.startswith("models:/"):
             name, _, version = ref[len("models:/") :].partition("/")
             if version:
-                run_id = client.get_model_version(name, version).run_id
+                source = client.get_model_version(name, version).run_id
                 lineage["lineage.teacher_model_name"] = name
                 lineage["lineage.teacher_model_version"] = version
             else:
-                run_id = client.get_logged_model(name).source_run_id
+                source = client.get_logged_model(name).source_run_id
+            if not source:
+                raise ValueError(f"{ref}: the model names no run it came from")
+            run_id = source
         else:
             raise ValueError(f"{ref!r} must start with run:, runs:/ or models:/")
         lineage["lineage.teacher_run_id"] = run_id
@@ -402,7 +462,7 @@ def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | No
         client.log_batch(run_id, metrics=chunk_m, params=chunk_p)
     if record.files:
         _write_artifacts(client, run_id, info.artifact_uri, record.files)
-    client.set_terminated(run_id, status=record.status, end_time=record.end_ms)
+    client.set_terminated(run_id, status=RunStatus(record.status).value, end_time=record.end_ms)
     return run_id
 
 
@@ -428,13 +488,10 @@ def _write_artifacts(
         client.log_artifacts(run_id, tmp)
 
 
-_WAL_DONE: set[str] = set()
-
-
 def _use_wal(uri: str) -> None:
     """Puts a SQLite store in write-ahead-log mode (a setting the file keeps): commits get
     cheaper and parallel trials no longer block each other's writes while one reads."""
-    if not uri.startswith("sqlite:///") or uri in _WAL_DONE:
+    if not uri.startswith("sqlite:///"):
         return
     import sqlite3
 
@@ -442,7 +499,6 @@ def _use_wal(uri: str) -> None:
     if Path(path).exists():
         with sqlite3.connect(path, timeout=30) as con:
             con.execute("PRAGMA journal_mode=WAL")
-        _WAL_DONE.add(uri)
 
 
 def _param_value(v: Any) -> str:

@@ -11,8 +11,28 @@ The shipped spaces sit beside this file: ``centralized.yaml``, ``fedavg.yaml``,
 
 from pathlib import Path
 
-from search_spaces.space import Objective, Param, Space, SpaceError, load_space, parse_space
+from search_spaces.space import (
+    Objective,
+    Param,
+    Space,
+    SpaceError,
+    Strategy,
+    load_space,
+    parse_space,
+)
+from search_spaces.strategies import PRUNERS, SAMPLERS
 
 SHIPPED = Path(__file__).resolve().parent
 
-__all__ = ["SHIPPED", "Objective", "Param", "Space", "SpaceError", "load_space", "parse_space"]
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "SHIPPED",
+    "Objective",
+    "Param",
+    "Space",
+    "SpaceError",
+    "Strategy",
+    "load_space",
+    "parse_space",
+]

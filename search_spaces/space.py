@@ -42,12 +42,15 @@ like the objective.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from search_spaces.strategies import PRUNERS, SAMPLERS
 
 __all__ = [
     "Objective",
@@ -55,6 +58,7 @@ __all__ = [
     "Report",
     "Space",
     "SpaceError",
+    "Strategy",
     "load_space",
     "parse_space",
 ]
@@ -62,8 +66,6 @@ __all__ = [
 _TYPES = ("categorical", "float", "int", "preset")
 _DIRECTIONS = ("maximize", "minimize")
 _REDUCE = ("last", "max", "min", "tail")
-SAMPLERS = ("cmaes", "grid", "nsga2", "random", "tpe")
-PRUNERS = ("hyperband", "median", "none", "successive_halving")
 
 
 class SpaceError(ValueError):
@@ -99,28 +101,37 @@ class Param:
         """Whether this parameter exists given the values chosen before it."""
         return all(k in chosen and chosen[k] in values for k, values in self.when.items())
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a numeric parameter."""
+        if self.low is None or self.high is None:
+            raise TypeError(f"{self.type} parameter {self.key!r} has no bounds")
+        return self.low, self.high
+
     def suggest(self, trial: Any) -> Any:
         """Draws a value from an Optuna trial (or a FixedTrial)."""
         if self.type in ("categorical", "preset"):
             return trial.suggest_categorical(self.key, list(self.choices))
+        low, high = self.bounds
         if self.type == "int":
             return trial.suggest_int(
-                self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+                self.key, int(low), int(high), step=int(self.step or 1), log=self.log
             )
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(self.key, low, high, step=self.step, log=self.log)
 
-    def grid(self) -> list:
+    def grid(self) -> list[Any]:
         """The values a grid search visits."""
         if self.type in ("categorical", "preset"):
             return list(self.choices)
+        low, high = self.bounds
         if self.type == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            return list(range(int(low), int(high) + 1, int(self.step or 1)))
         if self.step is None:
             raise SpaceError(
                 f"params.{self.key}", "a grid search needs a step for float parameters"
             )
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
-        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+        n = int(math.floor((high - low) / self.step + 1e-9))
+        return [round(low + i * self.step, 12) for i in range(n + 1)]
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ class Objective:
     direction: str = "maximize"
     reduce: str = "last"
 
-    def value(self, history: list[Mapping[str, float]]) -> float:
+    def value(self, history: Sequence[Mapping[str, float]]) -> float:
         series = [h[self.metric] for h in history if self.metric in h]
         if not series:
             raise KeyError(f"the trial reported no {self.metric!r}")
@@ -159,14 +170,40 @@ class Report:
 
 
 @dataclass(frozen=True)
+class Strategy:
+    """A sampler or pruner: its registered name and its options (Optuna's arguments)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
 class Space:
     """A parsed search space."""
 
     params: tuple[Param, ...]
     objectives: tuple[Objective, ...]
-    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "tpe"})
-    pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "none"})
+    sampler: Strategy = field(default_factory=lambda: Strategy("tpe"))
+    pruner: Strategy = field(default_factory=lambda: Strategy("none"))
     report: Report | None = None
+
+    @property
+    def prunes(self) -> bool:
+        """Whether trials report to a pruner (one objective and a pruner other than none)."""
+        return self.pruner.name != "none" and not self.multi_objective
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every parameter's grid values (what a grid sampler visits)."""
+        return {p.key: p.grid() for p in self.params}
+
+    def grid_size(self) -> int:
+        size = 1
+        for values in self.grid().values():
+            size *= len(values)
+        return size
 
     @property
     def directions(self) -> list[str]:
@@ -206,7 +243,7 @@ class Space:
         return keys
 
 
-def load_space(path: str | Path) -> Space:
+def load_space(path: str | os.PathLike[str]) -> Space:
     """Reads and checks a space file (unknown config keys are checked by the orchestrator)."""
     p = Path(path)
     if not p.is_file():
@@ -238,16 +275,14 @@ def parse_space(data: Any) -> Space:
     params: list[Param] = []
     for key, spec in raw_params.items():
         params.append(_param(str(key), spec, {p.key: p for p in params}))
-    sampler = _named(data.get("sampler") or {"name": "tpe"}, "sampler", SAMPLERS)
-    pruner = _named(data.get("pruner") or {"name": "none"}, "pruner", PRUNERS)
-    if len(objectives) > 1 and pruner["name"] != "none":
+    sampler = _named(data.get("sampler") or {"name": "tpe"}, "sampler", SAMPLERS.names())
+    pruner = _named(data.get("pruner") or {"name": "none"}, "pruner", PRUNERS.names())
+    if len(objectives) > 1 and pruner.name != "none":
         raise SpaceError("pruner", "pruning needs a single objective")
-    if len(objectives) > 1 and sampler["name"] in ("cmaes",):
+    if len(objectives) > 1 and sampler.name == "cmaes":
         raise SpaceError(
             "sampler.name", "cmaes handles a single objective; use nsga2, tpe or random"
         )
-    if sampler["name"] == "nsga2" and len(objectives) == 1:
-        pass  # NSGA-II works on one objective too, though TPE is usually the better choice
     report = _report(data.get("report"), params, objectives)
     return Space(tuple(params), tuple(objectives), sampler, pruner, report)
 
@@ -348,19 +383,33 @@ def _param(key: str, spec: Any, earlier: Mapping[str, Param]) -> Param:
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{where}.choices", "must be a non-empty list")
         return Param(key, kind, choices=tuple(choices), when=when)
-    low, high = spec.get("low"), spec.get("high")
-    for name, v in (("low", low), ("high", high)):
+    bounds: list[float] = []
+    for name in ("low", "high"):
+        v = spec.get(name)
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             raise SpaceError(f"{where}.{name}", f"must be a number, got {v!r}")
+        if not math.isfinite(v):
+            raise SpaceError(f"{where}.{name}", f"must be a finite number, got {v!r}")
+        bounds.append(v)
+    low, high = bounds
     if kind == "int" and (low != int(low) or high != int(high)):
         raise SpaceError(where, "an int parameter needs integer bounds")
     if low > high:
         raise SpaceError(where, f"low ({low}) > high ({high})")
-    log, step = bool(spec.get("log", False)), spec.get("step")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise SpaceError(f"{where}.log", f"must be true or false, got {log!r}")
     if log and low <= 0:
         raise SpaceError(f"{where}.low", "a log-scaled range needs low > 0")
-    if step is not None and (not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (
+        not isinstance(step, (int, float))
+        or isinstance(step, bool)
+        or not math.isfinite(step)
+        or step <= 0
+    ):
         raise SpaceError(f"{where}.step", "must be a positive number")
+    if kind == "int" and step is not None and step != int(step):
+        raise SpaceError(f"{where}.step", "an int parameter needs an integer step")
     if log and step is not None:
         raise SpaceError(where, "log and step cannot be combined")
     return Param(key, kind, float(low), float(high), log, step, when=when)
@@ -385,11 +434,12 @@ def _when(where: str, raw: Any, earlier: Mapping[str, Param]) -> dict[str, tuple
     return out
 
 
-def _named(raw: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+def _named(raw: Any, key: str, known: list[str]) -> Strategy:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or "name" not in raw:
         raise SpaceError(key, "must be a name or a mapping with a name")
     if raw["name"] not in known:
         raise SpaceError(f"{key}.name", f"unknown name {raw['name']!r}; valid: {', '.join(known)}")
-    return dict(raw)
+    options = {str(k): v for k, v in raw.items() if k != "name"}
+    return Strategy(str(raw["name"]), options)

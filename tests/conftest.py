@@ -74,17 +74,59 @@ def with_values(cfg: dict, **extra: object) -> dict:
 from .postgres import postgres_url  # noqa: E402,F401 - a fixture for the storage tests
 
 
-def reap_orphaned_ray(before: set[int]) -> None:
-    """Kills Ray processes started since ``before`` that lost their parent (a head or a driver
-    that a test killed): they are reparented to init and would otherwise live on."""
+class Sink:
+    """A reporter that drops every metric (unit tests of trainers)."""
+
+    def report(self, step, metrics) -> None:
+        pass
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
+    """Waits for ``predicate()`` to be truthy (an event: a file, a trial's state) and returns
+    it; AssertionError naming ``what`` after ``timeout`` seconds. Exceptions count as not yet
+    (the thing watched may not exist yet)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - e.g. the storage does not exist yet
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def session_members(leader: int) -> list:
+    """The live processes of the session ``leader`` started (a process the tests started with
+    ``start_new_session=True``): Ray's processes stay in the session of whoever started them,
+    after their parent is gone too."""
+    import os
+
     import psutil
 
-    for p in psutil.process_iter(["ppid", "name", "cmdline"]):
-        if p.pid in before or p.info["ppid"] != 1:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == leader:
+                out.append(p)
+        except (ProcessLookupError, PermissionError):
             continue
-        text = " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])
-        if "ray" in text:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+    return out
+
+
+def kill_session(leader: int, timeout: float = 30.0) -> None:
+    """Kills every process of the session the tests started as ``leader`` and waits for them
+    to be gone; nothing outside that session is touched."""
+    import psutil
+
+    members = session_members(leader)
+    for p in members:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(members, timeout=timeout)

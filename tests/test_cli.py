@@ -13,7 +13,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import run
-from orchestrator.config import load_config
 
 from .conftest import CONFIGS, free_port
 
@@ -62,27 +61,6 @@ def test_quiet_hides_progress(workdir):
     )
     assert proc.returncode == 0, proc.stderr
     assert "round/s" not in proc.stderr and "(not tracked)" in proc.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.parametrize("config", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_config_runs_on_ray(ray_session, tracking_uri, config):
-    name = load_config(config).trainer.name
-    # decentralized runs are budgeted in epochs, distillation in its stages' epochs
-    budget = {
-        "dspg": ["trainer.decentralized.epochs=2"],
-        "dpsvrg": ["trainer.decentralized.epochs=2"],
-        "distill": ["trainer.distill.epochs=2", "trainer.distill.teacher.epochs=1"],
-        "fedhssl": ["trainer.ssl.pretrain_epochs=1", "trainer.ssl.finetune_epochs=1"],
-    }.get(name, ["trainer.rounds=2"])
-    result = run(config, [*budget, f"tracking.uri={tracking_uri}", "runtime.executor=ray"])
-    if name in ("dspg", "dpsvrg"):
-        assert result.history[-1]["epochs"] >= 2 and result.metrics["suboptimality"] >= 0
-    else:
-        assert len(result.history) == 2
-    assert result.metrics["test_accuracy"] > 0.1
-    assert MlflowClient(tracking_uri).get_run(result.run_id).info.status == "FINISHED"
 
 
 def _get(url: str):

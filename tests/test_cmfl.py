@@ -17,16 +17,11 @@ from trainers import TRAINERS
 from trainers.cmfl import Roles, committee_scores, elect, rank
 from trainers.config import CMFLConfig
 
-from .conftest import CONFIGS, tiny
+from .conftest import CONFIGS, Sink, tiny
 
 
 def dotted_tiny(**dotted):
     return tiny(**{k.replace(".", "__"): v for k, v in dotted.items()})
-
-
-class _Sink:
-    def report(self, step, metrics):
-        pass
 
 
 def cmfl_config(**extra):
@@ -48,7 +43,7 @@ def fit(cfg_dict, executor=None):
     cfg = load_config(cfg_dict)
     trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
     executor = executor or InProcessExecutor()
-    return trainer.fit(prepare(cfg).data, executor, _Sink(), cfg.seed)
+    return trainer.fit(prepare(cfg).data, executor, Sink(), cfg.seed)
 
 
 def test_role_sizes_follow_the_rates():
@@ -178,7 +173,7 @@ def test_label_flip_attack_trains_byzantine_parties_on_flipped_labels():
         (["trainer.name=cmfl", "partition.num_parties=10"], "trainer.cmfl: no committee"),
         (["trainer.attack.name=evil"], "trainer.attack.name: unknown name 'evil'; valid: alie"),
         (["trainer.attack.fraction=1.5"], r"trainer.attack.fraction: must be in \[0, 1\]"),
-        (["trainer.cmfl.strategy=3"], "trainer.cmfl.strategy: must be 1"),
+        (["trainer.cmfl.strategy=3"], r"trainer.cmfl.strategy: must be one of 1 \(closest\)"),
         (["trainer.cmfl.election=random"], "valid: median, top"),
         (["trainer.aggregator.trim=0.5"], r"must be in \[0, 0.5\)"),
     ],

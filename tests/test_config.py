@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,33 +183,50 @@ def test_cli_data_error_creates_no_run(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
-def test_dict_configs_take_a_fast_path_that_agrees_with_omegaconf(monkeypatch):
-    """A sweep worker's loads skip OmegaConf when every override sets a scalar of its type; the
-    result must equal what the OmegaConf merge gives, and anything else must still go there."""
-    import orchestrator.config as config
+def test_configure_sets_typed_values_as_the_loader_would():
+    """A sweep's driver builds each trial's config with configure(): it must give what the
+    loader gives for the same values, and refuse what the loader refuses."""
+    from orchestrator.config import configure
 
-    base = tiny()
+    base = load_config(tiny())
+    values = {
+        "trainer.lr": 1e-05,
+        "trainer.name": "fedprox",
+        "trainer.parties_per_round": None,
+        "seed": 3,
+        "trainer.fedprox.mu": 1,  # an int where a float is asked: a float
+        "trainer.optimizer": "adam",
+        "model.hidden": [8, 4],
+        "trainer.distill.assistant": {"name": "mlp", "hidden": [4]},
+    }
     overrides = [
         "trainer.lr=1e-05",
-        'trainer.name="fedprox"',
+        "trainer.name=fedprox",
         "trainer.parties_per_round=null",
         "seed=3",
         "trainer.fedprox.mu=1",
-        "tracking.enabled=false",
         "trainer.optimizer=adam",
-        "model.hidden=[8, 4]",  # a list: the OmegaConf path
+        "model.hidden=[8, 4]",
+        "trainer.distill.assistant={name: mlp, hidden: [4]}",
     ]
-    for n in range(len(overrides) + 1):
-        fast = load_config(base, overrides[:n])
-        with monkeypatch.context() as m:
-            m.setattr(config, "_fast", lambda *a: None)
-            slow = load_config(base, overrides[:n])
-        assert fast == slow
-    assert load_config(base, overrides[:7]).trainer.fedprox.mu == 1.0
-    with pytest.raises(ConfigError, match="trainer.lr"):
-        load_config(base, ["trainer.lr=abc"])
-    with pytest.raises(ConfigError, match="unknown key"):
-        load_config(base, ["trainer.nope=1"])
-    first = load_config(base, ["trainer.lr=0.5"])
-    first.trainer.lr = 9.0  # callers may mutate what they get: the cached template must not
-    assert load_config(base, []).trainer.lr == tiny()["trainer"]["lr"]
+    made = configure(base, values)
+    assert made == load_config(tiny(), overrides)
+    assert made.trainer.fedprox.mu == 1.0 and isinstance(made.trainer.fedprox.mu, float)
+    assert base.trainer.lr == tiny()["trainer"]["lr"]  # the base is not touched
+    assert configure(base, {"trainer.distill.assistant.name": "vit"}).trainer.distill.assistant
+    with pytest.raises(ConfigError, match="trainer.lr: wrong type"):
+        configure(base, {"trainer.lr": "abc"})
+    with pytest.raises(ConfigError, match="trainer.nope: unknown key"):
+        configure(base, {"trainer.nope": 1})
+    with pytest.raises(ConfigError, match="trainer.rounds: must be >= 1, got 0"):
+        configure(base, {"trainer.rounds": 0})
+    with pytest.raises(ConfigError, match="trainer.optimizer: unknown name 'rmsprop'; valid: adam"):
+        configure(base, {"trainer.optimizer": "rmsprop"})
+    with pytest.raises(ConfigError, match=r"model.hidden\[1\]: wrong type"):
+        configure(base, {"model.hidden": [4, "x"]})
+
+
+def test_relative_paths_are_made_absolute_when_the_config_loads(workdir):
+    cfg = load_config(tiny(partition__output_dir="parts"))
+    assert cfg.partition.output_dir == str(workdir / "parts")
+    assert Path(cfg.trainer.decentralized.cache_dir).is_absolute()

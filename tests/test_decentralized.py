@@ -15,9 +15,10 @@ from trainers import DPSVRG, DSPG
 from trainers.base import FederatedData, PartyData
 from trainers.config import DecentralizedConfig, TrainerConfig
 from trainers.decentralized import Problem, objective, prox, solve_reference
-from trainers.topology import Topology, metropolis_hastings, spectral_gap
+from trainers.models import ModelConfig
+from trainers.topology import GraphSpec, Topology, metropolis_hastings, spectral_gap
 
-from .conftest import tiny
+from .conftest import Sink, tiny
 
 # ------------------------------------------------------------------ an independent reference
 # Written from the update rules in ALGORITHMS.md section 1, sharing nothing with the platform
@@ -81,18 +82,13 @@ def small_problem(n=5, m=12, d=3, seed=0):
     return nodes, data
 
 
-class _Sink:
-    def report(self, step, metrics):
-        pass
-
-
 def platform_iterates(cls, data, **settings):
     cfg = TrainerConfig(
         decentralized=DecentralizedConfig(
             topology="ring", epochs=1e9, cache_dir=None, eval_every=1, **settings
         )
     )
-    result = cls(cfg).fit(data, InProcessExecutor(), _Sink(), seed=7)
+    result = cls(cfg, ModelConfig(name="logreg")).fit(data, InProcessExecutor(), Sink(), seed=7)
     return np.array([row["x"] for row in result.tables["nodes"]]), result
 
 
@@ -153,7 +149,7 @@ def test_reference_optimum_satisfies_the_optimality_condition():
     [("ring", 16, 16), ("torus", 16, 32), ("star", 8, 7), ("complete", 6, 15), ("regular", 12, 24)],
 )
 def test_topologies_are_connected_with_doubly_stochastic_weights(graph, n, edges):
-    topo = Topology(graph, n, k=4, seed=3)
+    topo = Topology(GraphSpec(graph, k=4), n, seed=3)
     assert len(topo.edges) == edges
     w = topo.matrix(0)
     np.testing.assert_allclose(w.sum(axis=0), 1.0)
@@ -162,29 +158,31 @@ def test_topologies_are_connected_with_doubly_stochastic_weights(graph, n, edges
 
 
 def test_spectral_gap_orders_graphs_by_how_fast_they_mix():
-    ring = Topology("ring", 16).gap
-    torus = Topology("torus", 16).gap
-    complete = Topology("complete", 16).gap
+    ring = Topology(GraphSpec("ring"), 16).gap
+    torus = Topology(GraphSpec("torus"), 16).gap
+    complete = Topology(GraphSpec("complete"), 16).gap
     assert ring < torus < complete == pytest.approx(1.0)
     # ring of n with weights 1/3: eigenvalues (1 + 2 cos(2 pi k / n)) / 3
     assert ring == pytest.approx(1 - (1 + 2 * math.cos(2 * math.pi / 16)) / 3)
-    lazy = metropolis_hastings(Topology("ring", 16).adjacency(Topology("ring", 16).edges), True)
+    lazy = metropolis_hastings(
+        Topology(GraphSpec("ring"), 16).adjacency(Topology(GraphSpec("ring"), 16).edges), True
+    )
     assert spectral_gap(lazy) == pytest.approx(ring / 2)
 
 
 def test_erdos_renyi_is_redrawn_until_connected_and_seeded():
-    a = Topology("erdos_renyi", 16, p=0.15, seed=1)
-    b = Topology("erdos_renyi", 16, p=0.15, seed=1)
+    a = Topology(GraphSpec("erdos_renyi", p=0.15), 16, seed=1)
+    b = Topology(GraphSpec("erdos_renyi", p=0.15), 16, seed=1)
     assert np.array_equal(a.edges, b.edges) and a.gap > 0
 
 
 def test_time_varying_graphs_use_only_base_edges():
-    topo = Topology("torus", 16, varying="edges", q=0.5, seed=0)
+    topo = Topology(GraphSpec("torus", varying="edges", q=0.5), 16, seed=0)
     base = {tuple(e) for e in topo.edges.tolist()}
     kept = [len(topo.edges_at(t)) for t in range(50)]
     assert all({tuple(e) for e in topo.edges_at(t).tolist()} <= base for t in range(5))
     assert 8 < np.mean(kept) < 24  # about half of 32
-    cycle = Topology("ring", 12, varying="cycle", b=3)
+    cycle = Topology(GraphSpec("ring", varying="cycle", b=3), 12)
     union = set().union(*({tuple(e) for e in cycle.edges_at(t).tolist()} for t in range(3)))
     assert union == {tuple(e) for e in cycle.edges.tolist()}
     assert all(spectral_gap(cycle.matrix(t)) < 1e-9 for t in range(3))  # each one disconnected
@@ -226,10 +224,10 @@ def test_nodes_on_ray_give_the_same_iterates(ray_session):
             topology="torus", varying="edges", max_steps=12, epochs=1e9, cache_dir=None
         )
     )
-    local = DPSVRG(cfg).fit(data, InProcessExecutor(), _Sink(), seed=1)
+    local = DPSVRG(cfg, ModelConfig(name="logreg")).fit(data, InProcessExecutor(), Sink(), seed=1)
     pool = RayExecutor(num_workers=2)
     try:
-        remote = DPSVRG(cfg).fit(data, pool, _Sink(), seed=1)
+        remote = DPSVRG(cfg, ModelConfig(name="logreg")).fit(data, pool, Sink(), seed=1)
     finally:
         pool.close()
     assert local.tables["nodes"] == remote.tables["nodes"]
@@ -290,7 +288,7 @@ def test_mlp_nodes_train_and_the_logged_model_predicts_like_the_iterate():
         )
     )
     model_cfg = load_config(tiny(model={"name": "mlp", "hidden": [6]})).model
-    result = DPSVRG(cfg, model_cfg).fit(data, InProcessExecutor(), _Sink(), seed=2)
+    result = DPSVRG(cfg, model_cfg).fit(data, InProcessExecutor(), Sink(), seed=2)
     first, last = result.history[0], result.history[-1]
     assert last["objective"] < 0.8 * first["objective"]
     xbar = np.mean([row["x"] for row in result.tables["nodes"]], axis=0)

@@ -17,7 +17,7 @@ from trainers import TRAINERS
 from trainers.distill import _relation_maps
 from trainers.models import ModelSpec, build_model, forward_layers
 
-from .conftest import tiny
+from .conftest import Sink, tiny
 
 VIT = {"name": "vit", "dim": 16, "depth": 2, "heads": 2, "patch": 2}
 
@@ -31,16 +31,11 @@ def distill_cfg(**distill) -> dict:
     )
 
 
-class _Sink:
-    def report(self, step, metrics):
-        pass
-
-
 def fit(cfg_dict, teacher=None):
     cfg = load_config(cfg_dict)
     trainer = TRAINERS.get("distill")(cfg.trainer, cfg.model)
     trainer.teacher = teacher
-    return trainer, trainer.fit(prepare(cfg).data, InProcessExecutor(), _Sink(), cfg.seed)
+    return trainer, trainer.fit(prepare(cfg).data, InProcessExecutor(), Sink(), cfg.seed)
 
 
 def test_vit_exposes_blocks_and_relation_maps():

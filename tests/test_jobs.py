@@ -7,18 +7,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import JobStatus, get_job, submit
 from orchestrator.cli import main
 
-from .conftest import CONFIGS, free_port, reap_orphaned_ray
+from .conftest import CONFIGS, free_port, kill_session, wait_for
 
 
 @pytest.fixture()
@@ -63,16 +61,15 @@ def test_local_sweep_job_cancel_and_cli(project, capsys):
     )
     job_id = capsys.readouterr().out.strip()
     job = get_job(job_id)
-    deadline = time.time() + 180
-    while (
-        "study" not in job.logs() and job.status() == JobStatus.RUNNING and time.time() < deadline
-    ):
-        if (project / "optuna.journal").exists():
-            break
-        time.sleep(0.5)
-    assert main(["status", job_id]) == 0 and capsys.readouterr().out.strip() == "RUNNING"
-    assert main(["cancel", job_id]) == 0
-    assert capsys.readouterr().out.strip() == "STOPPED"
+    try:
+        # the sweep's first trial told: it is mid-sweep (49 trials to go) on any machine
+        wait_for(lambda: _completed(project) >= 1, 300, "a finished trial")
+        assert main(["status", job_id]) == 0 and capsys.readouterr().out.strip() == "RUNNING"
+        assert main(["cancel", job_id]) == 0  # returns once the job has stopped
+        assert capsys.readouterr().out.strip() == "STOPPED"
+        assert job.status() == JobStatus.STOPPED
+    finally:
+        kill_session(job.meta["pid"])
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("quickstart")
     runs = client.search_runs([exp.experiment_id]) if exp else []
@@ -87,6 +84,16 @@ def test_local_sweep_job_cancel_and_cli(project, capsys):
     )
 
 
+def _completed(project) -> int:
+    import optuna
+
+    from orchestrator.sweeps import make_storage
+
+    storage = make_storage(str(project / "optuna.journal"))
+    study = optuna.load_study(study_name="exp-space", storage=storage)
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
 @pytest.fixture()
 def ray_head():
     """A real Ray head with its dashboard (the job server), in its own short temp dir (Unix
@@ -98,8 +105,8 @@ def ray_head():
     """
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
-    before = {p.pid for p in psutil.process_iter()}
-    subprocess.run(
+    # its own session: every process of this head stays in it, and only they are killed
+    start = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -117,35 +124,30 @@ def ray_head():
             "--disable-usage-stats",
             "--node-ip-address=127.0.0.1",
         ],
-        check=True,
-        timeout=180,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        start_new_session=True,
         # to a file, not a pipe: the head's processes outlive `ray start` and keep writing
         stdout=open(os.path.join(temp, "start.log"), "w"),
         stderr=subprocess.STDOUT,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=5).read()
-            except urllib.error.HTTPError:
-                break  # the server answers (401 without the token): it is up
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
-            else:
-                break
+        assert start.wait(timeout=180) == 0, open(os.path.join(temp, "start.log")).read()
+        wait_for(lambda: _answers(f"{address}/api/version"), 120, "the job server")
         yield address
     finally:
-        for p in psutil.process_iter(["cmdline"]):
-            if any(temp in part for part in (p.info["cmdline"] or [])):
-                p.kill()
-        time.sleep(1)
-        reap_orphaned_ray(before)  # the agents, renamed, no longer show the temp dir
+        kill_session(start.pid)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=5).read()
+    except urllib.error.HTTPError:
+        return True  # the server answers (401 without the token): it is up
+    except OSError:
+        return False
+    return True
 
 
 @pytest.mark.slow

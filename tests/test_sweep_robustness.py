@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import optuna
 import psutil
@@ -17,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.sweeps import make_storage, sweep
 from search_spaces import parse_space
 
-from .conftest import CONFIGS, reap_orphaned_ray, tiny
+from .conftest import CONFIGS, kill_session, tiny, wait_for
 
 SPACE = "objective: [test_accuracy]\nparams:\n  trainer.lr: {type: float, low: 0.01, high: 0.2}\nsampler: {name: random, seed: 0}\n"
 
@@ -57,46 +55,47 @@ def _cli(workdir, trials: int) -> list[str]:
     ]
 
 
-def _wait_for(predicate, timeout: float, what: str, poll: float = 0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - the storage may not exist yet
-            value = None
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
+def _start(cmd, workdir) -> subprocess.Popen:
+    """The sweep's driver, in a session of its own: its Ray processes stay in that session,
+    and only they are killed at the end."""
+    return subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture()
-def reap_ray():
-    """Kills Ray processes a killed driver leaves behind."""
-    before = {p.pid for p in psutil.process_iter()}
-    yield
-    time.sleep(1)
-    reap_orphaned_ray(before)
+def sessions():
+    """Leaders of the sessions a test started; every process in them is killed afterwards."""
+    leaders: list[int] = []
+    yield leaders
+    for leader in leaders:
+        kill_session(leader)
+
+
+def _complete(workdir) -> int:
+    return sum(t.state.name == "COMPLETE" for t in _study(workdir).trials)
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_duplicates(workdir, reap_ray):
+def test_killed_driver_resumes_without_duplicates(workdir, sessions):
     cmd = _cli(workdir, trials=5)
-    driver = subprocess.Popen(
-        cmd, cwd=workdir, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _wait_for(
-        lambda: sum(t.state.name == "COMPLETE" for t in _study(workdir).trials) >= 2,
-        180,
-        "two trials",
-    )
-    os.killpg(driver.pid, signal.SIGKILL)
+    driver = _start(cmd, workdir)
+    sessions.append(driver.pid)
+    wait_for(lambda: _complete(workdir) >= 2, 300, "two trials")
+    kill_session(driver.pid)  # the driver and its Ray, at once, as a lost machine would
     driver.wait()
     before = {t.number: t for t in _study(workdir).trials}
     done_before = {n for n, t in before.items() if t.state.name == "COMPLETE"}
     parent = _study(workdir).user_attrs["mlflow_parent_run_id"]
 
-    resumed = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     import json
 
@@ -123,22 +122,15 @@ def test_killed_driver_resumes_without_duplicates(workdir, reap_ray):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_nothing_running(workdir, reap_ray):
+def test_ctrl_c_leaves_nothing_running(workdir, sessions):
     cmd = _cli(workdir, trials=20)
-    driver = subprocess.Popen(
-        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    driver = _start(cmd, workdir)
+    sessions.append(driver.pid)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    _wait_for(
-        lambda: any(
-            r.info.status == "RUNNING" and "fedsweep.trial" in r.data.tags
-            for r in _all_runs(uri, "quickstart")
-        ),
-        180,
-        "a running trial",
-    )
+    # The first trial told: 19 are left, so the interrupt lands mid-sweep on any machine.
+    wait_for(lambda: _complete(workdir) >= 1, 300, "a finished trial")
     driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=120)
+    _, err = driver.communicate(timeout=180)
     assert driver.returncode == 130, err
     assert "re-run the same command to resume" in err
     runs = _all_runs(uri, "quickstart")
@@ -170,9 +162,8 @@ def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_u
                     return p
             return None
 
-        proc = _wait_for(trial_process, 120, "the trial's worker", poll=0.05)
-        time.sleep(0.3)  # into its 400 rounds (a few seconds)
-        proc.kill()
+        proc = wait_for(trial_process, 120, "the trial's worker", poll=0.05)
+        proc.kill()  # while it runs its 400 rounds
         killed.append(proc.pid)
 
     errors = []

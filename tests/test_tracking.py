@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from clusters import InProcessExecutor
 from orchestrator import load_config, run
 from orchestrator.data import prepare
+from orchestrator.runner import RunFailed
 from trainers import FedAvg
 from trainers.fedavg import evaluate
 
@@ -105,8 +106,9 @@ def _only_run(uri: str):
 
 
 def test_failed_run_ends_failed_with_its_error(tracking_uri):
-    with pytest.raises(RuntimeError, match="host died"):
+    with pytest.raises(RunFailed, match="host died") as failed:
         run(tracked(tracking_uri), executor=FailingExecutor(RuntimeError("host died")))
+    assert isinstance(failed.value.cause, RuntimeError)
     client, r = _only_run(tracking_uri)
     assert r.info.status == "FAILED"
     assert r.data.tags["error"] == "RuntimeError: host died"

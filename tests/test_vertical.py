@@ -125,7 +125,7 @@ def test_vertical_config_errors():
         load_config(vcfg(partition={"name": "iid"}))
     with pytest.raises(ConfigError, match="not a vertical trainer"):
         load_config(vcfg(trainer={"name": "fedavg"}))
-    with pytest.raises(ConfigError, match="unknown attack 'xx'"):
+    with pytest.raises(ConfigError, match=r"names\[1\]: unknown name 'xx'; valid: dli"):
         load_config(vcfg(trainer__vfl__attack={"names": ["ns", "xx"]}))
     with pytest.raises(ConfigError, match="trainer.vfl.defense.name"):
         load_config(vcfg(trainer__vfl__defense={"name": "magic"}))
@@ -228,7 +228,9 @@ def test_label_autoencoder_confuses_but_decodes():
 def test_negative_loss_penalty():
     nl = build_defense("negative_loss", 20.0, 2, 0)
     logits, y = torch.tensor([[2.0, -1.0], [0.0, 1.0]]), torch.tensor([0, 1])
-    assert float(nl.penalty([logits], y)) == pytest.approx(20 / float(F.cross_entropy(logits, y)))
+    assert float(nl.penalty({1: logits}, y)) == pytest.approx(
+        20 / float(F.cross_entropy(logits, y))
+    )
 
 
 # ---------------------------------------------------------------- attacks
@@ -261,14 +263,22 @@ def test_vlr_gradient_message_is_the_softmax_residue():
     """The active party's gradient to the passive party is (softmax(z) - onehot(y)) / B for
     the summed logits z, computed here independently of the trainer."""
     from trainers.models import ModelSpec
-    from trainers.vertical.split import ActiveParty, ActivePayload, Embedding, Optim
+    from trainers.vertical.defenses import build_defense
+    from trainers.vertical.split import (
+        ActiveModels,
+        ActiveParty,
+        ActivePayload,
+        Embedding,
+        Optim,
+    )
 
     cfg = load_config(vcfg())
     data = prepare(cfg).data
     ex = InProcessExecutor()
     ex.load({0: data.party(0)})
     own = ModelSpec("logreg", len(data.columns[0]), 2)
-    fn = ActiveParty(own, None, (1,), 2, 0, Optim("sgd", 1e-9, 0.0, 0.0))
+    defense = build_defense("none", None, 2, 0)
+    fn = ActiveParty(ActiveModels(own, None, (1,)), 0, Optim("sgd", 1e-9, 0.0, 0.0), defense)
     rows = np.arange(16)
     e = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)
     reply = ex.map(fn, [0], ActivePayload(rows, {1: Embedding(1, e)}))[0]
@@ -372,7 +382,7 @@ def test_fedhssl_aggregates_the_local_tops_only():
         def map(self, fn, party_ids, payload=None, reduce=None):
             out = super().map(fn, party_ids, payload, reduce)
             if getattr(payload, "step", None) is fedhssl.Step.SET_SHARED:
-                nets = [self._contexts[p].state["nets"] for p in party_ids]
+                nets = [self._host._contexts[p].get(fedhssl.PretrainState).nets for p in party_ids]
                 seen["top"] = [n.local_top[0].weight.detach().clone() for n in nets]
                 seen["bottom"] = [n.local_bottom[0].weight.detach().clone() for n in nets]
             return out

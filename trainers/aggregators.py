@@ -218,7 +218,7 @@ class GeometricMedian(Aggregator):
             moved = beta @ uploads
             step = np.linalg.norm(moved - z)
             z = moved
-            if step <= self.tol * max(1.0, np.linalg.norm(z)):
+            if step <= self.tol * max(1.0, float(np.linalg.norm(z))):
                 break
         return Aggregate(z, beta)
 

@@ -39,9 +39,19 @@ import numpy as np
 from clusters import Executor
 from trainers.aggregators import layer_distances
 from trainers.attacks import build_adversary, byzantine_parties
-from trainers.base import TRAINERS, FederatedData, Reporter, Trainer, TrainResult, derive_seed
+from trainers.base import (
+    BYTES_PER_VALUE,
+    TRAINERS,
+    FederatedData,
+    Federation,
+    Invalid,
+    Reporter,
+    Trainer,
+    TrainResult,
+    derive_seed,
+)
 from trainers.config import CMFLConfig, TrainerConfig
-from trainers.fedavg import BYTES_PER_PARAM, FedAvg, evaluate, local_task, stack_uploads
+from trainers.fedavg import FedAvg, evaluate, local_task, stack_uploads
 from trainers.ledger import Ledger
 from trainers.local import RoundPayload
 from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, layer_slices, set_flat
@@ -118,7 +128,7 @@ def elect(ranked: np.ndarray, scores: np.ndarray, size: int, rule: str) -> np.nd
     return ranked[start : start + size]
 
 
-class CMFL(Trainer):
+class CMFL(Trainer[FederatedData]):
     """Serverless FL in which an elected committee scores and selects the updates.
 
     Args:
@@ -134,9 +144,12 @@ class CMFL(Trainer):
     )
     """What :meth:`fit` reports every round."""
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
-        self.config = config
-        self.model_config = model
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        try:
+            Roles.of(federation.parties, config.cmfl)
+        except ValueError as exc:
+            raise Invalid("trainer.cmfl", str(exc)) from None
 
     def fit(
         self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
@@ -157,7 +170,7 @@ class CMFL(Trainer):
         committee = sorted(rng.choice(ids, size=roles.committee, replace=False).tolist())
         trainers = _draw_trainers(ids, committee, roles.trainers, rng)
 
-        model_bytes = weights.size * BYTES_PER_PARAM
+        model_bytes = weights.size * BYTES_PER_VALUE
         history: list[dict[str, float]] = []
         rounds: list[dict] = []
         total_bytes = 0

@@ -1,38 +1,156 @@
 """Typed trainer settings: what a config file's ``trainer:`` section holds.
 
 Plain dataclasses: the orchestrator turns them into an OmegaConf schema, trainers read them.
-Every field carries its default and a one-line description; ranges and names are checked by
-the orchestrator before anything runs.
+Every field carries its default and a one-line description; what a field accepts beyond its
+type sits beside it (a rule in its metadata, see :mod:`trainers.rules`, or a :class:`Choice`
+enum), and the orchestrator checks it before anything runs.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
 from trainers.models import ModelConfig
+from trainers.rules import Choice, at_least, between, each, file_path, one_of, positive
 
 __all__ = [
     "AggregatorConfig",
     "AttackConfig",
+    "AttackTarget",
     "CMFLConfig",
     "DecentralizedConfig",
     "DistillConfig",
-    "TeacherConfig",
+    "DistillTarget",
+    "Election",
+    "FeatureLoss",
     "FedProxConfig",
+    "Freeze",
+    "Graph",
+    "Loss",
+    "Optimizer",
+    "Relations",
     "SSLConfig",
+    "Schedule",
+    "Strategy",
+    "TeacherConfig",
+    "TeacherSource",
     "TrainerConfig",
     "VFLAttackConfig",
     "VFLConfig",
     "VFLDefenseConfig",
+    "Varying",
 ]
+
+
+class Optimizer(Choice):
+    """A party's local optimizer."""
+
+    sgd = "sgd"
+    adam = "adam"
+
+
+class AttackTarget(Choice):
+    """What a model attack corrupts."""
+
+    weights = "weights"
+    update = "update"
+
+
+class Strategy(enum.IntEnum):
+    """CMFL's selection strategy: 1 aggregates the trainers closest to the committee, 2 the
+    farthest."""
+
+    closest = 1
+    farthest = 2
+
+
+class Election(Choice):
+    """How CMFL elects the next committee from the ranked trainers."""
+
+    median = "median"
+    top = "top"
+
+
+class Loss(Choice):
+    """The loss of the decentralized problem."""
+
+    least_squares = "least_squares"
+    logistic = "logistic"
+    multinomial = "multinomial"
+
+
+class Graph(Choice):
+    """The communication graph of a decentralized network."""
+
+    complete = "complete"
+    erdos_renyi = "erdos_renyi"
+    regular = "regular"
+    ring = "ring"
+    star = "star"
+    torus = "torus"
+
+
+class Varying(Choice):
+    """How the graph changes over steps."""
+
+    none = "none"
+    edges = "edges"
+    cycle = "cycle"
+
+
+class Schedule(Choice):
+    """The step-size schedule of dspg and dsgd."""
+
+    diminishing = "diminishing"
+    constant = "constant"
+
+
+class TeacherSource(Choice):
+    """Where a distillation teacher comes from."""
+
+    train = "train"
+    mlflow = "mlflow"
+
+
+class DistillTarget(Choice):
+    """What the student matches."""
+
+    logits = "logits"
+    features = "features"
+    relations = "relations"
+
+
+class FeatureLoss(Choice):
+    """The distance between feature targets."""
+
+    mse = "mse"
+    smooth_l1 = "smooth_l1"
+    cosine = "cosine"
+
+
+class Relations(Choice):
+    """Which ViT token relations are matched."""
+
+    qk_vv = "qk_vv"
+    qk = "qk"
+    vv = "vv"
+
+
+class Freeze(Choice):
+    """What stays fixed while FedHSSL fine-tunes."""
+
+    none = "none"
+    all = "all"
+    passive = "passive"
 
 
 @dataclass
 class FedProxConfig:
     """FedProx's addition to FedAvg."""
 
-    mu: float = 0.01
+    mu: float = field(default=0.01, metadata=at_least(0))
     """Proximal coefficient: weight of (mu/2)||w - w_global||^2 in each party's local loss."""
 
 
@@ -40,20 +158,20 @@ class FedProxConfig:
 class AttackConfig:
     """Byzantine parties: who they are and what they upload instead of their honest model."""
 
-    name: str = "none"
+    name: str = field(default="none", metadata=one_of("attack"))
     """none, sign_flip, scaling, zero, one, gaussian, explosion, label_flip, alie or ipm."""
-    fraction: float = 0.0
+    fraction: float = field(default=0.0, metadata=between(0, 1))
     """Share of all parties that are Byzantine: a fixed set drawn from the run's seed."""
-    target: str = "weights"
+    target: AttackTarget = AttackTarget.weights
     """What a model attack corrupts: the uploaded weights w_k (as in the CMFL code) or the
     update w_k - w (the result is sent as w + corrupted update)."""
-    range: float = 0.0
+    range: float = field(default=0.0, metadata=between(0, 1))
     """scaling ("disturb"): each element is multiplied by range + (1 - range) * U(0, 1)."""
-    sigma: float = 1.0
+    sigma: float = field(default=1.0, metadata=at_least(0))
     """gaussian: standard deviation of the added noise."""
     magnitude: float = 100.0
     """explosion: each element is replaced by magnitude * U(0, 1)."""
-    z: Optional[float] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    z: Optional[float] = field(default=None, metadata=at_least(0))  # noqa: UP045 - OmegaConf needs typing.Optional
     """alie: how many standard deviations below the mean to send (default: Baruch et al.'s
     z_max, computed from the number of uploads and of Byzantine uploads)."""
     epsilon: float = 0.5
@@ -64,23 +182,23 @@ class AttackConfig:
 class AggregatorConfig:
     """How the server combines the uploads of a round."""
 
-    name: str = "mean"
+    name: str = field(default="mean", metadata=one_of("aggregator"))
     """mean (FedAvg), median, trimmed_mean, krum, multi_krum, geometric_median or
     centered_clipping."""
-    trim: float = 0.1
+    trim: float = field(default=0.1, metadata=between(0, 0.5, high_open=True))
     """trimmed_mean: share of the values cut at each end of every coordinate."""
-    f: Optional[int] = None  # noqa: UP045
+    f: Optional[int] = field(default=None, metadata=at_least(0))  # noqa: UP045
     """krum / multi_krum: Byzantine uploads assumed among a round's uploads (default: the
     configured attack fraction times the uploads, rounded up)."""
-    m: Optional[int] = None  # noqa: UP045
+    m: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
     """multi_krum: how many of the best-scored uploads are averaged (default: n - f)."""
-    iters: int = 100
+    iters: int = field(default=100, metadata=at_least(1))
     """geometric_median: Weiszfeld iterations at most."""
-    tol: float = 1.0e-6
+    tol: float = field(default=1.0e-6, metadata=positive())
     """geometric_median: stop when the estimate moves less than this."""
-    tau: float = 1.0
+    tau: float = field(default=1.0, metadata=positive())
     """centered_clipping: radius each upload's distance to the centre is clipped to."""
-    clip_iters: int = 3
+    clip_iters: int = field(default=3, metadata=at_least(1))
     """centered_clipping: clipping steps per round."""
 
 
@@ -88,16 +206,18 @@ class AggregatorConfig:
 class CMFLConfig:
     """CMFL: committee mechanism based FL (Che et al.)."""
 
-    active_rate: float = 0.1
+    active_rate: float = field(default=0.1, metadata=between(0, 1, low_open=True))
     """Share of all parties active each round (committee members plus trainers)."""
-    committee_rate: float = 0.4
+    committee_rate: float = field(
+        default=0.4, metadata=between(0, 1, low_open=True, high_open=True)
+    )
     """Share of the active parties that form the committee."""
-    aggregation_rate: float = 0.4
+    aggregation_rate: float = field(default=0.4, metadata=between(0, 1, low_open=True))
     """Updates aggregated per round, as a share of all parties times active_rate."""
-    strategy: int = 1
+    strategy: Strategy = Strategy.closest
     """Selection strategy: 1 aggregates the trainers closest to the committee (robustness),
     2 the farthest (accuracy)."""
-    election: str = "median"
+    election: Election = Election.median
     """How the next committee is elected from the ranked trainers: median (the middle ranks,
     as in the authors' code) or top (the trainers closest to the committee)."""
 
@@ -106,50 +226,50 @@ class CMFLConfig:
 class DecentralizedConfig:
     """Decentralized optimisation (dspg, dpsvrg, dsgd): the problem, the network, the steps."""
 
-    loss: str = "logistic"
+    loss: Loss = Loss.logistic
     """logistic (binary labels), multinomial or least_squares (on one-hot targets)."""
-    l1: float = 1.0e-4
+    l1: float = field(default=1.0e-4, metadata=at_least(0))
     """h(x) = l1 ||x||_1 + (l2/2) ||x||^2; l1 = l2 = 0 means no regulariser."""
-    l2: float = 0.0
+    l2: float = field(default=0.0, metadata=at_least(0))
     """Elastic-net part of h."""
-    topology: str = "ring"
+    topology: Graph = Graph.ring
     """ring, torus, star, complete, erdos_renyi or regular."""
-    p: float = 0.3
+    p: float = field(default=0.3, metadata=between(0, 1, low_open=True))
     """erdos_renyi: edge probability (the graph is redrawn until connected)."""
-    k: int = 4
+    k: int = field(default=4, metadata=at_least(1))
     """regular: every node's degree."""
-    varying: str = "none"
+    varying: Varying = Varying.none
     """none; edges (each edge kept with probability q at each step); cycle (step t uses the
     (t mod b)-th of b sparse edge groups whose union is the base graph)."""
-    q: float = 0.5
+    q: float = field(default=0.5, metadata=between(0, 1, low_open=True))
     """varying=edges: probability an edge exists at a step."""
-    b: int = 3
+    b: int = field(default=3, metadata=at_least(1))
     """varying=cycle: graphs in the cycle."""
     lazy: bool = False
     """Mix with (I + W) / 2 instead of the Metropolis-Hastings W."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=at_least(1))
     """Samples per node per stochastic gradient."""
-    a0: float = 0.1
+    a0: float = field(default=0.1, metadata=positive())
     """dspg, dsgd: the step a0 / sqrt(t + 1) (schedule=diminishing) or a0 (constant)."""
-    schedule: str = "diminishing"
+    schedule: Schedule = Schedule.diminishing
     """dspg, dsgd: diminishing or constant."""
-    alpha: float = 0.1
+    alpha: float = field(default=0.1, metadata=positive())
     """dpsvrg: the constant step."""
-    inner_steps: Optional[int] = None  # noqa: UP045
+    inner_steps: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
     """dpsvrg: K, steps between snapshots (default: one local pass, ceil(mean m_i / batch))."""
-    gossip_rounds: int = 1
+    gossip_rounds: int = field(default=1, metadata=at_least(1))
     """Mixing steps per step (W applied this many times)."""
-    gossip_growth: float = 0.0
+    gossip_growth: float = field(default=0.0, metadata=at_least(0))
     """With c > 0, mixing steps at step t: max(gossip_rounds, ceil(c log(t + 2)))."""
-    epochs: float = 50.0
+    epochs: float = field(default=50.0, metadata=positive())
     """Budget: stop after this many passes' worth of sample gradients over all the data."""
-    max_steps: int = 1000000
+    max_steps: int = field(default=1000000, metadata=at_least(1))
     """Budget: stop after this many steps at most."""
-    eval_every: int = 1
+    eval_every: int = field(default=1, metadata=at_least(1))
     """Steps between metric evaluations."""
     target: float = 1.0e-4
     """Suboptimality whose first crossing is reported as epochs_to_target."""
-    cache_dir: Optional[str] = ".fedsweep/cache"  # noqa: UP045
+    cache_dir: Optional[str] = field(default=".fedsweep/cache", metadata=file_path())  # noqa: UP045
     """Where the reference optimum F* of each problem is cached (None: memory only)."""
 
 
@@ -157,7 +277,7 @@ class DecentralizedConfig:
 class TeacherConfig:
     """Where the distillation teacher comes from."""
 
-    source: str = "train"
+    source: TeacherSource = TeacherSource.train
     """train: fedsweep trains ``model`` on the training split first; mlflow: load ``uri``."""
     uri: Optional[str] = None  # noqa: UP045
     """source=mlflow: models:/<name>/<version>, models:/<model id>, runs:/<run id>/<path to a
@@ -169,9 +289,9 @@ class TeacherConfig:
         default_factory=lambda: ModelConfig(name="vit", dim=64, depth=6, heads=4)
     )
     """source=train: the teacher's architecture."""
-    epochs: int = 30
+    epochs: int = field(default=30, metadata=at_least(0))
     """source=train: epochs of supervised training."""
-    lr: float = 1.0e-3
+    lr: float = field(default=1.0e-3, metadata=positive())
     """source=train: Adam learning rate."""
 
 
@@ -181,38 +301,38 @@ class DistillConfig:
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """The teacher (the student is the experiment's ``model``)."""
-    target: str = "relations"
+    target: DistillTarget = DistillTarget.relations
     """logits (KL at a temperature), features (a layer's representations) or relations (ViT:
     softmax(QK^T) and softmax(VV^T) maps; mlp/cnn: softmaxed sample-similarity Gram matrices)."""
-    feature_loss: str = "mse"
+    feature_loss: FeatureLoss = FeatureLoss.mse
     """features: mse, smooth_l1 or cosine, on layer-normalised features; a learned linear
     projection maps the student's width to the teacher's when they differ."""
-    relations: str = "qk_vv"
+    relations: Relations = Relations.qk_vv
     """relations on a ViT: qk_vv, qk or vv."""
     teacher_layer: int = -1
     """The teacher's layer (block) the target comes from: -1 the last, k the k-th (0-based)."""
     student_layer: int = -1
     """The student's layer matched to it."""
-    temperature: float = 4.0
+    temperature: float = field(default=4.0, metadata=positive())
     """logits: softmax temperature (the KL is scaled by T^2)."""
-    distill_weight: float = 1.0
+    distill_weight: float = field(default=1.0, metadata=at_least(0))
     """Weight of the distillation loss."""
-    label_weight: float = 1.0
+    label_weight: float = field(default=1.0, metadata=at_least(0))
     """Weight of the student's cross-entropy on the labels."""
-    epochs: int = 30
+    epochs: int = field(default=30, metadata=at_least(1))
     """Student epochs (each stage, with an assistant)."""
-    finetune_epochs: int = 0
+    finetune_epochs: int = field(default=0, metadata=at_least(0))
     """Epochs of label-only training of the final student after distillation (TinyMIM's
     protocol: distil without labels, label_weight 0, then fine-tune)."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=at_least(2))
     """Minibatch size."""
-    lr: float = 1.0e-3
+    lr: float = field(default=1.0e-3, metadata=positive())
     """Adam learning rate of the student."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
     """AdamW weight decay of the student."""
     assistant: Optional[ModelConfig] = None  # noqa: UP045
     """Sequential distillation: teacher -> this intermediate-size model -> the student."""
-    proxy_fraction: float = 0.0
+    proxy_fraction: float = field(default=0.0, metadata=between(0, 1, high_open=True))
     """Distil on this share of the held-out split (the rest evaluates) instead of on the
     training split: for a teacher that saw all the training data, e.g. a federated model."""
 
@@ -222,18 +342,18 @@ class VFLDefenseConfig:
     """What the active party does to the gradients it sends back (and the passive parties to
     their embeddings): one mechanism and its strength."""
 
-    name: str = "none"
+    name: str = field(default="none", metadata=one_of("defense"))
     """none, laplace, gaussian (isotropic), sparsify, discrete (discretised SGD), max_norm,
     marvell, cae (confusional label autoencoder) or negative_loss."""
-    strength: Optional[float] = None  # noqa: UP045
+    strength: Optional[float] = field(default=None, metadata=at_least(0))  # noqa: UP045
     """The mechanism's own knob (default in brackets): laplace the noise scale b [1e-2];
     gaussian the ratio r of the std to max_i ||g_i|| / sqrt(d) [1.0]; sparsify the share of
     entries zeroed [0.75]; discrete the number of bins [12]; marvell the power budget as a
     multiple of ||mean g+ - mean g-||^2 [1.0]; cae the weight of the confusion term [1.0];
     negative_loss lambda [20]; max_norm has none."""
-    bound: float = 1.0e-3
+    bound: float = field(default=1.0e-3, metadata=positive())
     """discrete: gradients are clipped to [-bound, bound] before they are discretised."""
-    embedding_noise: float = 0.0
+    embedding_noise: float = field(default=0.0, metadata=at_least(0))
     """Isotropic Gaussian noise on every embedding a passive party sends, as the ratio of its
     std to max_i ||e_i|| / sqrt(d) (0: none); against feature reconstruction."""
 
@@ -242,28 +362,31 @@ class VFLDefenseConfig:
 class VFLAttackConfig:
     """The semi-honest attacks run against a vertical federation, and their budgets."""
 
-    names: list[str] = field(default_factory=lambda: ["ns", "ds", "dli", "rr", "mc", "mi"])
+    names: list[str] = field(
+        default_factory=lambda: ["ns", "ds", "dli", "rr", "mc", "mi"],
+        metadata=each(one_of("vfl_attack")),
+    )
     """ns, ds, dli, rr (label inference from the gradients a passive party receives), mc (model
     completion) and mi (feature reconstruction by the active party). One that does not apply
     to the algorithm or task (dli without logits, rr off vlr, ns/ds/rr on multi-class labels)
     is skipped and named in the run's ``vfl.skipped_attacks`` tag."""
-    attacker: int = 1
+    attacker: int = field(default=1, metadata=at_least(1, "(a passive party)"))
     """The passive party that attacks (mi: the passive party whose features are attacked)."""
-    mc_samples: int = 40
+    mc_samples: int = field(default=40, metadata=at_least(2))
     """mc: labelled training samples the attacker fine-tunes with."""
-    mc_epochs: int = 300
+    mc_epochs: int = field(default=300, metadata=at_least(1))
     """mc: fine-tuning epochs."""
-    mc_lr: float = 0.005
+    mc_lr: float = field(default=0.005, metadata=positive())
     """mc: Adam learning rate."""
-    mc_batch_size: int = 64
+    mc_batch_size: int = field(default=64, metadata=at_least(1))
     """mc: minibatch size."""
-    mc_weight_decay: float = 1.0e-6
+    mc_weight_decay: float = field(default=1.0e-6, metadata=at_least(0))
     """mc: weight decay."""
-    mi_samples: int = 40
+    mi_samples: int = field(default=40, metadata=at_least(2))
     """mi: auxiliary samples whose passive features the attacker knows."""
-    mi_steps: int = 300
+    mi_steps: int = field(default=300, metadata=at_least(1))
     """mi: optimisation steps, for the shadow model and for the inversion each."""
-    percentile: float = 95.0
+    percentile: float = field(default=95.0, metadata=between(0, 100))
     """Label-inference leakage of a run: this percentile of the per-epoch mean batch AUCs."""
 
 
@@ -271,9 +394,9 @@ class VFLAttackConfig:
 class VFLConfig:
     """Vertical split learning (vlr, vhnn, vsnn): models, defense, attacks, evaluation."""
 
-    embed_dim: int = 16
+    embed_dim: int = field(default=16, metadata=at_least(1))
     """vhnn: width of every bottom model's output (vlr and vsnn bottoms output logits)."""
-    top_hidden: list[int] = field(default_factory=list)
+    top_hidden: list[int] = field(default_factory=list, metadata=each(at_least(1)))
     """vhnn: hidden widths of the active party's top model (empty: one linear layer)."""
     reference: bool = True
     """With a defense, train the undefended run too (same seed) and report utility_loss."""
@@ -288,46 +411,46 @@ class SSLConfig:
     """FedHSSL and its baselines: self-supervised pretraining across and within parties, then
     fine-tuning with a few labels."""
 
-    pretrain_epochs: int = 50
+    pretrain_epochs: int = field(default=50, metadata=at_least(0))
     """Epochs of pretraining (each: cross-party SSL, then local SSL, then aggregation)."""
-    pretrain_lr: float = 0.05
+    pretrain_lr: float = field(default=0.05, metadata=positive())
     """SGD learning rate of the encoders and projectors (cosine-decayed; predictors keep it)."""
-    pretrain_batch_size: int = 128
+    pretrain_batch_size: int = field(default=128, metadata=at_least(2))
     """Pretraining minibatch size."""
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata=between(0, 1, high_open=True))
     """SGD momentum (pretraining)."""
-    weight_decay: float = 3.0e-5
+    weight_decay: float = field(default=3.0e-5, metadata=at_least(0))
     """SGD weight decay (pretraining)."""
-    hidden: int = 64
+    hidden: int = field(default=64, metadata=at_least(1))
     """Width of every encoder layer and of the representation (num_ftrs)."""
-    proj_dim: int = 64
+    proj_dim: int = field(default=64, metadata=at_least(1))
     """SimSiam projector width (hidden and output)."""
-    pred_hidden: int = 16
+    pred_hidden: int = field(default=16, metadata=at_least(1))
     """SimSiam predictor bottleneck."""
-    local_ratio: float = 0.5
+    local_ratio: float = field(default=0.5, metadata=at_least(0))
     """Weight of the local SimSiam loss."""
-    constraint_ratio: float = 0.0
+    constraint_ratio: float = field(default=0.0, metadata=at_least(0))
     """Weight of the term pulling the local encoder toward the cross encoder."""
-    augment_fraction: float = 0.3
+    augment_fraction: float = field(default=0.3, metadata=between(0, 1))
     """Tabular augmentation: share of a sample's features replaced by U(min_f, max_f)."""
-    grad_clip: float = 5.0
+    grad_clip: float = field(default=5.0, metadata=positive())
     """Gradient-norm clip of the local SSL step."""
-    labels: int = 200
+    labels: int = field(default=200, metadata=at_least(2))
     """Labelled aligned samples used for fine-tuning."""
-    finetune_epochs: int = 50
+    finetune_epochs: int = field(default=50, metadata=at_least(1))
     """Fine-tuning epochs."""
-    finetune_lr: float = 0.01
+    finetune_lr: float = field(default=0.01, metadata=positive())
     """Fine-tuning Adam learning rate."""
-    finetune_batch_size: int = 64
+    finetune_batch_size: int = field(default=64, metadata=at_least(1))
     """Fine-tuning minibatch size."""
-    freeze: str = "none"
+    freeze: Freeze = Freeze.none
     """Fine-tuning: none, all (linear probe) or passive (the passive backbones stay fixed)."""
-    feature_noise: float = 0.0
+    feature_noise: float = field(default=0.0, metadata=at_least(0))
     """pt_feat_iso_sigma: isotropic noise on the representations exchanged in cross-party SSL
     (std sigma * max row norm / sqrt(d))."""
-    model_noise: float = 0.0
+    model_noise: float = field(default=0.0, metadata=at_least(0))
     """pt_model_iso_sigma: the same noise on the aggregated local top weights."""
-    finetune_noise: float = 0.0
+    finetune_noise: float = field(default=0.0, metadata=at_least(0))
     """cls_iso_sigma: the same noise on the representations sent during fine-tuning."""
 
 
@@ -335,27 +458,27 @@ class SSLConfig:
 class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
 
-    name: str = "fedavg"
+    name: str = field(default="fedavg", metadata=one_of("trainer"))
     """One of the registered trainers: centralized, fedavg, fedprox, cmfl, dspg, dpsvrg, dsgd,
     distill; vertical (partition.name=vertical): vlr, vhnn, vsnn, fedhssl, fedgssl, fedcssl,
     vfl_supervised."""
-    rounds: int = 20
+    rounds: int = field(default=20, metadata=at_least(1))
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
-    fraction: float = 1.0
+    fraction: float = field(default=1.0, metadata=between(0, 1, low_open=True))
     """Fraction of parties sampled each round, in (0, 1]."""
-    parties_per_round: Optional[int] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    parties_per_round: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045 - OmegaConf needs typing.Optional
     """Parties sampled each round; overrides ``fraction`` when set."""
-    local_epochs: int = 1
+    local_epochs: int = field(default=1, metadata=at_least(1))
     """Passes over its own data each sampled party makes per round."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=at_least(1))
     """Local minibatch size."""
-    optimizer: str = "sgd"
+    optimizer: Optimizer = Optimizer.sgd
     """Local optimizer: sgd or adam."""
-    lr: float = 0.05
+    lr: float = field(default=0.05, metadata=positive())
     """Local learning rate."""
-    momentum: float = 0.0
+    momentum: float = field(default=0.0, metadata=between(0, 1, high_open=True))
     """SGD momentum (reset every round: it is local optimizer state)."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
     """L2 weight decay of the local optimizer."""
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     """FedProx settings (read by the fedprox trainer only)."""

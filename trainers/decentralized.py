@@ -33,6 +33,7 @@ sample: |xi| per DSPG step, 2|xi| per DPSVRG step and m_i per snapshot.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import math
@@ -43,15 +44,31 @@ from pathlib import Path
 import numpy as np
 
 from clusters import Executor, PartyContext
-from trainers.base import TRAINERS, FederatedData, PartyData, Reporter, Trainer, TrainResult
-from trainers.config import TrainerConfig
+from trainers.base import (
+    TRAINERS,
+    Budget,
+    FederatedData,
+    Federation,
+    Invalid,
+    PartyData,
+    Reporter,
+    Trainer,
+    TrainResult,
+)
+from trainers.cache import CACHE
+from trainers.config import Graph, Loss, TrainerConfig
 from trainers.models import ModelConfig, ModelSpec, build_model
-from trainers.topology import Topology
+from trainers.topology import GraphSpec, Topology
 
 __all__ = [
     "DPSVRG",
     "DSGD",
     "DSPG",
+    "DPSVRGStep",
+    "DSGDStep",
+    "DSPGStep",
+    "NodeState",
+    "NodeStep",
     "Problem",
     "gradient",
     "objective",
@@ -61,7 +78,6 @@ __all__ = [
 
 _BATCH_STREAM = 9
 _INIT_STREAM = 10
-LOSSES = ("least_squares", "logistic", "multinomial")
 
 
 # ------------------------------------------------------------------ the problem
@@ -174,10 +190,7 @@ def objective(p: Problem, nodes: list[PartyData], w: np.ndarray) -> float:
 def smoothness(p: Problem, nodes: list[PartyData]) -> float:
     """An upper bound on the largest node's gradient Lipschitz constant."""
     factor = {"logistic": 0.25, "multinomial": 0.5, "least_squares": 1.0}[p.loss]
-    return max(factor * np.linalg.norm(_design(d.x), 2) ** 2 / len(d) for d in nodes)
-
-
-_REFERENCE: dict[str, tuple[np.ndarray, float]] = {}
+    return float(max(factor * np.linalg.norm(_design(d.x), 2) ** 2 / len(d) for d in nodes))
 
 
 def solve_reference(
@@ -192,7 +205,8 @@ def solve_reference(
     Linear models (convex): x* and F* = F(x*) by FISTA with step 1/L on the whole problem, to
     high precision. The MLP (non-convex): a local optimum, by proximal gradient with
     backtracking from ``start`` (the nodes' common starting point), ``iters // 4`` steps.
-    Cached by the problem, the data and the start: in memory, and under ``cache_dir`` as JSON.
+    Cached by the problem, the data and the start: in the process cache, and under
+    ``cache_dir`` (an absolute path) as JSON.
     """
     digest = hashlib.sha256(json.dumps([p.loss, p.n_classes, p.l1, p.l2, p.hidden]).encode())
     for d in nodes:
@@ -202,21 +216,24 @@ def solve_reference(
     if p.hidden:
         digest.update(x0.tobytes())
     key = digest.hexdigest()[:24]
-    if key in _REFERENCE:
-        return _REFERENCE[key]
-    path = Path(cache_dir) / f"fstar-{key}.json" if cache_dir else None
-    if path is not None and path.is_file():
-        blob = json.loads(path.read_text())
-        _REFERENCE[key] = (np.array(blob["x"]), float(blob["f"]))
-        return _REFERENCE[key]
-    designs = [(_design(d.x), d.y) for d in nodes]
-    w = _prox_gradient(p, designs, x0, iters // 4) if p.hidden else _fista(p, nodes, designs, iters)
-    result = (w, objective(p, nodes, w))
-    _REFERENCE[key] = result
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"x": w.tolist(), "f": result[1]}))
-    return result
+
+    def compute() -> tuple[np.ndarray, float]:
+        path = Path(cache_dir) / f"fstar-{key}.json" if cache_dir else None
+        if path is not None and path.is_file():
+            blob = json.loads(path.read_text())
+            return np.array(blob["x"]), float(blob["f"])
+        designs = [(_design(d.x), d.y) for d in nodes]
+        if p.hidden:
+            w = _prox_gradient(p, designs, x0, iters // 4)
+        else:
+            w = _fista(p, nodes, designs, iters)
+        result = (w, objective(p, nodes, w))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"x": w.tolist(), "f": result[1]}))
+        return result
+
+    return CACHE.get("decentralized.reference", key, compute)
 
 
 def _smooth_part(p: Problem, designs, w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -233,7 +250,7 @@ def _fista(p: Problem, nodes, designs, iters: int) -> np.ndarray:
         w_next = prox(p, v - step * g, step)
         t_next = (1 + math.sqrt(1 + 4 * tk * tk)) / 2
         v = w_next + ((tk - 1) / t_next) * (w_next - w)
-        if np.linalg.norm(w_next - w) < 1e-13 * max(1.0, np.linalg.norm(w)):
+        if np.linalg.norm(w_next - w) < 1e-13 * max(1.0, float(np.linalg.norm(w))):
             return w_next
         w, tk = w_next, t_next
     return w
@@ -251,7 +268,7 @@ def _prox_gradient(p: Problem, designs, w: np.ndarray, iters: int) -> np.ndarray
             if f_next <= f + g @ d + 0.5 * lip * (d @ d) + 1e-15:
                 break
             lip *= 2.0
-        if np.linalg.norm(d) < 1e-12 * max(1.0, np.linalg.norm(w)):
+        if np.linalg.norm(d) < 1e-12 * max(1.0, float(np.linalg.norm(w))):
             return nxt
         w, f, g, lip = nxt, f_next, g_next, max(lip / 1.5, 1e-3)
     return w
@@ -278,56 +295,100 @@ class NodeUpdate:
     grad_evals: int
 
 
+@dataclass
+class NodeState:
+    """What a node keeps between steps."""
+
+    design: np.ndarray
+    """Its samples with the constant column."""
+    y: np.ndarray
+    x: np.ndarray
+    """Its current model."""
+    snapshot: np.ndarray | None = None
+    """DPSVRG: x~, the model at the last snapshot."""
+    full_gradient: np.ndarray | None = None
+    """DPSVRG: mu, the local full gradient at the snapshot."""
+
+
 @dataclass(frozen=True)
-class NodeStep:
-    """One node's local step (the party function the executor runs)."""
+class NodeStep(abc.ABC):
+    """One node's local step (the party function the executor runs); each algorithm is a
+    subclass with its own :meth:`update`."""
 
     problem: Problem
-    algorithm: str
     batch_size: int
     seed: int
 
     def __call__(self, ctx: PartyContext, payload: StepPayload) -> NodeUpdate:
-        p, st = self.problem, ctx.state
-        if "design" not in st:
+        st = ctx.get(NodeState)
+        if st is None:
             data: PartyData = ctx.data
-            st["design"], st["y"] = _design(data.x), np.asarray(data.y)
-            st["x"] = payload.mixed[ctx.party_id].copy()  # step 0: every node's start, mixed
-        a, y, m = st["design"], st["y"], len(st["y"])
-        evals = 0
-        if self.algorithm == "dpsvrg" and payload.snapshot:
-            st["snap"] = st["x"].copy()
-            st["mu"] = _loss_grad(p, a, y, st["snap"], False)[1]
-            evals += m
+            # step 0: every node's start, mixed
+            st = NodeState(_design(data.x), np.asarray(data.y), payload.mixed[ctx.party_id].copy())
+            ctx.put(st)
+        evals = self.prepare(st, payload)
+        m = len(st.y)
         rng = np.random.default_rng([self.seed, _BATCH_STREAM, payload.t, ctx.party_id])
         batch = rng.choice(m, size=min(self.batch_size, m), replace=False)
-        ab, yb = a[batch], y[batch]
-        mixed = payload.mixed[ctx.party_id]
-        alpha = payload.step
-        if self.algorithm == "dpsvrg":
-            v = (
-                _loss_grad(p, ab, yb, mixed, False)[1]
-                - _loss_grad(p, ab, yb, st["snap"], False)[1]
-                + st["mu"]
-            )
-            x = prox(p, mixed - alpha * v, alpha)
-            evals += 2 * len(batch)
-        elif self.algorithm == "dspg":
-            g = _loss_grad(p, ab, yb, st["x"], False)[1]
-            x = prox(p, mixed - alpha * g, alpha)
-            evals += len(batch)
-        else:  # dsgd: a subgradient step on the whole objective, no prox
-            g = _loss_grad(p, ab, yb, st["x"], False)[1] + p.l1 * np.sign(st["x"]) + p.l2 * st["x"]
-            x = mixed - alpha * g
-            evals += len(batch)
-        st["x"] = x
-        return NodeUpdate(x, evals)
+        st.x = self.update(
+            st, st.design[batch], st.y[batch], payload.mixed[ctx.party_id], payload.step
+        )
+        evals += self.evals_per_sample * len(batch)
+        return NodeUpdate(st.x, evals)
+
+    evals_per_sample = 1
+    """Sample gradients one step takes per minibatch sample."""
+
+    def prepare(self, st: NodeState, payload: StepPayload) -> int:
+        """Work before the step; returns the sample gradients it took."""
+        return 0
+
+    @abc.abstractmethod
+    def update(
+        self, st: NodeState, ab: np.ndarray, yb: np.ndarray, mixed: np.ndarray, alpha: float
+    ) -> np.ndarray:
+        """The node's new model from its minibatch (ab, yb), its mix y_i and the step."""
+
+
+class DSPGStep(NodeStep):
+    """x_i = prox_{a h}(y_i - a grad f_{i,xi}(x_i))."""
+
+    def update(self, st, ab, yb, mixed, alpha):
+        g = _loss_grad(self.problem, ab, yb, st.x, False)[1]
+        return prox(self.problem, mixed - alpha * g, alpha)
+
+
+class DPSVRGStep(NodeStep):
+    """The variance-reduced step from y_i, with a snapshot and full gradient every K steps."""
+
+    evals_per_sample = 2
+
+    def prepare(self, st: NodeState, payload: StepPayload) -> int:
+        if not payload.snapshot:
+            return 0
+        st.snapshot = st.x.copy()
+        st.full_gradient = _loss_grad(self.problem, st.design, st.y, st.snapshot, False)[1]
+        return len(st.y)
+
+    def update(self, st, ab, yb, mixed, alpha):
+        p = self.problem
+        v = _loss_grad(p, ab, yb, mixed, False)[1] - _loss_grad(p, ab, yb, st.snapshot, False)[1]
+        return prox(p, mixed - alpha * (v + st.full_gradient), alpha)
+
+
+class DSGDStep(NodeStep):
+    """A subgradient step on the whole objective, no prox."""
+
+    def update(self, st, ab, yb, mixed, alpha):
+        p = self.problem
+        g = _loss_grad(p, ab, yb, st.x, False)[1] + p.l1 * np.sign(st.x) + p.l2 * st.x
+        return mixed - alpha * g
 
 
 # ------------------------------------------------------------------ the trainers
 
 
-class Decentralized(Trainer):
+class Decentralized(Trainer[FederatedData]):
     """The shared round loop: gossip along G(t), every node's local step, metrics.
 
     Args:
@@ -335,7 +396,8 @@ class Decentralized(Trainer):
         model: unused (the models are linear in the problem's parameters).
     """
 
-    algorithm = ""
+    step_cls: type[NodeStep] = DSPGStep
+    """What each node computes per step."""
     metrics = (
         "suboptimality",
         "objective",
@@ -352,9 +414,45 @@ class Decentralized(Trainer):
         "loglog_slope",
     )
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig | None = None) -> None:
-        self.config = config
-        self.hidden = model.hidden[0] if model is not None and model.name == "mlp" else 0
+    headline = ("suboptimality", "test_accuracy", "epochs")
+
+    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
+        super().__init__(config, model)
+        self.hidden = model.hidden[0] if model.name == "mlp" else 0
+
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        name = cls.__name__.lower()
+        if model.name not in ("logreg", "mlp"):
+            raise Invalid("model.name", f"{name} trains logreg or an mlp with one hidden layer")
+        if model.name == "mlp" and len(model.hidden) != 1:
+            raise Invalid("model.hidden", f"{name}'s mlp has one hidden layer: [width]")
+        d, parties = config.decentralized, federation.parties
+        if parties < 2:
+            raise Invalid("partition.num_parties", "a network needs at least 2 nodes")
+        if d.topology == Graph.regular and (d.k >= parties or d.k * parties % 2):
+            raise Invalid(
+                "trainer.decentralized.k",
+                f"no {d.k}-regular graph on {parties} nodes (need k < n and k * n even)",
+            )
+
+    def check(self, data: FederatedData) -> None:
+        if self.config.decentralized.loss == Loss.logistic and data.n_classes != 2:
+            raise Invalid(
+                "trainer.decentralized.loss",
+                f"logistic needs 2 classes, the data has {data.n_classes}: use multinomial",
+            )
+
+    def plots(self) -> tuple[str, ...]:
+        return ("convergence", "network")
+
+    def budget(self) -> Budget:
+        return Budget(
+            self.config.decentralized.epochs,
+            "epoch",
+            counter="epochs",
+            shown=(("sub", "suboptimality", ".2e"), ("acc", "test_accuracy", ".4f")),
+        )
 
     def step_size(self, t: int) -> float:
         c = self.config.decentralized
@@ -372,15 +470,11 @@ class Decentralized(Trainer):
         if ids != list(range(len(ids))):
             raise ValueError("decentralized nodes must be numbered 0..n-1")
         problem = Problem(c.loss, data.n_classes, c.l1, c.l2, self.hidden)
-        if c.loss == "logistic" and data.n_classes != 2:
-            raise ValueError(
-                f"logistic needs 2 classes, the data has {data.n_classes}: use multinomial"
-            )
-        topology = Topology(c.topology, len(ids), c.p, c.k, c.varying, c.q, c.b, c.lazy, seed=seed)
+        topology = Topology(GraphSpec.of(c), len(ids), seed=seed)
         x0 = problem.initial(data.n_features, seed)
         _, f_star = solve_reference(problem, nodes, c.cache_dir, start=x0)
         executor.load(data.parties, sizes={i: len(d) for i, d in data.parties.items()})
-        task = NodeStep(problem, self.algorithm, c.batch_size, seed)
+        task = self.step_cls(problem, c.batch_size, seed)
         total = sum(len(d) for d in nodes)
         mean_m = total / len(nodes)
         inner = c.inner_steps or max(1, math.ceil(mean_m / c.batch_size))
@@ -439,7 +533,7 @@ class Decentralized(Trainer):
                         "edges": int(len(topology.edges)),
                         "spectral_gap": gap,
                         "f_star": f_star,
-                        "inner_steps": inner if self.algorithm == "dpsvrg" else 0,
+                        "inner_steps": inner if self.step_cls is DPSVRGStep else 0,
                     }
                 ],
                 "edges": [{"u": int(u), "v": int(v)} for u, v in topology.edges],
@@ -474,13 +568,13 @@ def _accuracy(p: Problem, design: np.ndarray, y: np.ndarray, w: np.ndarray) -> f
 class DSPG(Decentralized):
     """Decentralized stochastic proximal gradient."""
 
-    algorithm = "dspg"
+    step_cls = DSPGStep
 
 
 class DPSVRG(Decentralized):
     """Decentralized proximal SVRG: constant step, a snapshot every K inner steps."""
 
-    algorithm = "dpsvrg"
+    step_cls = DPSVRGStep
 
     def step_size(self, t: int) -> float:
         return self.config.decentralized.alpha
@@ -492,7 +586,7 @@ class DPSVRG(Decentralized):
 class DSGD(Decentralized):
     """Plain decentralized SGD with a subgradient of h (the reference)."""
 
-    algorithm = "dsgd"
+    step_cls = DSGDStep
 
 
 def _consensus_model(w: np.ndarray, problem: Problem, n_features: int):

@@ -35,9 +35,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusters import Executor
-from trainers.base import TRAINERS, FederatedData, Reporter, Trainer, TrainResult, derive_seed
-from trainers.config import DistillConfig, TrainerConfig
-from trainers.models import ModelConfig, ModelSpec, build_model, forward_layers
+from trainers.base import (
+    TRAINERS,
+    Budget,
+    FederatedData,
+    Federation,
+    Invalid,
+    Reporter,
+    TeacherRef,
+    Trainer,
+    TrainResult,
+    derive_seed,
+)
+from trainers.config import DistillConfig, DistillTarget, TeacherSource, TrainerConfig
+from trainers.models import ModelConfig, ModelSpec, build_model, check_input, forward_layers
 
 __all__ = ["Distillation", "latency_ms", "train_supervised"]
 
@@ -132,7 +143,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
         return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
-class Distillation(Trainer):
+class Distillation(Trainer[FederatedData]):
     """Distils a teacher into the experiment's model (the student).
 
     Args:
@@ -153,11 +164,51 @@ class Distillation(Trainer):
     )
     """stage: 0, 1... per distillation stage (an assistant first), +0.5 while fine-tuning."""
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
-        self.config = config
-        self.model_config = model
-        self.teacher: nn.Module | None = None
-        """A trained teacher handed over by the caller (teacher.source: mlflow)."""
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        """A loaded teacher needs its URI; features and relations between ViTs need as many
+        tokens along the chain teacher -> [assistant ->] student."""
+        d = config.distill
+        if d.teacher.source == TeacherSource.mlflow and not d.teacher.uri:
+            raise Invalid("trainer.distill.teacher.uri", "required when source is mlflow")
+        chain = [
+            ("trainer.distill.teacher.model", d.teacher.model),
+            *([("trainer.distill.assistant", d.assistant)] if d.assistant is not None else []),
+            ("model", model),
+        ]
+        if d.teacher.source == TeacherSource.mlflow:
+            chain = chain[1:]  # a loaded teacher's architecture is known only once loaded
+        if d.target != DistillTarget.logits:
+            for (_, teacher), (key, student) in zip(chain, chain[1:]):
+                if teacher.name == student.name == "vit" and teacher.patch != student.patch:
+                    raise Invalid(
+                        f"{key}.patch",
+                        f"{d.target} between vits need as many tokens: patch {student.patch} "
+                        f"against the teacher's {teacher.patch}",
+                    )
+
+    def check(self, data: FederatedData) -> None:
+        d = self.config.distill
+        models = [("model", self.model_config)]
+        if d.teacher.source == TeacherSource.train:
+            models.append(("trainer.distill.teacher.model", d.teacher.model))
+        if d.assistant is not None:
+            models.append(("trainer.distill.assistant", d.assistant))
+        for key, cfg in models:
+            problem = check_input(cfg, data.n_features)
+            if problem:
+                raise Invalid(f"{key}.name" if key != "model" else "model.name", problem)
+
+    def budget(self) -> Budget:
+        d = self.config.distill
+        stages = 2 if d.assistant is not None else 1
+        return Budget(stages * d.epochs + d.finetune_epochs, "epoch")
+
+    def teacher_uri(self) -> TeacherRef | None:
+        t = self.config.distill.teacher
+        if t.source != TeacherSource.mlflow or not t.uri:
+            return None
+        return TeacherRef(t.uri, t.tracking_uri, "trainer.distill.teacher.uri")
 
     def fit(
         self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
@@ -222,12 +273,14 @@ class Distillation(Trainer):
         with torch.no_grad():  # a probe of the student's layers
             _, feats, s_qkvs = forward_layers(student.eval(), x[:2])
         targets = self._teacher_targets(teacher, x, token_relations=s_qkvs is not None)
-        s_index = None
+        s_index = 0  # unused with logits
         if c.target != "logits":
             s_index = _pick(feats, c.student_layer, "student")
         projection = None
-        if c.target == "features" and feats[s_index].shape[-1] != targets.feats.shape[-1]:
-            projection = nn.Linear(feats[s_index].shape[-1], targets.feats.shape[-1])
+        if c.target == "features":
+            assert targets.feats is not None
+            if feats[s_index].shape[-1] != targets.feats.shape[-1]:
+                projection = nn.Linear(feats[s_index].shape[-1], targets.feats.shape[-1])
         params = list(student.parameters()) + (
             list(projection.parameters()) if projection is not None else []
         )
@@ -291,11 +344,11 @@ class Distillation(Trainer):
     def _loss(self, targets, idx, logits, s_feats, s_qkv, s_index, projection) -> torch.Tensor:
         c = self.config.distill
         if c.target == "logits":
-            t = c.temperature
+            temp = c.temperature
             return (
-                _kl(F.log_softmax(targets.logits[idx] / t, -1), F.log_softmax(logits / t, -1))
-                * t
-                * t
+                _kl(F.log_softmax(targets.logits[idx] / temp, -1), F.log_softmax(logits / temp, -1))
+                * temp
+                * temp
             )
         if c.target == "features":
             s = s_feats[s_index]

@@ -26,11 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusters import Executor
-from trainers.aggregators import Mean, build_aggregator
+from trainers.aggregators import AggregatorError, Mean, build_aggregator
 from trainers.attacks import LabelFlipping, build_adversary, byzantine_parties
 from trainers.base import (
+    BYTES_PER_VALUE,
     TRAINERS,
     FederatedData,
+    Federation,
+    Invalid,
     PartyData,
     Reporter,
     Trainer,
@@ -56,7 +59,6 @@ __all__ = [
 
 _SAMPLE_STREAM = 2
 _INIT_STREAM = 3
-BYTES_PER_PARAM = 4  # float32 on the wire
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -101,7 +103,7 @@ def stack_uploads(updates: list[PartyUpdate]) -> tuple[np.ndarray, np.ndarray]:
     return uploads, counts
 
 
-class FedAvg(Trainer):
+class FedAvg(Trainer[FederatedData]):
     """Federated averaging, with optional Byzantine parties and a robust aggregator.
 
     Args:
@@ -113,7 +115,7 @@ class FedAvg(Trainer):
     """Whether parties download and upload the model (False: bytes communicated stay 0)."""
     tracks_parties = True
     """Whether the Byzantine and participation metrics apply (not to a single pooled party)."""
-    metrics = (
+    metrics: tuple[str, ...] = (
         "train_loss",
         "test_accuracy",
         "test_loss",
@@ -127,9 +129,21 @@ class FedAvg(Trainer):
     )
     """What :meth:`fit` reports every round (searches may optimise any of them)."""
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
-        self.config = config
-        self.model_config = model
+    @classmethod
+    def party_count(cls, federation: Federation) -> int:
+        """How many parties train (the centralized baseline pools them into one)."""
+        return federation.parties
+
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        parties = cls.party_count(federation)
+        per_round = min(
+            config.parties_per_round or max(1, round(config.fraction * parties)), parties
+        )
+        try:
+            build_aggregator(config.aggregator, config.attack.fraction).check(per_round)
+        except AggregatorError as exc:
+            raise Invalid("trainer.aggregator", f"{exc} (uploads per round: {per_round})") from None
 
     def prox_mu(self) -> float:
         """Weight of the proximal term in the local loss (0: plain FedAvg)."""
@@ -168,7 +182,7 @@ class FedAvg(Trainer):
         on_workers = isinstance(aggregator, Mean) and (
             adversary is None or adversary.attack.data_attack
         )
-        model_bytes = weights.size * BYTES_PER_PARAM
+        model_bytes = weights.size * BYTES_PER_VALUE
         history: list[dict[str, float]] = []
         total_bytes = 0
         for r in range(cfg.rounds):
@@ -177,6 +191,7 @@ class FedAvg(Trainer):
             payload = RoundPayload(r, weights)
             if on_workers:
                 update = executor.map(task, chosen, payload, reduce=PartyUpdate.merge)
+                assert update is not None, "a round samples at least one party"
                 trained = time.perf_counter()
                 weights = update.average()
                 aggregate_s = time.perf_counter() - trained
@@ -232,6 +247,10 @@ class Centralized(FedAvg):
     communicates = False
     tracks_parties = False
     metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS)
+
+    @classmethod
+    def party_count(cls, federation: Federation) -> int:
+        return 1
 
     def parties(self, data: FederatedData) -> dict[int, PartyData]:
         return {0: data.pooled()}

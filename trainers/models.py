@@ -6,7 +6,8 @@ state is one flat float32 vector: that vector is what parties download and uploa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,18 +15,21 @@ import torch
 from torch import nn
 
 from trainers.registry import Registry
+from trainers.rules import at_least, between, each, one_of
 
 __all__ = [
     "MODELS",
     "ModelConfig",
     "ModelSpec",
     "build_model",
+    "check_input",
     "forward_layers",
     "get_flat",
     "layer_slices",
     "load_checkpoint",
     "num_parameters",
     "save_checkpoint",
+    "seeded",
     "set_flat",
 ]
 
@@ -34,23 +38,47 @@ __all__ = [
 class ModelConfig:
     """Which model to train."""
 
-    name: str = "mlp"
+    name: str = field(default="mlp", metadata=one_of("model"))
     """One of the registered models: logreg, mlp, cnn, vit."""
-    hidden: list[int] = field(default_factory=lambda: [128])
+    hidden: list[int] = field(default_factory=lambda: [128], metadata=each(at_least(1)))
     """Hidden layer widths of the MLP."""
     channels: list[int] = field(default_factory=lambda: [16, 32])
     """Convolution channels of the CNN (two 3x3 conv + 2x2 max-pool stages)."""
-    dim: int = 32
+    dim: int = field(default=32, metadata=at_least(1))
     """ViT: token width."""
-    depth: int = 4
+    depth: int = field(default=4, metadata=at_least(1))
     """ViT: transformer blocks."""
-    heads: int = 4
+    heads: int = field(default=4, metadata=at_least(1))
     """ViT: attention heads per block."""
-    patch: int = 2
+    patch: int = field(default=2, metadata=at_least(1))
     """ViT: side of the square patches the (square) image is cut into."""
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata=between(0, 1, high_open=True))
     """Regularisation: dropout after every hidden layer (mlp, cnn) or the largest drop-path
     rate (vit, rising linearly over the blocks)."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if len(self.channels) != 2 or min(self.channels) < 1:
+            yield "channels", "must be two positive channel counts"
+        if self.name == "vit" and self.heads >= 1 and self.dim % self.heads:
+            yield "dim", f"must be divisible by heads ({self.heads})"
+
+
+def check_input(cfg: ModelConfig, n_features: int) -> str | None:
+    """Why the model cannot read ``n_features`` inputs (None: it can): the image models need
+    square images of a fitting side."""
+    side = int(round(n_features**0.5))
+    square = side * side == n_features
+    if cfg.name == "cnn" and (not square or side % 4):
+        return (
+            f"cnn needs square images with a side divisible by 4 (digits: 8x8); "
+            f"the data has {n_features} features"
+        )
+    if cfg.name == "vit" and (not square or side % cfg.patch):
+        return (
+            f"vit needs square images whose side is divisible by patch ({cfg.patch}); "
+            f"the data has {n_features} features"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -243,10 +271,18 @@ def forward_layers(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     return z, feats, None
 
 
-def build_model(spec: ModelSpec, seed: int) -> nn.Module:
-    """Builds the model with weights drawn from ``seed`` (the global RNG is left untouched)."""
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Runs the block with torch's global generator seeded with ``seed`` and restores it after:
+    modules built inside (whose initialisers draw from it) come out the same anywhere."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        yield
+
+
+def build_model(spec: ModelSpec, seed: int) -> nn.Module:
+    """Builds the model with weights drawn from ``seed`` (the global RNG is left untouched)."""
+    with seeded(seed):
         return MODELS.get(spec.name)(spec)
 
 

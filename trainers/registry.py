@@ -1,9 +1,13 @@
-"""A typed name -> implementation registry that refuses duplicates and lists known names."""
+"""A typed name -> implementation registry that refuses duplicates and lists known names.
+
+Every registry is also known by its kind (``Registry.of("aggregator")``), so that a config
+field can name the registry its value must come from (see :mod:`trainers.rules`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -18,19 +22,30 @@ class UnknownNameError(KeyError):
         super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(known)}")
 
     def __str__(self) -> str:
-        return self.args[0]
+        return str(self.args[0])
 
 
 class Registry(Generic[T]):
     """Maps names to implementations of one kind (models, trainers, partitioners...).
 
     Args:
-        kind: what is registered, used in error messages ("model", "trainer").
+        kind: what is registered, used in error messages ("model", "trainer"); one registry
+            per kind.
     """
 
+    _kinds: ClassVar[dict[str, Registry[Any]]] = {}
+
     def __init__(self, kind: str) -> None:
+        if kind in Registry._kinds:
+            raise ValueError(f"a {kind} registry exists already")
         self.kind = kind
         self._items: dict[str, T] = {}
+        Registry._kinds[kind] = self
+
+    @classmethod
+    def of(cls, kind: str) -> Registry[Any]:
+        """The registry of ``kind`` (KeyError when none was made)."""
+        return cls._kinds[kind]
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a second use of a name is an error."""

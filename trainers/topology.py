@@ -13,6 +13,7 @@ symmetric, non-negative and doubly stochastic.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -20,12 +21,13 @@ import networkx as nx
 import numpy as np
 
 from trainers.base import derive_seed
+from trainers.config import DecentralizedConfig, Graph
 
-__all__ = ["GRAPHS", "Topology", "metropolis_hastings", "spectral_gap"]
+__all__ = ["GRAPHS", "GraphSpec", "Topology", "metropolis_hastings", "spectral_gap"]
 
 _GRAPH_STREAM = 7
 _EDGE_STREAM = 8
-GRAPHS = ("complete", "erdos_renyi", "regular", "ring", "star", "torus")
+GRAPHS = tuple(g.value for g in Graph)
 
 
 def metropolis_hastings(adjacency: np.ndarray, lazy: bool = False) -> np.ndarray:
@@ -90,13 +92,12 @@ def _base_graph(name: str, n: int, p: float, k: int, seed: int) -> nx.Graph:
     raise ValueError(f"no connected {name} graph with n={n} found in 1000 draws")
 
 
-@dataclass
-class Topology:
-    """A (possibly time-varying) communication graph over n nodes.
+@dataclass(frozen=True)
+class GraphSpec:
+    """Which graph: a static base graph and how it varies over steps.
 
     Args:
-        graph: the static base graph's name (see GRAPHS).
-        n: nodes.
+        name: the base graph (see GRAPHS).
         p: erdos_renyi edge probability.
         k: regular degree.
         varying: ``none``, ``edges`` (each base edge kept with probability q per step) or
@@ -104,23 +105,42 @@ class Topology:
         q: edge keep probability for ``edges``.
         b: number of graphs in the ``cycle``.
         lazy: use (I + W) / 2.
-        seed: the run's seed (random graphs and edge draws derive from it).
     """
 
-    graph: str
-    n: int
+    name: str
     p: float = 0.3
     k: int = 4
     varying: str = "none"
     q: float = 0.5
     b: int = 3
     lazy: bool = False
+
+    @classmethod
+    def of(cls, cfg: DecentralizedConfig) -> GraphSpec:
+        """The graph a decentralized config describes."""
+        return cls(str(cfg.topology), cfg.p, cfg.k, str(cfg.varying), cfg.q, cfg.b, cfg.lazy)
+
+
+@dataclass
+class Topology:
+    """A (possibly time-varying) communication graph over n nodes.
+
+    Args:
+        spec: the graph.
+        n: nodes.
+        seed: the run's seed (random graphs and edge draws derive from it).
+    """
+
+    spec: GraphSpec
+    n: int
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.n < 2:
             raise ValueError("a network needs at least 2 nodes")
-        self.base = _base_graph(self.graph, self.n, self.p, self.k, self.seed)
+        s = self.spec
+        self.graph, self.varying, self.q, self.b, self.lazy = s.name, s.varying, s.q, s.b, s.lazy
+        self.base = _base_graph(s.name, self.n, s.p, s.k, self.seed)
         self.edges = np.array(sorted(tuple(sorted(e)) for e in self.base.edges()), dtype=np.int64)
         self._static = metropolis_hastings(self.adjacency(self.edges), self.lazy)
         if self.varying == "cycle":
@@ -163,6 +183,6 @@ class Topology:
                 prod = w @ prod
             return spectral_gap(0.5 * (prod + prod.T))
         if self.varying == "edges":
-            mean = sum(self.matrix(t) for t in range(200)) / 200
+            mean = functools.reduce(np.add, [self.matrix(t) for t in range(200)]) / 200
             return spectral_gap(mean)
         return spectral_gap(self._static)

@@ -31,18 +31,25 @@ After training:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from trainers.base import derive_seed
 from trainers.config import VFLAttackConfig
+from trainers.models import seeded
+from trainers.registry import Registry
 from trainers.vertical.data import VerticalData
+from trainers.vertical.messages import Exchange
 
 __all__ = [
     "ATTACKS",
     "LABEL_ATTACKS",
+    "VFL_ATTACKS",
+    "LabelInference",
     "auc",
     "complete",
     "defense_score",
@@ -54,14 +61,79 @@ __all__ = [
 
 LABEL_ATTACKS = ("ns", "ds", "dli", "rr")
 ATTACKS = (*LABEL_ATTACKS, "mc", "mi")
+
+
+@dataclass(frozen=True)
+class AttackKind:
+    """When an attack acts: during training, on the messages (label inference), or after."""
+
+    during_training: bool
+
+
+VFL_ATTACKS: Registry[AttackKind] = Registry("vfl_attack")
 """Every attack a vertical run can name in ``trainer.vfl.attack.names``."""
+for _name in ATTACKS:
+    VFL_ATTACKS.register(_name)(AttackKind(_name in LABEL_ATTACKS))
 
 
 def auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC of ``scores`` for ``y == 1``; None when the batch holds one class only."""
     if y.min() == y.max() or not np.isfinite(scores).all():
         return None
+    # scikit-learn is imported here, by the vertical runs that score attacks, and not by
+    # every worker that imports the trainers.
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, scores))
+
+
+class LabelInference:
+    """The label attacks of a passive party, as an observer of every batch's exchange: each
+    batch's success, its mean per epoch, and the run's leakage over the epochs.
+
+    Args:
+        names: the label attacks that apply (ns, ds, dli, rr).
+        attacker: the passive party whose received gradients are attacked.
+        y_aligned: the aligned samples' labels (to score the attacks only).
+        x_attacker: the attacker's features of the aligned samples (rr).
+        seed: the run's seed and the stream the attacks' draws come from.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        attacker: int,
+        y_aligned: np.ndarray,
+        x_attacker: np.ndarray,
+        seed: tuple[int, int],
+    ) -> None:
+        self.names, self.attacker = names, attacker
+        self.y, self.x, self.seed = y_aligned, x_attacker, seed
+        self.series: dict[str, list[float]] = {a: [] for a in names}
+        """Each attack's per-epoch mean batch success."""
+        self._batches: dict[str, list[float]] = {}
+        self._rng = np.random.default_rng(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        self._batches = {a: [] for a in self.names}
+        self._rng = np.random.default_rng(derive_seed(*self.seed, epoch))
+
+    def observe(self, exchange: Exchange) -> None:
+        received = exchange.gradients[self.attacker].values
+        rows = exchange.rows
+        for name in self.names:
+            value = label_scores(name, received, self.y[rows], self._rng, self.x[rows])
+            if value is not None:
+                self._batches[name].append(value)
+
+    def end_epoch(self, binary: bool) -> dict[str, float]:
+        """The epoch's metric per attack: ``<name>_auc`` (``dli_accuracy`` on many classes)."""
+        out = {}
+        for name, values in self._batches.items():
+            mean = float(np.mean(values)) if values else float("nan")
+            self.series[name].append(mean)
+            out["dli_accuracy" if name == "dli" and not binary else f"{name}_auc"] = mean
+        return out
 
 
 def label_scores(
@@ -157,8 +229,7 @@ def model_completion(
     more = rng.choice(rest, size=max(0, min(samples, len(y_train)) - len(picks)), replace=False)
     idx = np.concatenate([picks, more]).astype(np.int64)
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = nn.Sequential(bottom, nn.Linear(out_dim, n_classes))
     x = torch.as_tensor(x_train[idx], dtype=torch.float32)
     y = torch.as_tensor(y_train[idx], dtype=torch.int64)

@@ -5,7 +5,8 @@ at one of three places in the active party's step, each a hook with a do-nothing
 
 - :meth:`Defense.targets`: what the active party trains on instead of the one-hot labels
   (the confusional autoencoder);
-- :meth:`Defense.penalty`: a term added to its loss (the negative-loss regulariser);
+- :meth:`Defense.penalty`: a term added to its loss (the negative-loss regulariser, whose
+  own heads the active party trains too: :meth:`Defense.modules`);
 - :meth:`Defense.gradient`: what it does to the gradient d loss / d embedding before sending
   it to a passive party (noise, sparsification, discretisation, Marvell).
 
@@ -16,12 +17,13 @@ generator it is handed (derived from the run's seed, the epoch and the batch).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.models import seeded
 from trainers.registry import Registry
 
 __all__ = ["DEFENSES", "Defense", "build_defense", "iso_noise"]
@@ -36,11 +38,12 @@ class Defense:
         seed: seeds whatever the defense trains before use (the label autoencoder).
     """
 
-    default_strength: float | None = None
+    default_strength: float = 0.0
+    """The strength when none is given (0 for the mechanisms that have none)."""
     binary_only = False
 
     def __init__(self, strength: float | None, n_classes: int, seed: int) -> None:
-        self.strength = self.default_strength if strength is None else strength
+        self.strength: float = self.default_strength if strength is None else strength
         self.n_classes = n_classes
         self.seed = seed
 
@@ -52,8 +55,21 @@ class Defense:
         """Maps the model's predicted probabilities back to class probabilities."""
         return probs
 
-    def penalty(self, passive_logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor | float:
-        """A term added to the active party's loss, given each passive party's logits."""
+    def modules(self, passive: Sequence[int], width: int | None) -> list[nn.Parameter]:
+        """Builds what the defense trains beside the active party's models and returns its
+        parameters (none by default).
+
+        Args:
+            passive: the passive parties' ids.
+            width: the width of one embedding when the active party has a top model (the
+                passive outputs are then embeddings, not logits); None when it sums logits.
+        """
+        return []
+
+    def penalty(
+        self, embeddings: Mapping[int, torch.Tensor], y: torch.Tensor
+    ) -> torch.Tensor | float:
+        """A term added to the active party's loss, given each passive party's embedding."""
         return 0.0
 
     def gradient(self, g: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -191,49 +207,88 @@ class ConfusionalAutoencoder(Defense):
 
     def __init__(self, strength, n_classes, seed) -> None:
         super().__init__(strength, n_classes, seed)
-        gen = torch.Generator().manual_seed(seed)
+        self._coders: tuple[nn.Module, nn.Module] | None = None
+
+    def _trained(self) -> tuple[nn.Module, nn.Module]:
+        """The encoder and decoder, trained on first use (on the party that holds them)."""
+        if self._coders is None:
+            self._coders = self._train()
+        return self._coders
+
+    def _train(self) -> tuple[nn.Module, nn.Module]:
+        n_classes = self.n_classes
+        gen = torch.Generator().manual_seed(self.seed)
         width = 6 * n_classes
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.encoder = nn.Sequential(
+        with seeded(self.seed):
+            encoder = nn.Sequential(
                 nn.Linear(n_classes, width), nn.ReLU(), nn.Linear(width, n_classes)
             )
-            self.decoder = nn.Sequential(
+            decoder = nn.Sequential(
                 nn.Linear(n_classes, width), nn.ReLU(), nn.Linear(width, n_classes)
             )
-        params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        params = [*encoder.parameters(), *decoder.parameters()]
         opt = torch.optim.Adam(params, lr=0.01)
         y = torch.arange(n_classes).repeat(32)
         onehot = F.one_hot(y, n_classes).float()
         for _ in range(500):
             noise = 0.01 * torch.randn(onehot.shape, generator=gen)
-            soft = F.softmax(self.encoder(onehot + noise), dim=1)
-            recon = F.cross_entropy(self.decoder(soft), y)
+            soft = F.softmax(encoder(onehot + noise), dim=1)
+            recon = F.cross_entropy(decoder(soft), y)
             confusion = -torch.log(soft.gather(1, y[:, None]).clamp_min(1e-4)).mean()
             opt.zero_grad()
             (10 * recon - self.strength * confusion).backward()
             opt.step()
         for p in params:
             p.requires_grad_(False)
+        return encoder, decoder
 
     def targets(self, y):
-        return F.softmax(self.encoder(F.one_hot(y, self.n_classes).float()), dim=1)
+        encoder, _ = self._trained()
+        return F.softmax(encoder(F.one_hot(y, self.n_classes).float()), dim=1)
 
     def decode(self, probs):
-        return F.softmax(self.decoder(probs), dim=1)
+        _, decoder = self._trained()
+        return F.softmax(decoder(probs), dim=1)
 
 
 @DEFENSES.register("negative_loss")
 class NegativeLoss(Defense):
     """The negative-loss regulariser: adds strength / CE(passive-side logits, y) to the active
-    party's loss, pushing each passive party's output away from predicting the labels."""
+    party's loss, pushing each passive party's output away from predicting the labels.
+
+    When the passive outputs are embeddings (an active top model), the passive-side logits
+    come from a linear head per passive party, trained on the detached embeddings beside the
+    active party's models; the penalty reaches the embeddings through the heads' detached
+    weights.
+    """
 
     default_strength = 20.0
 
-    def penalty(self, passive_logits, y):
+    def __init__(self, strength, n_classes, seed) -> None:
+        super().__init__(strength, n_classes, seed)
+        self.heads: dict[int, nn.Linear] = {}
+
+    def modules(self, passive, width):
+        if width is None:
+            return []
+        with seeded(self.seed):
+            self.heads = {p: nn.Linear(width, self.n_classes) for p in passive}
+        return [q for h in self.heads.values() for q in h.parameters()]
+
+    def penalty(self, embeddings, y):
+        if not self.heads:
+            return self._push([embeddings[p] for p in sorted(embeddings)], y)
+        heads = self.heads
+        fitted = sum(F.cross_entropy(heads[p](embeddings[p].detach()), y) for p in heads)
+        guesses = [
+            F.linear(embeddings[p], heads[p].weight.detach(), heads[p].bias.detach()) for p in heads
+        ]
+        return fitted + self._push(guesses, y)
+
+    def _push(self, logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor | float:
         total: torch.Tensor | float = 0.0
-        for logits in passive_logits:
-            total = total + self.strength / F.cross_entropy(logits, y).clamp_min(1e-3)
+        for z in logits:
+            total = total + self.strength / F.cross_entropy(z, y).clamp_min(1e-3)
         return total
 
 

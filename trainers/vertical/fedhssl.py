@@ -29,12 +29,12 @@ the aggregated weights (``model_noise``) and on the fine-tuning embeddings
 
 from __future__ import annotations
 
-import copy
 import enum
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -42,19 +42,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusters import Executor, PartyContext
-from trainers.base import TRAINERS, Reporter, Trainer, TrainResult, derive_seed
-from trainers.config import TrainerConfig
-from trainers.models import ModelConfig, ModelSpec, get_flat, set_flat
+from trainers.base import (
+    BYTES_PER_VALUE,
+    TRAINERS,
+    Budget,
+    Federation,
+    Reporter,
+    Trainer,
+    TrainResult,
+    derive_seed,
+)
+from trainers.config import SSLConfig, TrainerConfig
+from trainers.models import ModelConfig, ModelSpec, get_flat, seeded, set_flat
 from trainers.vertical import attacks
 from trainers.vertical.data import ACTIVE, VerticalData
-from trainers.vertical.defenses import iso_noise
+from trainers.vertical.defenses import build_defense, iso_noise
 from trainers.vertical.split import (
-    BYTES_PER_VALUE,
+    ActiveModels,
     ActiveParty,
     Optim,
     PassiveParty,
+    Pretrained,
     SplitModel,
+    _check_vertical,
     evaluate_split,
+    export_models,
     split_batch,
 )
 
@@ -200,49 +212,61 @@ class PretrainPayload:
     """SET_SHARED: the aggregated local top and heads."""
 
 
+@dataclass
+class PretrainState:
+    """What a party keeps while it pretrains."""
+
+    nets: PartyNets
+    opt: torch.optim.SGD
+    own: torch.Tensor
+    """Its own samples (aligned, then unaligned), for local SSL."""
+    low: torch.Tensor
+    high: torch.Tensor
+    """Per-feature bounds of its samples (the augmentation draws within them)."""
+
+
 @dataclass(frozen=True)
 class _Pretrain:
-    """Self-supervised pretraining, as each party runs it (one :class:`Step` per call)."""
+    """Self-supervised pretraining, as each party runs it (one :class:`Step` per call).
+
+    Args:
+        n_features: (party, feature count) of every party.
+        seed: the run's seed.
+        ssl: the pretraining settings.
+        lr: the base learning rate of the encoders and projectors.
+    """
 
     n_features: tuple[tuple[int, int], ...]
     seed: int
-    hidden: int
-    proj: int
-    pred: int
+    ssl: SSLConfig
     lr: float
-    momentum: float
-    weight_decay: float
-    local_ratio: float
-    constraint_ratio: float
-    augment_fraction: float
-    grad_clip: float
-    feature_noise: float
-    batch_size: int
 
-    def _setup(self, ctx: PartyContext) -> None:
-        st = ctx.state
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
-            nets = PartyNets(dict(self.n_features)[ctx.party_id], self.hidden, self.proj, self.pred)
-        st["nets"] = nets
+    def _setup(self, ctx: PartyContext) -> PretrainState:
+        s = self.ssl
+        with seeded(derive_seed(self.seed, _INIT_STREAM, ctx.party_id)):
+            nets = PartyNets(
+                dict(self.n_features)[ctx.party_id], s.hidden, s.proj_dim, s.pred_hidden
+            )
         predictors = [*nets.pred_cross.parameters(), *nets.pred_local.parameters()]
         ids = {id(p) for p in predictors}
         decayed = [p for p in nets.parameters() if id(p) not in ids]
-        st["opt"] = torch.optim.SGD(
+        opt = torch.optim.SGD(
             [{"params": decayed, "decay": True}, {"params": predictors, "decay": False}],
             lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
         )
-        own = np.concatenate([ctx.data.x_aligned, ctx.data.x_local])
-        st["own"] = torch.from_numpy(np.array(own, dtype=np.float32))
-        st["low"], st["high"] = st["own"].min(0).values, st["own"].max(0).values
+        own = torch.from_numpy(
+            np.array(np.concatenate([ctx.data.x_aligned, ctx.data.x_local]), dtype=np.float32)
+        )
+        return PretrainState(nets, opt, own, own.min(0).values, own.max(0).values)
 
     def __call__(self, ctx: PartyContext, payload: PretrainPayload) -> object:
-        st = ctx.state
-        if "nets" not in st:
-            self._setup(ctx)
-        nets, opt = st["nets"], st["opt"]
+        st = ctx.get(PretrainState)
+        if st is None:
+            st = self._setup(ctx)
+            ctx.put(st)
+        s, nets, opt = self.ssl, st.nets, st.opt
         step = payload.step
         if step is Step.LR:
             for group in opt.param_groups:
@@ -255,8 +279,9 @@ class _Pretrain:
             gen = torch.Generator().manual_seed(
                 derive_seed(self.seed, _NOISE_STREAM, ctx.party_id, payload.counter)
             )
-            return ctx.party_id, iso_noise(z, self.feature_noise, gen).numpy()
+            return ctx.party_id, iso_noise(z, s.feature_noise, gen).numpy()
         if step is Step.CROSS_UPDATE:
+            assert payload.z is not None
             x = torch.from_numpy(np.array(ctx.data.x_aligned[payload.rows]))
             p = nets.pred_cross(nets.proj_cross(nets.cross(x)))
             partners = [
@@ -270,35 +295,37 @@ class _Pretrain:
             opt.step()
             return float(loss.detach())
         if step is Step.LOCAL_EPOCH:
-            own = st["own"]
+            own = st.own
             gen = torch.Generator().manual_seed(
                 derive_seed(self.seed, _AUGMENT_STREAM, ctx.party_id, payload.counter)
             )
             order = torch.randperm(len(own), generator=gen)
             total = 0.0
-            for start in range(0, len(own) - 1, self.batch_size):  # batch norm needs 2 rows
-                x = own[order[start : start + self.batch_size]]
-                v1 = augment(x, st["low"], st["high"], self.augment_fraction, gen)
-                v2 = augment(x, st["low"], st["high"], self.augment_fraction, gen)
+            batch = s.pretrain_batch_size
+            for start in range(0, len(own) - 1, batch):  # batch norm needs 2 rows
+                x = own[order[start : start + batch]]
+                v1 = augment(x, st.low, st.high, s.augment_fraction, gen)
+                v2 = augment(x, st.low, st.high, s.augment_fraction, gen)
                 z1, z2 = nets.proj_local(nets.local(v1)), nets.proj_local(nets.local(v2))
                 p1, p2 = nets.pred_local(z1), nets.pred_local(z2)
-                loss = self.local_ratio * (simsiam(p1, z2) + simsiam(p2, z1))
-                if self.constraint_ratio:
+                loss = s.local_ratio * (simsiam(p1, z2) + simsiam(p2, z1))
+                if s.constraint_ratio:
                     c1, c2 = nets.proj_cross(nets.cross(v1)), nets.proj_cross(nets.cross(v2))
-                    loss = loss + self.constraint_ratio * (simsiam(p1, c1) + simsiam(p2, c2))
+                    loss = loss + s.constraint_ratio * (simsiam(p1, c1) + simsiam(p2, c2))
                 opt.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(nets.parameters(), self.grad_clip)
+                torch.nn.utils.clip_grad_norm_(nets.parameters(), s.grad_clip)
                 opt.step()
                 total += float(loss.detach()) * len(x)
             return total / len(own)
         if step is Step.GET_SHARED:
             return get_flat(nn.ModuleList(nets.shared()))
         if step is Step.SET_SHARED:
+            assert payload.weights is not None
             set_flat(nn.ModuleList(nets.shared()), payload.weights)
             return None
-        st.clear()  # Step.TO_BACKBONE
-        st["backbone"] = Backbone(nets)
+        ctx.pop(PretrainState)  # Step.TO_BACKBONE: the hand-off to fine-tuning
+        ctx.put(Pretrained(Backbone(nets)))
         return None
 
 
@@ -310,22 +337,18 @@ class _FreshBackbone:
     hidden: int
 
     def __call__(self, ctx: PartyContext, payload: object) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
+        with seeded(derive_seed(self.seed, _INIT_STREAM, ctx.party_id)):
             nets = PartyNets(ctx.data.x_aligned.shape[1], self.hidden, 1, 1)
         ctx.state.clear()
-        ctx.state["backbone"] = Backbone(nets)
+        ctx.put(Pretrained(Backbone(nets)))
 
 
-def _export_backbone(ctx: PartyContext, payload: object) -> nn.Module:
-    return copy.deepcopy(ctx.state["model"] if "model" in ctx.state else ctx.state["own"])
+def _backbone(models: dict[str, nn.Module]) -> nn.Module:
+    """A party's fine-tuned backbone among its exported models."""
+    return models["bottom"] if "bottom" in models else models["own"]
 
 
-def _export_head(ctx: PartyContext, payload: object) -> nn.Module:
-    return copy.deepcopy(ctx.state["top"])
-
-
-class FedHSSL(Trainer):
+class FedHSSL(Trainer[VerticalData]):
     """FedHSSL: cross-party SSL, local SSL and partial model aggregation, then fine-tuning."""
 
     vertical = True
@@ -346,9 +369,23 @@ class FedHSSL(Trainer):
         "mc_accuracy",
     )
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
-        self.config = config
-        self.model_config = model
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        _check_vertical(config, federation)
+
+    def check(self, data: VerticalData) -> None:
+        """FedHSSL builds its own networks from the parties' columns."""
+
+    def plots(self) -> tuple[str, ...]:
+        return ("pretraining", "learning_curve") if self.pretrains else ("learning_curve",)
+
+    @property
+    def pretrains(self) -> bool:
+        return self.cross_ssl and self.config.ssl.pretrain_epochs > 0
+
+    def budget(self) -> Budget:
+        s = self.config.ssl
+        return Budget(s.finetune_epochs + (s.pretrain_epochs if self.pretrains else 0), "epoch")
 
     def fit(
         self, data: VerticalData, executor: Executor, reporter: Reporter, seed: int
@@ -360,15 +397,15 @@ class FedHSSL(Trainer):
         executor.load(parties, sizes={p: len(parties[p]) for p in ids})
         history: list[dict[str, float]] = []
         step = 0
-        pretraining = self.cross_ssl and s.pretrain_epochs > 0
-        if pretraining:
+        if self.pretrains:
             step = self._pretrain(data, executor, reporter, seed, history)
         else:
             executor.map(_FreshBackbone(seed, s.hidden), ids)
         self._finetune(data, executor, reporter, seed, history, step)
         passive = list(range(1, k))
-        backbones = executor.map(_export_backbone, ids)
-        head = executor.map(_export_head, [ACTIVE])[0]
+        exported = executor.map(export_models, ids)
+        backbones = [_backbone(m) for m in exported]
+        head = exported[ACTIVE]["top"]
         model = SplitModel(data.columns, dict(zip(passive, backbones[1:])), backbones[0], head)
         return TrainResult(model.eval(), history)
 
@@ -385,18 +422,8 @@ class FedHSSL(Trainer):
         fn = _Pretrain(
             tuple((p, len(data.columns[p])) for p in ids),
             seed,
-            s.hidden,
-            s.proj_dim,
-            s.pred_hidden,
+            s,
             s.pretrain_lr * 0.5 / max(1e-12, s.local_ratio + s.constraint_ratio),
-            s.momentum,
-            s.weight_decay,
-            s.local_ratio,
-            s.constraint_ratio,
-            s.augment_fraction,
-            s.grad_clip,
-            s.feature_noise,
-            s.pretrain_batch_size,
         )
         n = len(data.aligned)
         batch = s.pretrain_batch_size
@@ -408,22 +435,20 @@ class FedHSSL(Trainer):
             cross, sent = [], 0
             for begin in range(0, n - 1, batch):  # batch norm needs 2 rows
                 rows = order[begin : begin + batch]
-                z = dict(
-                    executor.map(
-                        fn, ids, PretrainPayload(Step.CROSS_EMBED, rows, counter=epoch * n + begin)
-                    )
+                embedded = executor.map(
+                    fn, ids, PretrainPayload(Step.CROSS_EMBED, rows, counter=epoch * n + begin)
                 )
+                z = dict(cast(list[tuple[int, np.ndarray]], embedded))
                 sent += sum(v.size for v in z.values()) * (len(ids) - 1)
                 losses = executor.map(fn, ids, PretrainPayload(Step.CROSS_UPDATE, rows, z))
-                cross.append(float(np.mean(losses)) * len(rows))
+                cross.append(float(np.mean(cast(list[float], losses))) * len(rows))
             metrics = {"ssl_cross_loss": sum(cross) / n}
             if self.local_ssl:
-                metrics["ssl_local_loss"] = float(
-                    np.mean(executor.map(fn, ids, PretrainPayload(Step.LOCAL_EPOCH, counter=epoch)))
-                )
+                local = executor.map(fn, ids, PretrainPayload(Step.LOCAL_EPOCH, counter=epoch))
+                metrics["ssl_local_loss"] = float(np.mean(cast(list[float], local)))
             if self.aggregate:
                 uploads = executor.map(fn, ids, PretrainPayload(Step.GET_SHARED))
-                mean = np.mean(np.stack(uploads), axis=0)
+                mean = np.mean(np.stack(cast(list[np.ndarray], uploads)), axis=0)
                 if s.model_noise > 0:
                     gen = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM, epoch))
                     mean = iso_noise(torch.from_numpy(mean)[None], s.model_noise, gen)[0].numpy()
@@ -464,12 +489,12 @@ class FedHSSL(Trainer):
             frozen=s.freeze in ("all", "passive"),
         )
         active_fn = ActiveParty(
-            dummy,
-            ModelSpec("logreg", width * data.n_parties, data.n_classes),
-            tuple(passive),
-            data.n_classes,
+            ActiveModels(
+                dummy, ModelSpec("logreg", width * data.n_parties, data.n_classes), tuple(passive)
+            ),
             seed,
             optim,
+            build_defense("none", None, data.n_classes, seed),
             frozen=s.freeze == "all",
         )
         # ActiveParty combines [own, *passive] embeddings through ``top``: own is the backbone.
@@ -504,7 +529,7 @@ class FedHSSL(Trainer):
     ) -> float:
         a = self.config.vfl.attack
         attacker = min(a.attacker, data.n_parties - 1)
-        bottom = executor.map(_export_backbone, [attacker])[0]
+        bottom = _backbone(executor.map(export_models, [attacker])[0])
         return attacks.complete(bottom, width, data, attacker, a, derive_seed(seed, _ATTACK_STREAM))
 
 

@@ -40,23 +40,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusters import Executor, PartyContext
-from trainers.base import TRAINERS, DataMismatch, Reporter, Trainer, TrainResult, derive_seed
+from trainers.base import (
+    BYTES_PER_VALUE,
+    TRAINERS,
+    Federation,
+    Invalid,
+    Reporter,
+    Trainer,
+    TrainResult,
+    derive_seed,
+)
+from trainers.cache import CACHE
 from trainers.config import TrainerConfig
 from trainers.models import ModelConfig, ModelSpec, build_model
 from trainers.vertical import attacks
 from trainers.vertical.data import ACTIVE, VerticalData
-from trainers.vertical.defenses import DEFENSES, build_defense, iso_noise
+from trainers.vertical.defenses import DEFENSES, Defense, build_defense, iso_noise
+from trainers.vertical.messages import Embedding, Exchange, Gradient
 
 __all__ = [
     "VHNN",
     "VLR",
     "VSNN",
-    "BYTES_PER_VALUE",
+    "ActiveModels",
     "ActiveParty",
-    "Optim",
+    "ActiveState",
     "Embedding",
     "Gradient",
+    "Optim",
     "PassiveParty",
+    "PassiveState",
+    "Pretrained",
     "SplitLearning",
     "SplitModel",
     "evaluate_split",
@@ -68,23 +82,36 @@ _BATCH_STREAM = 32
 _NOISE_STREAM = 33
 _ATTACK_STREAM = 34
 _DEFENSE_STREAM = 35
-BYTES_PER_VALUE = 4
 
 
-@dataclass(frozen=True)
-class Embedding:
-    """Passive -> active: a party's bottom-model outputs for a batch (rows are samples)."""
+@dataclass
+class Pretrained:
+    """The hand-off from pretraining to split learning: a party's trained backbone, which its
+    first split-learning call takes as its bottom model (or, active, as its own model)."""
 
-    party: int
-    values: np.ndarray
+    backbone: nn.Module
 
 
-@dataclass(frozen=True)
-class Gradient:
-    """Active -> passive: d loss / d embedding for the batch the party embedded last."""
+@dataclass
+class PassiveState:
+    """What a passive party keeps between calls."""
 
-    party: int
-    values: np.ndarray
+    model: nn.Module
+    """Its bottom model."""
+    opt: torch.optim.Optimizer | None
+    """None: the bottom stays fixed."""
+    rows: np.ndarray | None = None
+    """The batch it embedded last, whose gradient is pending."""
+
+
+@dataclass
+class ActiveState:
+    """What the active party keeps between calls."""
+
+    own: nn.Module
+    top: nn.Module | None
+    opt: torch.optim.Optimizer
+    defense: Defense
 
 
 @dataclass(frozen=True)
@@ -129,34 +156,39 @@ class PassiveParty:
     frozen: bool = False
     """Never update the bottom model (fine-tuning with a fixed passive backbone)."""
 
+    def _setup(self, ctx: PartyContext) -> PassiveState:
+        pretrained = ctx.pop(Pretrained)
+        if pretrained is not None:
+            model = pretrained.backbone
+        else:
+            spec = dict(self.specs)[ctx.party_id]
+            model = build_model(spec, derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
+        opt = None if self.frozen else self.optim.build(model.parameters())
+        return PassiveState(model, opt)
+
     def __call__(self, ctx: PartyContext, payload: PassivePayload) -> Embedding | None:
-        st = ctx.state
-        if "model" not in st:
-            if "backbone" in st:  # pretrained in this party's state (fedhssl)
-                st["model"] = st["backbone"]
-            else:
-                spec = dict(self.specs)[ctx.party_id]
-                st["model"] = build_model(spec, derive_seed(self.seed, _INIT_STREAM, ctx.party_id))
-            if not self.frozen:
-                st["opt"] = self.optim.build(st["model"].parameters())
-        model, data = st["model"], ctx.data
+        st = ctx.get(PassiveState)
+        if st is None:
+            st = self._setup(ctx)
+            ctx.put(st)
+        data = ctx.data
         message = payload.gradients.get(ctx.party_id)
-        if message is not None and self.frozen:
-            st.pop("rows")
-        elif message is not None:
-            x = _tensor(data.x_aligned[st.pop("rows")])
-            st["opt"].zero_grad()
-            model(x).backward(_tensor(message.values))
-            st["opt"].step()
+        if message is not None:
+            rows, st.rows = st.rows, None
+            if st.opt is not None:
+                x = _tensor(data.x_aligned[rows])
+                st.opt.zero_grad()
+                st.model(x).backward(_tensor(message.values))
+                st.opt.step()
         if payload.test:
             x = data.x_test
         elif payload.rows is not None:
-            st["rows"] = payload.rows
+            st.rows = payload.rows
             x = data.x_aligned[payload.rows]
         else:
             return None
         with torch.no_grad():
-            out = model(_tensor(x))
+            out = st.model(_tensor(x))
         gen = torch.Generator().manual_seed(
             derive_seed(self.seed, _NOISE_STREAM, ctx.party_id, payload.step)
         )
@@ -181,58 +213,65 @@ class ActiveReply:
 
 
 @dataclass(frozen=True)
-class ActiveParty:
-    """What the active party runs: combine, take the loss, step, send defended gradients."""
+class ActiveModels:
+    """The active party's models."""
 
     own: ModelSpec
     """Its model of its own features: a bottom (vhnn) or the linear part of the top."""
     top: ModelSpec | None
     """vhnn: the top model over the concatenated embeddings; None: the logits are summed."""
     passive: tuple[int, ...]
-    n_classes: int
+    """The passive parties whose embeddings it combines, in order."""
+
+
+@dataclass(frozen=True)
+class ActiveParty:
+    """What the active party runs: combine, take the loss, step, send defended gradients.
+
+    Args:
+        models: its models and the parties it combines.
+        seed: the run's seed.
+        optim: its optimizer settings.
+        defense: what it does to its targets, loss and outgoing gradients.
+        frozen: never update its own model (fine-tuning a linear probe).
+    """
+
+    models: ActiveModels
     seed: int
     optim: Optim
-    defense: str = "none"
-    strength: float | None = None
-    bound: float = 1e-3
+    defense: Defense
     frozen: bool = False
-    """Never update the active party's own model (fine-tuning a linear probe)."""
 
-    def _setup(self, st: dict) -> None:
-        if "backbone" in st:  # pretrained in this party's state (fedhssl)
-            st["own"] = st["backbone"]
+    def _setup(self, ctx: PartyContext) -> ActiveState:
+        m = self.models
+        pretrained = ctx.pop(Pretrained)
+        if pretrained is not None:
+            own = pretrained.backbone
         else:
-            st["own"] = build_model(self.own, derive_seed(self.seed, _INIT_STREAM, ACTIVE))
-        params = [] if self.frozen else list(st["own"].parameters())
-        if self.top is not None:
-            st["top"] = build_model(self.top, derive_seed(self.seed, _INIT_STREAM, ACTIVE, 1))
-            params += list(st["top"].parameters())
-            if self.defense == "negative_loss":  # heads guessing labels from one embedding
-                st["heads"] = {
-                    p: nn.Linear(self.top.n_features // (len(self.passive) + 1), self.n_classes)
-                    for p in self.passive
-                }
-                params += [q for h in st["heads"].values() for q in h.parameters()]
-        st["opt"] = self.optim.build(params)
-        st["defense"] = build_defense(
-            self.defense,
-            self.strength,
-            self.n_classes,
-            derive_seed(self.seed, _DEFENSE_STREAM),
-            self.bound,
-        )
+            own = build_model(m.own, derive_seed(self.seed, _INIT_STREAM, ACTIVE))
+        params = [] if self.frozen else list(own.parameters())
+        top = None
+        if m.top is not None:
+            top = build_model(m.top, derive_seed(self.seed, _INIT_STREAM, ACTIVE, 1))
+            params += list(top.parameters())
+        width = None if m.top is None else m.top.n_features // (len(m.passive) + 1)
+        params += self.defense.modules(m.passive, width)
+        return ActiveState(own, top, self.optim.build(params), self.defense)
 
-    def logits(self, st: dict, x: torch.Tensor, emb: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        own = st["own"](x)
-        if self.top is None:
-            return own + sum(emb[p] for p in self.passive)
-        return st["top"](torch.cat([own, *(emb[p] for p in self.passive)], dim=1))
+    def logits(
+        self, st: ActiveState, x: torch.Tensor, emb: Mapping[int, torch.Tensor]
+    ) -> torch.Tensor:
+        own = st.own(x)
+        if st.top is None:
+            return own + sum(emb[p] for p in self.models.passive)
+        return st.top(torch.cat([own, *(emb[p] for p in self.models.passive)], dim=1))
 
     def __call__(self, ctx: PartyContext, payload: ActivePayload) -> ActiveReply:
-        st, data = ctx.state, ctx.data
-        if "own" not in st:
-            self._setup(st)
-        defense = st["defense"]
+        st = ctx.get(ActiveState)
+        if st is None:
+            st = self._setup(ctx)
+            ctx.put(st)
+        data, defense = ctx.data, st.defense
         if payload.test:
             emb = {p: _tensor(e.values) for p, e in payload.embeddings.items()}
             with torch.no_grad():
@@ -243,22 +282,14 @@ class ActiveParty:
         emb = {p: _tensor(e.values, requires_grad=True) for p, e in payload.embeddings.items()}
         logits = self.logits(st, x, emb)
         loss = -(defense.targets(y) * F.log_softmax(logits, dim=1)).sum(1).mean()
-        total = loss
-        if "heads" in st:
-            heads = st["heads"]
-            total = total + sum(F.cross_entropy(heads[p](emb[p].detach()), y) for p in heads)
-            guesses = [
-                F.linear(emb[p], heads[p].weight.detach(), heads[p].bias.detach()) for p in heads
-            ]
-        else:
-            guesses = [emb[p] for p in self.passive]
-        total = total + defense.penalty(guesses, y)
-        st["opt"].zero_grad()
+        total = loss + defense.penalty(emb, y)
+        st.opt.zero_grad()
         total.backward()
-        st["opt"].step()
+        st.opt.step()
         gen = torch.Generator().manual_seed(derive_seed(self.seed, _NOISE_STREAM, 0, payload.step))
         grads = {
-            p: Gradient(p, defense.gradient(emb[p].grad, y, gen).numpy()) for p in self.passive
+            p: Gradient(p, defense.gradient(_grad(emb[p]), y, gen).numpy())
+            for p in self.models.passive
         }
         return ActiveReply(loss=float(loss.detach()), gradients=grads)
 
@@ -270,9 +301,17 @@ def _tensor(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
     return t.requires_grad_(requires_grad) if requires_grad else t
 
 
-def _export(ctx: PartyContext, payload: object) -> dict[str, nn.Module]:
-    """A party's trained models (copies), for the final model and the attacks."""
-    return {k: copy.deepcopy(v) for k, v in ctx.state.items() if k in ("model", "own", "top")}
+def export_models(ctx: PartyContext, payload: object) -> dict[str, nn.Module]:
+    """A party's trained models (copies), for the final model and the attacks: a passive
+    party's ``bottom``, the active party's ``own`` and ``top``."""
+    passive, active = ctx.get(PassiveState), ctx.get(ActiveState)
+    if passive is not None:
+        return {"bottom": copy.deepcopy(passive.model)}
+    assert active is not None, "the party never ran split learning"
+    out = {"own": copy.deepcopy(active.own)}
+    if active.top is not None:
+        out["top"] = copy.deepcopy(active.top)
+    return out
 
 
 class SplitModel(nn.Module):
@@ -293,14 +332,26 @@ class SplitModel(nn.Module):
             self.register_buffer(f"cols{p}", torch.as_tensor(cols, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        own = self.own(x.index_select(1, self.cols0))
+        own = self.own(x.index_select(1, self.get_buffer("cols0")))
         embs = [
-            bottom(x.index_select(1, getattr(self, f"cols{p}")))
+            bottom(x.index_select(1, self.get_buffer(f"cols{p}")))
             for p, bottom in zip(self.passive, self.bottoms)
         ]
         if self.top is None:
             return own + sum(embs)
         return self.top(torch.cat([own, *embs], dim=1))
+
+
+def _embedded(replies: list[Embedding | None]) -> list[Embedding]:
+    """The passive parties' embeddings, every one of them asked to embed."""
+    out = [e for e in replies if e is not None]
+    assert len(out) == len(replies), "a passive party asked to embed returned nothing"
+    return out
+
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    assert t.grad is not None, "the embedding took no part in the loss"
+    return t.grad
 
 
 def split_batch(
@@ -314,7 +365,9 @@ def split_batch(
 ) -> tuple[ActiveReply, list[Embedding]]:
     """One training batch: the passive parties apply ``pending`` and embed ``rows``; the active
     party steps and replies with the gradient messages (to deliver with the next call)."""
-    embs = executor.map(passive_fn, passive_ids, PassivePayload(pending, rows, step=step))
+    embs = _embedded(
+        executor.map(passive_fn, passive_ids, PassivePayload(pending, rows, step=step))
+    )
     reply = executor.map(
         active_fn, [ACTIVE], ActivePayload(rows, {e.party: e for e in embs}, step=step)
     )[0]
@@ -331,10 +384,11 @@ def evaluate_split(
 ) -> tuple[dict[str, float], list[Embedding]]:
     """Delivers ``pending`` and scores the federation on the test split: accuracy, loss and,
     for binary labels, AUC; ``utility`` is the AUC (binary) or the accuracy."""
-    embs = executor.map(passive_fn, passive_ids, PassivePayload(pending, None, True))
+    embs = _embedded(executor.map(passive_fn, passive_ids, PassivePayload(pending, None, True)))
     probs = executor.map(
         active_fn, [ACTIVE], ActivePayload(None, {e.party: e for e in embs}, True)
     )[0].probs
+    assert probs is not None
     acc = float((probs.argmax(1) == y_test).mean())
     picked = probs[np.arange(len(y_test)), y_test]
     metrics = {
@@ -352,10 +406,7 @@ class _Silent:
         pass
 
 
-_REFERENCES: dict[tuple, float] = {}
-
-
-class SplitLearning(Trainer):
+class SplitLearning(Trainer[VerticalData]):
     """Vertical split learning over the executor; subclasses choose the models.
 
     Args:
@@ -389,9 +440,27 @@ class SplitLearning(Trainer):
         "utility_loss",
     )
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig) -> None:
-        self.config = config
-        self.model_config = model
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        name = cls.__name__.lower()
+        if model.name not in ("logreg", "mlp"):
+            raise Invalid(
+                "model.name", f"{name} builds its own bottoms; model gives only mlp hidden widths"
+            )
+        _check_vertical(config, federation)
+
+    def check(self, data: VerticalData) -> None:
+        d = self.config.vfl.defense
+        if DEFENSES.get(d.name).binary_only and data.n_classes != 2:
+            raise Invalid(
+                "trainer.vfl.defense.name",
+                f"{d.name} needs binary labels; the data has {data.n_classes} classes "
+                "(data.positive makes a task binary)",
+            )
+
+    def plots(self) -> tuple[str, ...]:
+        label = set(attacks.LABEL_ATTACKS).intersection(self.config.vfl.attack.names)
+        return ("privacy_curve",) if label else ("learning_curve",)
 
     def specs(self, data: VerticalData) -> tuple[dict[int, ModelSpec], ModelSpec, ModelSpec | None]:
         """The passive bottoms, the active party's own model and its top (or None)."""
@@ -409,15 +478,6 @@ class SplitLearning(Trainer):
             name = "mlp" if v.top_hidden else "logreg"
             top = ModelSpec(name, out * data.n_parties, c, tuple(v.top_hidden))
         return bottoms, own, top
-
-    def check(self, data: VerticalData) -> None:
-        d = self.config.vfl.defense
-        if DEFENSES.get(d.name).binary_only and data.n_classes != 2:
-            raise DataMismatch(
-                "trainer.vfl.defense.name",
-                f"{d.name} needs binary labels; the data has {data.n_classes} classes "
-                "(data.positive makes a task binary)",
-            )
 
     def applicable(self, data: VerticalData) -> dict[str, str]:
         """Each configured attack -> why it does not apply ("" when it does)."""
@@ -446,24 +506,24 @@ class SplitLearning(Trainer):
         optim = Optim(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         passive_ids = sorted(bottoms)
         passive_fn = PassiveParty(tuple(bottoms.items()), seed, optim, v.defense.embedding_noise)
-        active_fn = ActiveParty(
-            own,
-            top,
-            tuple(passive_ids),
-            data.n_classes,
-            seed,
-            optim,
+        defense = build_defense(
             v.defense.name,
             v.defense.strength,
+            data.n_classes,
+            derive_seed(seed, _DEFENSE_STREAM),
             v.defense.bound,
         )
+        active_fn = ActiveParty(ActiveModels(own, top, tuple(passive_ids)), seed, optim, defense)
         parties = {p: data.party(p) for p in range(data.n_parties)}
         executor.load(parties, sizes={p: len(parties[p]) for p in parties})
         why = self.applicable(data)
-        label_attacks = [a for a in attacks.LABEL_ATTACKS if why.get(a) == ""]
-        series: dict[str, list[float]] = {a: [] for a in label_attacks}
-        y_aligned = data.y_train[data.aligned]
-        x_attacker = data.features(attacker, data.aligned)
+        observer = attacks.LabelInference(
+            [a for a in attacks.LABEL_ATTACKS if why.get(a) == ""],
+            attacker,
+            data.y_train[data.aligned],
+            data.features(attacker, data.aligned),
+            (seed, _ATTACK_STREAM),
+        )
         n, batch = len(data.aligned), cfg.batch_size
         binary = data.n_classes == 2
         history: list[dict[str, float]] = []
@@ -474,8 +534,7 @@ class SplitLearning(Trainer):
             order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
             pending: Mapping[int, Gradient] = {}
             losses, sent = [], 0
-            per_batch: dict[str, list[float]] = {a: [] for a in label_attacks}
-            attack_rng = np.random.default_rng(derive_seed(seed, _ATTACK_STREAM, epoch))
+            observer.start_epoch(epoch)
             for begin in range(0, n, batch):
                 rows = order[begin : begin + batch]
                 reply, embs = split_batch(
@@ -486,13 +545,7 @@ class SplitLearning(Trainer):
                 sent += sum(e.values.size for e in embs) + sum(
                     g.values.size for g in pending.values()
                 )
-                received = pending[attacker].values
-                for name in label_attacks:
-                    value = attacks.label_scores(
-                        name, received, y_aligned[rows], attack_rng, x_attacker[rows]
-                    )
-                    if value is not None:
-                        per_batch[name].append(value)
+                observer.observe(Exchange(rows, embs, pending))
                 step += 1
             metrics, test_embs = evaluate_split(
                 executor, passive_fn, active_fn, passive_ids, pending, data.y_test
@@ -501,16 +554,20 @@ class SplitLearning(Trainer):
                 "train_loss": float(sum(losses) / n),
                 **metrics,
                 "bytes_communicated": float(sent * BYTES_PER_VALUE),
+                **observer.end_epoch(binary),
             }
-            for name, values in per_batch.items():
-                mean = float(np.mean(values)) if values else float("nan")
-                series[name].append(mean)
-                metric = "dli_accuracy" if name == "dli" and not binary else f"{name}_auc"
-                metrics[metric] = mean
             metrics["round_time_s"] = time.perf_counter() - start
             if epoch == cfg.rounds - 1:
                 summary, result_tables = self._final(
-                    data, executor, passive_fn, passive_ids, test_embs, series, why, seed, step
+                    data,
+                    executor,
+                    passive_fn,
+                    passive_ids,
+                    test_embs,
+                    observer.series,
+                    why,
+                    seed,
+                    step,
                 )
                 metrics.update(summary)
                 if reference is not None:
@@ -522,10 +579,10 @@ class SplitLearning(Trainer):
                     metrics["tradeoff_f2"] = attacks.f_beta(f2_base, metrics["utility"])
             history.append({"round": float(epoch), **metrics})
             reporter.report(epoch, metrics)
-        models = executor.map(_export, list(range(data.n_parties)))
+        models = executor.map(export_models, list(range(data.n_parties)))
         model = SplitModel(
             data.columns,
-            {p: models[p]["model"] for p in passive_ids},
+            {p: models[p]["bottom"] for p in passive_ids},
             models[ACTIVE]["own"],
             models[ACTIVE].get("top"),
         )
@@ -567,7 +624,7 @@ class SplitLearning(Trainer):
             out["label_leakage"] = 1.0 - out["defense_score"]
         bottoms, _, _ = self.specs(data)
         if "mc" in why and not why["mc"]:
-            bottom = executor.map(_export, [attacker])[0]["model"]
+            bottom = executor.map(export_models, [attacker])[0]["bottom"]
             out["mc_accuracy"] = attacks.complete(
                 bottom,
                 bottoms[attacker].n_classes,
@@ -584,7 +641,9 @@ class SplitLearning(Trainer):
             aux = rng.choice(
                 len(data.aligned), size=min(a.mi_samples, len(data.aligned)), replace=False
             )
-            seen = executor.map(passive_fn, [attacker], PassivePayload({}, aux, step=step))[0]
+            seen = _embedded(
+                executor.map(passive_fn, [attacker], PassivePayload({}, aux, step=step))
+            )[0]
             target = next(e for e in test_embs if e.party == attacker)
             shadow = build_model(bottoms[attacker], derive_seed(seed, _ATTACK_STREAM, 3))
             out["mi_mse"] = attacks.model_inversion(
@@ -611,10 +670,25 @@ class SplitLearning(Trainer):
         cfg.vfl.reference = False
         digest = hashlib.sha1(data.x_train.tobytes() + data.aligned.tobytes()).hexdigest()
         key = (type(self).__name__, repr(cfg), repr(self.model_config), seed, digest)
-        if key not in _REFERENCES:
+
+        def undefended() -> float:
             result = type(self)(cfg, self.model_config).fit(data, executor, _Silent(), seed)
-            _REFERENCES[key] = result.history[-1]["utility"]
-        return _REFERENCES[key]
+            return result.history[-1]["utility"]
+
+        return CACHE.get("vertical.reference", key, undefended)
+
+
+def _check_vertical(config: TrainerConfig, federation: Federation) -> None:
+    """What every vertical trainer needs of the federation and of its attack settings."""
+    parties = federation.parties
+    if parties < 2:
+        raise Invalid("partition.num_parties", "a vertical federation needs at least 2")
+    attacker = config.vfl.attack.attacker
+    if attacker >= parties:
+        raise Invalid(
+            "trainer.vfl.attack.attacker",
+            f"party {attacker} does not exist ({parties} parties, 0 active)",
+        )
 
 
 @TRAINERS.register("vlr")

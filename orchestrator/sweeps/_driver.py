@@ -1,0 +1,486 @@
+"""The sweep's driver: launch trials while there is room, collect them as they end, hand them
+to the writer, and shut down cleanly whatever stops it.
+
+Read :func:`sweep` first, then :class:`_Driver`'s ``run`` (the loop), ``_launch`` (one
+trial out), ``_collect`` (trials back) and ``stop`` (what any exit leaves behind). The
+storage is the only coordinator: re-running the same command resumes the study, reuses its
+parent run and closes what a killed driver left open.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from clusters import TaskHandle, TaskRunner, WorkerLost
+from orchestrator.config import ExperimentConfig, TrialModels, configure, load_config
+from orchestrator.errors import ConfigError
+from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
+from orchestrator.sweeps._optuna import StudyStore, make_pruner, make_sampler, make_storage
+from orchestrator.sweeps._space import check_space
+from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_trial
+from orchestrator.tracking import MlflowTracker, RunStatus, resolve_tracking_uri, write_record
+from search_spaces import Objective, Space, SpaceError, load_space
+
+__all__ = ["ProgressFn", "sweep"]
+
+ProgressFn = Callable[[Mapping[str, object]], None]
+_IDENTITY_PARAMS = ("trainer.name", "data.name", "model.name", "partition.name", "seed")
+_DEFAULT_TRIALS = 20
+
+
+def sweep(
+    config: str | os.PathLike[str] | ExperimentConfig | dict[str, object],
+    space: str | os.PathLike[str] | Space,
+    overrides: Sequence[str] = (),
+    *,
+    trials: int | None = None,
+    parallel: int | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    address: str | None = None,
+    runner: TaskRunner | None = None,
+    progress: ProgressFn | None = None,
+) -> SweepResult:
+    """Runs (or resumes) an Optuna study over ``space`` and returns its outcome.
+
+    Args:
+        config: the base experiment (YAML path, dict or ExperimentConfig).
+        space: a search-space YAML path or a parsed Space.
+        overrides: ``dotted.key=value`` applied to the base config.
+        trials: finished trials the study should hold (default ``sweep.trials``, else the
+            whole grid for a grid sampler, else 20).
+        parallel: trials at once (default ``sweep.parallel``, else what the CPUs allow).
+        study: study name (default ``sweep.study``, else ``<config>-<space>``).
+        storage: Optuna storage URL (default: ``<dir of the MLflow store>/optuna.journal``).
+        address: Ray address to join; None starts or reuses a local Ray.
+        runner: where trials run (default: Ray tasks); tests may pass an in-process runner.
+        progress: called with the tallies after every finished trial.
+
+    Raises:
+        ConfigError, SpaceError: before any trial or MLflow run exists.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    plan = _Plan.make(config, space, overrides, trials, study, storage)
+    st = optuna.create_study(
+        study_name=plan.study,
+        storage=make_storage(plan.storage),
+        directions=[optuna.study.StudyDirection[d.upper()] for d in plan.space.directions],
+        sampler=make_sampler(plan.space, plan.base.seed),
+        pruner=make_pruner(plan.space.pruner),
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in st.directions] != plan.space.directions:
+        raise SpaceError("objective", f"study {plan.study!r} exists with other directions")
+    tracker = (
+        parent_run(st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage)
+        if plan.base.tracking.enabled
+        else None
+    )
+    driver = _Driver(plan, st, tracker, progress)
+    driver.recover()
+    if runner is None:
+        from clusters import RayTaskRunner
+
+        runner = RayTaskRunner(address, cpus_per_task=plan.base.sweep.cpus_per_trial)
+    sc = plan.base.sweep
+    # A trial with its own actor pool also needs a CPU for each of its actors.
+    width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
+    started = time.perf_counter()
+    try:
+        driver.run(runner, width)
+    except BaseException as exc:
+        driver.stop(exc)
+        raise
+    trials_done = time.perf_counter()
+    result = finish(st, plan.space, tracker, plan.base, plan.study)
+    if tracker is not None:
+        tracker.end(RunStatus.FINISHED)
+    result.timings = {
+        "trials_s": trials_done - started,
+        "finish_s": time.perf_counter() - trials_done,
+    }
+    return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the sweep was asked for, resolved and checked."""
+
+    base: ExperimentConfig
+    """The base experiment, as the parent run records it."""
+    trial_base: ExperimentConfig
+    """The base every trial's config is made from (its tracking set for a trial)."""
+    space: Space
+    study: str
+    storage: str
+    tracking_uri: str
+    target: int
+    """Finished trials the study should hold."""
+
+    @classmethod
+    def make(
+        cls,
+        config: str | os.PathLike[str] | ExperimentConfig | dict[str, object],
+        space: str | os.PathLike[str] | Space,
+        overrides: Sequence[str],
+        trials: int | None,
+        study: str | None,
+        storage: str | None,
+    ) -> _Plan:
+        base = load_config(config, list(overrides))
+        parsed = space if isinstance(space, Space) else load_space(space)
+        check_space(parsed, base)
+        sc = base.sweep
+        grid = parsed.grid_size() if parsed.sampler.name == "grid" else None
+        target = trials or sc.trials or grid or _DEFAULT_TRIALS
+        if grid is not None:
+            target = min(target, grid)
+        tracking_uri = _absolute_sqlite(resolve_tracking_uri(base.tracking.uri))
+        searched = parsed.config_keys()
+        values: dict[str, object] = {
+            "tracking.uri": tracking_uri,
+            "tracking.plots": sc.trial_plots,
+            # A trial's run logs what tells it apart (the parent holds the whole base
+            # config), and the partition only when the search can change it.
+            "tracking.params": [*_IDENTITY_PARAMS, *searched],
+            "tracking.partition": any(
+                k == "seed" or k.startswith(("data.", "partition.")) for k in searched
+            ),
+            "runtime.executor": "local",
+        }
+        if sc.trial_models == TrialModels.checkpoint:
+            # Trials record their runs and the driver writes them while the next one trains.
+            values.update({"tracking.model_format": "checkpoint", "tracking.deferred": True})
+        return cls(
+            base,
+            configure(base, values),
+            parsed,
+            study or sc.study or _default_study_name(config, space),
+            storage or sc.storage or _default_storage(tracking_uri),
+            tracking_uri,
+            target,
+        )
+
+
+class _Driver:
+    """Runs a study's trials on a task runner; see the module docstring."""
+
+    def __init__(
+        self,
+        plan: _Plan,
+        study: optuna.Study,
+        tracker: MlflowTracker | None,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
+        self.store = StudyStore(study)
+        self.runner: TaskRunner | None = None
+        self.running: dict[TaskHandle, TrialSpec] = {}
+        self.asked: int | None = None
+        """A trial asked for and not launched yet (RUNNING in the study)."""
+        self.tallies: Tallies = tallies(study)
+        self.best = _best_value(study)
+        self._lock = threading.Lock()
+        self.writer = _Writer(self.store, plan.tracking_uri, self._told)
+        sp = plan.space
+        self.summaries = (
+            tuple(Objective(m, reduce=sp.report.reduce) for m in sp.report.metrics)
+            if sp.report
+            else ()
+        )
+
+    def recover(self) -> None:
+        """Closes what a killed driver left: its RUNNING trials become FAIL (marked
+        interrupted, so they do not count) and are queued again with the same parameters;
+        child runs still RUNNING under the parent are closed as KILLED."""
+        for t in self.store.trials(states=(TrialState.RUNNING,)):
+            if self.store.fail_interrupted(StudyStore.trial_id(t)):
+                self.study.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
+        if self.tracker is not None:
+            self.tracker.close_children(
+                RunStatus.KILLED, "the sweep's driver stopped before this trial ended"
+            )
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, runner: TaskRunner, width: int) -> None:
+        """Keeps ``width`` trials running until the study holds its target."""
+        self.runner = runner
+        self._report()
+        target = self.plan.target
+        while True:
+            while len(self.running) < width and self._accounted() < target:
+                self._launch()
+            if not self.running:
+                self.writer.join()
+                if self.tallies.finished >= target:
+                    return
+                continue
+            self._collect(timeout=1.0)
+
+    def _accounted(self) -> int:
+        """Trials finished, being written, or running."""
+        return self.tallies.finished + self.writer.pending + len(self.running)
+
+    def _launch(self) -> None:
+        trial = self.study.ask()
+        self.asked = StudyStore.trial_id(trial)  # RUNNING in the study until launched
+        params = self.plan.space.suggest(trial)
+        try:
+            cfg = configure(self.plan.trial_base, self.plan.space.config_values(params))
+        except ConfigError as exc:  # this combination of values is refused: the trial fails
+            spec = self._spec(trial, params, self.plan.trial_base)
+            self.writer.put(spec, TrialOutcome(trial.number, TrialState.FAIL, error=str(exc)))
+            self.asked = None
+            return
+        self._submit(self._spec(trial, params, cfg))
+        self.asked = None
+
+    def _spec(
+        self, trial: optuna.Trial, params: Mapping[str, ParamValue], cfg: ExperimentConfig
+    ) -> TrialSpec:
+        plan, sc = self.plan, self.plan.base.sweep
+        return TrialSpec(
+            config=cfg,
+            params=params,
+            study=plan.study,
+            storage=plan.storage,
+            trial_id=StudyStore.trial_id(trial),
+            number=trial.number,
+            attempt=0,
+            parent_run_id=self.tracker.run_id if self.tracker else None,
+            objectives=plan.space.objectives,
+            pruner=plan.space.pruner if plan.space.prunes else None,
+            trial_actors=sc.trial_actors,
+            cpus=sc.cpus_per_trial,
+            summaries=self.summaries,
+            curves=plan.space.report.curves if plan.space.report else (),
+        )
+
+    def _submit(self, spec: TrialSpec) -> None:
+        assert self.runner is not None
+        self.running[self.runner.submit(run_trial, spec)] = spec
+
+    def _collect(self, timeout: float) -> None:
+        assert self.runner is not None
+        for handle in self.runner.wait(list(self.running), timeout=timeout):
+            spec = self.running.pop(handle)
+            outcome = self._outcome(handle, spec)
+            if outcome is not None:
+                self.writer.put(spec, outcome)
+
+    def _outcome(self, handle: TaskHandle, spec: TrialSpec) -> TrialOutcome | None:
+        """The trial's outcome; None when its worker died and it was launched again."""
+        assert self.runner is not None
+        try:
+            outcome: TrialOutcome = self.runner.result(handle)
+            return outcome
+        except WorkerLost as exc:
+            if self.tracker is not None:
+                self.tracker.close_children(
+                    RunStatus.FAILED, f"worker lost: {exc}", trial=spec.number
+                )
+            if spec.attempt < self.plan.base.sweep.max_retries:
+                self._submit(replace(spec, attempt=spec.attempt + 1))
+                return None
+            error = f"worker lost {spec.attempt + 1} times: {exc}"
+            return TrialOutcome(spec.number, TrialState.FAIL, error=error)
+        except Exception as exc:  # the task itself broke, outside the trial's own handling
+            return TrialOutcome(spec.number, TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
+
+    def _told(self, outcome: TrialOutcome) -> None:
+        """On the writer's thread, once a trial is told to the study."""
+        with self._lock:
+            self.tallies.add(outcome.state)
+            if outcome.state == TrialState.COMPLETE and outcome.values:
+                self.best = _better(self.best, outcome.values, self.plan.space)
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            best = self.best
+            shown = len(best) if isinstance(best, list) else best  # multi-objective: front size
+            t = self.tallies
+            self.progress(
+                {
+                    "complete": t.complete,
+                    "pruned": t.pruned,
+                    "failed": t.failed,
+                    "finished": t.finished,
+                    "running": len(self.running),
+                    "target": self.plan.target,
+                    "best": shown,
+                }
+            )
+
+    # ---------------------------------------------------------------- shutting down
+
+    def stop(self, exc: BaseException) -> None:
+        """What any exit but the normal one leaves: running trials stopped, finished ones
+        written, unfinished ones FAIL (marked interrupted), every run closed."""
+        if self.runner is not None:
+            _stop_running(self.runner, self.running)
+        self.writer.join()  # the trials that did finish are written and told
+        unfinished = [s.trial_id for s in self.running.values()]
+        if self.asked is not None:
+            unfinished.append(self.asked)  # asked for, stopped before it was launched
+        for trial_id in unfinished:
+            self.store.fail_interrupted(trial_id)
+        if self.tracker is not None:
+            killed = isinstance(exc, KeyboardInterrupt)
+            status = RunStatus.KILLED if killed else RunStatus.FAILED
+            reason = "the sweep was interrupted" if killed else f"the sweep's driver failed: {exc}"
+            self.tracker.close_children(status, reason)
+            self.tracker.end(status, exc)
+
+
+class _Writer:
+    """Writes finished trials' recorded MLflow runs, then tells Optuna, on a thread of its own,
+    so the next trial trains meanwhile. A trial counts as finished in the study only once its
+    run is written: a driver killed in between leaves it RUNNING, to be re-run on resume."""
+
+    def __init__(
+        self, store: StudyStore, tracking_uri: str, told: Callable[[TrialOutcome], None]
+    ) -> None:
+        self.store, self.uri, self.told = store, tracking_uri, told
+        self.queue: queue.Queue[tuple[TrialSpec, TrialOutcome]] = queue.Queue()
+        self._lock = threading.Lock()
+        self.pending = 0
+        """Trials handed over and not yet told."""
+        # One thread: two writers on one SQLite store mostly wait on each other's locks.
+        threading.Thread(target=self._loop, name="fedsweep-writer", daemon=True).start()
+
+    def put(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
+        with self._lock:
+            self.pending += 1
+        self.queue.put((spec, outcome))
+
+    def join(self) -> None:
+        self.queue.join()
+
+    def _loop(self) -> None:
+        while True:
+            spec, outcome = self.queue.get()
+            try:
+                outcome = self._write(spec, outcome)
+                _tell(self.store, spec, outcome)
+                with self._lock:
+                    self.pending -= 1
+                self.told(outcome)
+            finally:
+                self.queue.task_done()
+
+    def _write(self, spec: TrialSpec, outcome: TrialOutcome) -> TrialOutcome:
+        if outcome.record is None:
+            return outcome
+        try:
+            run_id = write_record(outcome.record, self.uri)
+        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the sweep goes on
+            return TrialOutcome(
+                spec.number, TrialState.FAIL, error=f"writing its MLflow run failed: {exc}"
+            )
+        path = outcome.record.model_path
+        model_uri = f"runs:/{run_id}/{path}" if path else outcome.model_uri
+        return replace(outcome, run_id=run_id, model_uri=model_uri, record=None)
+
+
+def _tell(store: StudyStore, spec: TrialSpec, outcome: TrialOutcome) -> None:
+    # Each storage write is an append under a file lock (journal) or a transaction (RDB):
+    # only what is needed later is written.
+    attrs: dict[str, object] = {}
+    if outcome.run_id:
+        attrs["mlflow_run_id"] = outcome.run_id
+    if outcome.model_uri:
+        attrs["model_uri"] = outcome.model_uri
+    if outcome.error:
+        attrs["error"] = outcome.error[:2000]
+    if outcome.summary:
+        attrs["summary"] = dict(outcome.summary)
+    if outcome.series:
+        attrs["series"] = dict(outcome.series)
+    if spec.attempt:
+        attrs["attempts"] = spec.attempt + 1
+    store.set_attrs(spec.trial_id, attrs)
+    if outcome.state == TrialState.COMPLETE:
+        store.study.tell(spec.number, list(outcome.values or ()))
+    else:
+        store.study.tell(spec.number, state=outcome.state)
+
+
+def _stop_running(runner: TaskRunner, running: Mapping[TaskHandle, TrialSpec]) -> None:
+    """Stops the running trials and waits (briefly) for them to be gone, so that none of them
+    writes after the driver has closed the study's runs. Trials that already ended are left
+    alone (cancelling a task as it completes trips Ray); the others are interrupted, and their
+    workers killed if they do not stop within a few seconds."""
+    handles = list(running)
+    done = runner.wait(handles, timeout=0) if handles else []
+    handles = [h for h in handles if h not in done]
+    for force, grace in ((False, 5.0), (True, 10.0)):
+        for handle in handles:
+            runner.cancel(handle, force=force)
+        deadline = time.monotonic() + grace
+        while handles and time.monotonic() < deadline:
+            finished = runner.wait(handles, timeout=0.5)
+            handles = [h for h in handles if h not in finished]
+        if not handles:
+            return
+
+
+def _best_value(study: optuna.Study) -> float | list[tuple[float, ...]] | None:
+    try:
+        if len(study.directions) > 1:
+            return [tuple(t.values) for t in study.best_trials]
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _better(
+    best: float | list[tuple[float, ...]] | None, values: Sequence[float], space: Space
+) -> float | list[tuple[float, ...]]:
+    """The best value so far, for the progress line; for a multi-objective study, the Pareto
+    front's values (its size is shown)."""
+    if space.multi_objective:
+        sign = [1.0 if o.direction == "maximize" else -1.0 for o in space.objectives]
+
+        def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+            pairs = [(s * x, s * y) for s, x, y in zip(sign, a, b)]
+            return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+        front = list(best) if isinstance(best, list) else []
+        if any(dominates(f, values) for f in front):
+            return front
+        return [f for f in front if not dominates(values, f)] + [tuple(values)]
+    value = values[0]
+    if best is None or isinstance(best, list):
+        return value
+    return max(best, value) if space.objectives[0].direction == "maximize" else min(best, value)
+
+
+def _absolute_sqlite(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def _default_storage(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    else:
+        folder = Path.cwd()
+    return f"journal://{folder / 'optuna.journal'}"
+
+
+def _default_study_name(config: object, space: object) -> str:
+    left = Path(config).stem if isinstance(config, (str, os.PathLike)) else "experiment"
+    right = Path(space).stem if isinstance(space, (str, os.PathLike)) else "space"
+    return f"{left}-{right}"

@@ -1,0 +1,262 @@
+"""The study's parent run, and the study's finish: best trials, tables, plots, the registry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from orchestrator.config import ExperimentConfig, ModelFormat, flatten, to_dict, to_yaml
+from orchestrator.study_report import Best
+from orchestrator.sweeps._optuna import INTERRUPTED
+from search_spaces import Space
+
+if TYPE_CHECKING:
+    from orchestrator.grid_report import ResultsTable
+    from orchestrator.tracking import MlflowTracker
+
+__all__ = ["PARENT_ATTR", "SweepResult", "Tallies", "finish", "parent_run", "tallies"]
+
+PARENT_ATTR = "mlflow_parent_run_id"
+"""Study user attribute naming the study's parent MLflow run."""
+
+
+@dataclass
+class SweepResult:
+    """The study's outcome, as ``fedsweep sweep --json`` prints it."""
+
+    study: str
+    parent_run_id: str | None
+    n_complete: int
+    n_failed: int
+    n_pruned: int
+    best: Best | list[Best] | None = None
+    """The best trial; for a multi-objective study, the Pareto trials."""
+    registered: list[dict[str, object]] = field(default_factory=list)
+    report: ResultsTable | None = None
+    """With a space ``report``: the results table (see :mod:`orchestrator.grid_report`)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent running trials and finishing the study (plots, table, registry)."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "study": self.study,
+            "parent_run_id": self.parent_run_id,
+            "n_complete": self.n_complete,
+            "n_failed": self.n_failed,
+            "n_pruned": self.n_pruned,
+            "best": self.best,
+        }
+
+
+@dataclass
+class Tallies:
+    """Finished trials of a study by state (interrupted ones do not count)."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    def add(self, state: TrialState) -> None:
+        if state == TrialState.COMPLETE:
+            self.complete += 1
+        elif state == TrialState.PRUNED:
+            self.pruned += 1
+        else:
+            self.failed += 1
+
+
+def tallies(study: optuna.Study) -> Tallies:
+    out = Tallies()
+    for t in study.get_trials(deepcopy=False):
+        if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED):
+            out.add(t.state)
+    return out
+
+
+def parent_run(
+    study: optuna.Study,
+    base: ExperimentConfig,
+    space: Space,
+    name: str,
+    tracking_uri: str,
+    storage_url: str,
+) -> MlflowTracker:
+    """The study's parent run: the one the study names (resumed), or a new one."""
+    from orchestrator.tracking import MlflowTracker
+
+    tracker = MlflowTracker(tracking_uri, base.tracking.experiment, base.tracking.flush_every)
+    previous = study.user_attrs.get(PARENT_ATTR)
+    if previous and tracker.resume(previous):
+        return tracker
+    tracker.start(
+        {**flatten(to_dict(base)), "sweep.storage_url": storage_url},
+        {
+            "fedsweep.study": name,
+            "fedsweep.kind": "sweep",
+            "trainer": base.trainer.name,
+            "dataset": base.data.name,
+        },
+        run_name=name,
+    )
+    assert tracker.run_id is not None
+    study.set_user_attr(PARENT_ATTR, tracker.run_id)
+    tracker.log_text(to_yaml(base), "config.yaml")
+    tracker.log_text(_space_yaml(space), "space.yaml")
+    return tracker
+
+
+def _space_yaml(space: Space) -> str:
+    import yaml
+
+    return yaml.safe_dump(
+        {
+            "objective": [vars(o) for o in space.objectives],
+            "params": {
+                p.key: {
+                    k: v
+                    for k, v in vars(p).items()
+                    if k != "key" and v not in (None, (), {}, False)
+                }
+                for p in space.params
+            },
+            "sampler": space.sampler.as_dict(),
+            "pruner": space.pruner.as_dict(),
+            **({"report": vars(space.report)} if space.report else {}),
+        },
+        sort_keys=False,
+    ).replace("!!python/tuple", "")
+
+
+def _entry(t: optuna.trial.FrozenTrial) -> Best:
+    return {
+        "number": t.number,
+        "values": list(t.values),
+        "params": t.params,
+        "run_id": t.user_attrs.get("mlflow_run_id"),
+        "model_uri": t.user_attrs.get("model_uri"),
+    }
+
+
+def finish(
+    study: optuna.Study,
+    space: Space,
+    tracker: MlflowTracker | None,
+    base: ExperimentConfig,
+    name: str,
+) -> SweepResult:
+    """Sums the study up: the best trial(s); with a parent run, the trial table, the plots,
+    the report, and the best models made MLflow models and registered."""
+    from orchestrator.grid_report import build_report
+
+    counts = tallies(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best_trials = (
+        (study.best_trials if space.multi_objective else [study.best_trial]) if complete else []
+    )
+    entries = [_entry(t) for t in best_trials]
+    registered: list[dict[str, object]] = []
+    report = build_report(study, space)
+    if tracker is not None:
+        _log_summary(study, space, tracker, entries, counts)
+        if report is not None:
+            report.log(tracker)
+        registered = _register(tracker, entries, base, name)
+    best: Best | list[Best] | None
+    if space.multi_objective:
+        best = entries
+    else:
+        best = None
+        if entries:
+            best = entries[0].copy()
+            best.pop("number", None)
+    return SweepResult(
+        name,
+        tracker.run_id if tracker else None,
+        counts.complete,
+        counts.failed,
+        counts.pruned,
+        best,
+        registered,
+        report,
+    )
+
+
+def _log_summary(
+    study: optuna.Study,
+    space: Space,
+    tracker: MlflowTracker,
+    entries: list[Best],
+    counts: Tallies,
+) -> None:
+    from orchestrator import study_report
+
+    metrics = {
+        "n_complete": float(counts.complete),
+        "n_pruned": float(counts.pruned),
+        "n_failed": float(counts.failed),
+        "n_finished": float(counts.finished),
+    }
+    if entries and not space.multi_objective:
+        value = entries[0]["values"][0]
+        metrics["best_value"] = value
+        metrics[f"best_{space.objectives[0].metric}"] = value
+    tracker.log_metrics(len(study.trials), metrics)
+    tracker.flush()
+    tracker.log_text(json.dumps(entries, indent=2, default=str), "best.json")
+    if entries and not space.multi_objective:
+        tracker.set_tags({f"best.{k}": str(v) for k, v in entries[0]["params"].items()})
+    study_report.log_trials_table(study, tracker)
+    if space.multi_objective and entries:
+        study_report.log_pareto_table(entries, space, tracker)
+    study_report.log_plots(study, space, tracker)
+
+
+def _register(
+    tracker: MlflowTracker, entries: list[Best], base: ExperimentConfig, name: str
+) -> list[dict[str, object]]:
+    """Each best trial's model, as an MLflow model in its run, in the Model Registry."""
+    registered: list[dict[str, object]] = []
+    model_name = base.sweep.register_as or f"{name}-best"
+    for entry in entries:
+        uri = entry["model_uri"]
+        if isinstance(uri, str) and uri.endswith("checkpoint/model.pt"):
+            uri = entry["model_uri"] = _package_checkpoint(
+                tracker, uri, str(entry["run_id"]), base.tracking.model_format
+            )
+        if not isinstance(uri, str):
+            continue
+        lineage = tracker.run_tags(str(entry["run_id"]), "lineage.")  # a student's teacher
+        version = tracker.register_model(
+            uri,
+            model_name,
+            {
+                "study": name,
+                "trial": str(entry["number"]),
+                "run_id": str(entry["run_id"]),
+                **lineage,
+            },
+        )
+        registered.append({"name": model_name, "version": version, "trial": entry["number"]})
+    return registered
+
+
+def _package_checkpoint(
+    tracker: MlflowTracker, uri: str, run_id: str, model_format: ModelFormat
+) -> str:
+    """Turns a best trial's checkpoint into an MLflow model logged in that trial's run."""
+    import numpy as np
+
+    from trainers.models import load_checkpoint
+
+    model, spec = load_checkpoint(tracker.read_bytes(uri))
+    example = np.zeros((2, spec.n_features), dtype=np.float32)
+    fmt = str(model_format) if model_format in (ModelFormat.pt2, ModelFormat.pickle) else "pt2"
+    return tracker.log_model(model, example, serialization=fmt, run_id=run_id)

@@ -1,0 +1,98 @@
+"""The Optuna glue: storages, samplers and pruners, and the one place that reaches past
+Optuna's public API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from orchestrator.errors import ConfigError
+from search_spaces import PRUNERS, SAMPLERS, Space, SpaceError, Strategy
+
+__all__ = ["INTERRUPTED", "StudyStore", "make_pruner", "make_sampler", "make_storage"]
+
+INTERRUPTED = "fedsweep_interrupted"
+"""User attribute of a trial a stopped driver left unfinished: FAIL, and not counted."""
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL: ``journal:///path`` (or a ``*.journal`` path) is a journal
+    file; anything else (sqlite://, postgresql://) is an RDB storage.
+
+    Raises:
+        ConfigError: the URL names no storage Optuna can open (``--storage``).
+    """
+    if url.startswith("journal://") or url.endswith(".journal"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many errors: one line, the URL named
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("--storage", f"cannot open {url!r}: {first}") from None
+
+
+def _build(kind: str, strategy: Strategy, build: Any) -> Any:
+    try:
+        return build()
+    except (TypeError, ValueError) as exc:
+        raise SpaceError(kind, f"bad option for {strategy.name}: {exc}") from None
+
+
+def make_sampler(space: Space, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The space's sampler; its seed defaults to the experiment's."""
+    opts = {"seed": seed, **space.sampler.options}
+    return _build(
+        "sampler", space.sampler, lambda: SAMPLERS.get(space.sampler.name)(opts, space.grid)
+    )
+
+
+def make_pruner(strategy: Strategy) -> optuna.pruners.BasePruner:
+    """The pruner a space names."""
+    return _build("pruner", strategy, lambda: PRUNERS.get(strategy.name)(strategy.options))
+
+
+class StudyStore:
+    """A study's trials addressed by id, through Optuna's storage.
+
+    Why the private access: Optuna sets a trial's user attributes, and reports for it, only
+    through the live ``Trial`` object of the process that asked for it. A sweep's driver
+    records a trial's outcome after the worker that ran it has answered, resumes studies whose
+    RUNNING trials another (dead) driver asked for, and its workers report intermediate
+    values for trials the driver asked: all of them need to name a trial by its id.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        self._storage = study._storage  # noqa: SLF001 - see the class docstring
+
+    @staticmethod
+    def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+        return int(trial._trial_id)  # noqa: SLF001
+
+    def set_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        for key, value in attrs.items():
+            self._storage.set_trial_user_attr(trial_id, key, value)
+
+    def fail_interrupted(self, trial_id: int) -> bool:
+        """Marks an unfinished trial interrupted and FAIL; False when it had finished (another
+        driver told it meanwhile)."""
+        if self._storage.get_trial(trial_id).state.is_finished():
+            return False
+        self._storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
+        try:
+            return bool(self._storage.set_trial_state_values(trial_id, TrialState.FAIL))
+        except RuntimeError:  # finished meanwhile (UpdateFinishedTrialError)
+            return False
+
+    @staticmethod
+    def open_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+        """The live trial a worker reports to."""
+        return optuna.trial.Trial(study, trial_id)
+
+    def trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states)

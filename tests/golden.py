@@ -1,0 +1,199 @@
+"""Golden metrics: every shipped config (and a few variants that reach the other code paths)
+at its smoke-test budget, in-process and on Ray, recorded once and compared bit for bit.
+
+``python -m tests.golden --write`` records ``tests/data/golden_metrics.json``;
+``tests/test_golden.py`` reruns every case and asserts the same histories.
+
+The file was recorded before the redesign of the sweep wing (issue 12) and every case but one
+held bit for bit after it. ``vhnn_negative_loss`` was re-recorded: its negative-loss heads
+had drawn their initial weights from the process's global torch generator, so the case
+differed between a fresh Ray actor and an in-process run; they are now seeded from the run's
+seed, and both executors agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_metrics.json"
+
+_TIMING = re.compile(r"(_s|_ms)$")
+"""Wall-clock metrics differ from run to run; everything else is deterministic."""
+
+_VERTICAL = [
+    "trainer.rounds=2",
+    "trainer.vfl.attack.mc_epochs=10",
+    "trainer.vfl.attack.mi_steps=20",
+]
+_SSL = ["trainer.ssl.pretrain_epochs=2", "trainer.ssl.finetune_epochs=2"]
+_SSL += ["trainer.vfl.attack.mc_epochs=10"]
+
+CASES: dict[str, tuple[str, list[str]]] = {
+    "quickstart": ("quickstart.yaml", ["trainer.rounds=2"]),
+    "fedprox_digits_shards": ("fedprox_digits_shards.yaml", ["trainer.rounds=2"]),
+    "cnn_digits_iid": ("cnn_digits_iid.yaml", ["trainer.rounds=2"]),
+    "centralized_breast_cancer": ("centralized_breast_cancer.yaml", ["trainer.rounds=2"]),
+    "cmfl_digits": ("cmfl_digits.yaml", ["trainer.rounds=2"]),
+    "decentralized_breast_cancer": (
+        "decentralized_breast_cancer.yaml",
+        ["trainer.decentralized.epochs=2"],
+    ),
+    "vit_teacher_digits": ("vit_teacher_digits.yaml", ["trainer.rounds=2"]),
+    "distill_digits": (
+        "distill_digits.yaml",
+        ["trainer.distill.epochs=2", "trainer.distill.teacher.epochs=1"],
+    ),
+    "vfl_breast_cancer": ("vfl_breast_cancer.yaml", _VERTICAL),
+    "vfl_digits": ("vfl_digits.yaml", _VERTICAL),
+    "fedhssl_digits": ("fedhssl_digits.yaml", _SSL),
+    # variants: the robust, committee, decentralized, vertical-defense and SSL paths
+    "fedavg_krum_sign_flip": (
+        "quickstart.yaml",
+        [
+            "trainer.rounds=2",
+            "trainer.attack.name=sign_flip",
+            "trainer.attack.fraction=0.2",
+            "trainer.aggregator.name=krum",
+        ],
+    ),
+    "fedavg_trimmed_alie_update": (
+        "quickstart.yaml",
+        [
+            "trainer.rounds=2",
+            "trainer.attack.name=alie",
+            "trainer.attack.fraction=0.2",
+            "trainer.attack.target=update",
+            "trainer.aggregator.name=trimmed_mean",
+            "trainer.optimizer=adam",
+            "trainer.lr=0.01",
+        ],
+    ),
+    "fedavg_label_flip": (
+        "quickstart.yaml",
+        ["trainer.rounds=2", "trainer.attack.name=label_flip", "trainer.attack.fraction=0.3"],
+    ),
+    "cmfl_strategy2_gaussian": (
+        "cmfl_digits.yaml",
+        [
+            "trainer.rounds=2",
+            "trainer.cmfl.strategy=2",
+            "trainer.cmfl.election=top",
+            "trainer.attack.name=gaussian",
+            "trainer.attack.fraction=0.2",
+        ],
+    ),
+    "dspg_torus_edges": (
+        "decentralized_breast_cancer.yaml",
+        [
+            "trainer.name=dspg",
+            "trainer.decentralized.epochs=2",
+            "trainer.decentralized.topology=torus",
+            "trainer.decentralized.varying=edges",
+        ],
+    ),
+    "dsgd_mlp_cycle": (
+        "decentralized_breast_cancer.yaml",
+        [
+            "trainer.name=dsgd",
+            "model.name=mlp",
+            "model.hidden=[8]",
+            "trainer.decentralized.epochs=1",
+            "trainer.decentralized.varying=cycle",
+            "trainer.decentralized.loss=multinomial",
+        ],
+    ),
+    "vhnn_marvell": (
+        "vfl_breast_cancer.yaml",
+        [*_VERTICAL, "trainer.name=vhnn", "trainer.vfl.defense.name=marvell"],
+    ),
+    "vhnn_negative_loss": (
+        "vfl_breast_cancer.yaml",
+        [*_VERTICAL, "trainer.name=vhnn", "trainer.vfl.defense.name=negative_loss"],
+    ),
+    "vsnn_cae_embedding_noise": (
+        "vfl_breast_cancer.yaml",
+        [
+            *_VERTICAL,
+            "trainer.name=vsnn",
+            "trainer.vfl.defense.name=cae",
+            "trainer.vfl.defense.embedding_noise=0.5",
+        ],
+    ),
+    "vlr_discrete": (
+        "vfl_breast_cancer.yaml",
+        [*_VERTICAL, "trainer.vfl.defense.name=discrete"],
+    ),
+    "fedgssl_passive_frozen": (
+        "fedhssl_digits.yaml",
+        [*_SSL, "trainer.name=fedgssl", "trainer.ssl.freeze=passive"],
+    ),
+    "vfl_supervised": ("fedhssl_digits.yaml", [*_SSL, "trainer.name=vfl_supervised"]),
+}
+
+
+def case_overrides(
+    name: str, executor: str, tracking_uri: str | None = None
+) -> tuple[Path, list[str]]:
+    """The config path and overrides of one golden case on ``executor`` (local or ray),
+    tracked in ``tracking_uri`` (checkpoints only) or not tracked."""
+    config, overrides = CASES[name]
+    tracking = (
+        [f"tracking.uri={tracking_uri}", "tracking.model_format=checkpoint"]
+        if tracking_uri
+        else ["tracking.enabled=false"]
+    )
+    return CONFIGS / config, [*overrides, f"runtime.executor={executor}", *tracking]
+
+
+def comparable(history: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """A run's history without its wall-clock metrics, NaN as the string "nan"."""
+    return [
+        {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items()}
+        for h in [{k: v for k, v in row.items() if not _TIMING.search(k)} for row in history]
+    ]
+
+
+def run_case(name: str, executor: str, tracking_uri: str | None = None) -> Any:
+    """The run's comparable history, and its result."""
+    import orchestrator
+
+    config, overrides = case_overrides(name, executor, tracking_uri)
+    result = orchestrator.run(config, overrides)
+    return (comparable(result.history), result) if tracking_uri else comparable(result.history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="record the golden file")
+    parser.add_argument("cases", nargs="*", help="cases to run (default: all)")
+    args = parser.parse_args()
+    import ray
+    import torch
+
+    torch.set_num_threads(2)  # what the 2-core machines here use by default (see test_golden)
+
+    ray.init(
+        num_cpus=2, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1"
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for name in args.cases or CASES:
+        local, remote = run_case(name, "local"), run_case(name, "ray")
+        same = local == remote
+        print(f"{name}: {len(local)} rows, local == ray: {same}", flush=True)
+        out[name] = {"local": local} if same else {"local": local, "ray": remote}
+    ray.shutdown()
+    if args.write:
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {GOLDEN}")
+
+
+if __name__ == "__main__":
+    main()
