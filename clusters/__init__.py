@@ -10,7 +10,7 @@ from typing import Any
 
 from clusters.base import Executor, PartyContext, assign_parties
 from clusters.inprocess import InProcessExecutor
-from clusters.tasks import InProcessTaskRunner, TaskHandle, TaskRunner, WorkerLost
+from clusters.tasks import InProcessTaskRunner, TaskHandle, TaskRunner, WorkerLost, where_am_i
 
 __all__ = [
     "Executor",
@@ -23,7 +23,21 @@ __all__ = [
     "TaskRunner",
     "WorkerLost",
     "assign_parties",
+    "release_ray",
+    "where_am_i",
 ]
+
+
+def release_ray() -> None:
+    """Disconnects this process from Ray if it is connected (its workers' last log lines
+    are flushed first); a no-op where Ray was never imported."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def __getattr__(name: str) -> Any:

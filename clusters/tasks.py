@@ -13,7 +13,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InProcessTaskRunner", "RayTaskRunner", "TaskHandle", "TaskRunner", "WorkerLost"]
+__all__ = [
+    "InProcessTaskRunner",
+    "RayTaskRunner",
+    "TaskHandle",
+    "TaskRunner",
+    "WorkerLost",
+    "where_am_i",
+]
+
+
+def where_am_i() -> dict[str, str]:
+    """Where the calling task runs: ``node`` (the Ray node's id, or ``local``) and ``worker``
+    (host and process id)."""
+    import os
+    import socket
+    import sys
+
+    node = "local"
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    return {"node": node, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 class WorkerLost(RuntimeError):

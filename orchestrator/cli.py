@@ -74,6 +74,28 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the resolved config")
     show.add_argument("config", help="experiment YAML file")
     show.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    for command in (run, sw, sm):
+        command.add_argument(
+            "--lab",
+            metavar="DIR",
+            help="use the lab in DIR (fedsweep lab up): its tracking server, storage and Ray",
+        )
+    lab = sub.add_parser("lab", help="a lab on this machine: PostgreSQL, MLflow server, Ray")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    for name, text in (
+        ("up", "start a lab"),
+        ("status", "what of a lab answers"),
+        ("down", "stop a lab"),
+    ):
+        lp = lab_sub.add_parser(name, help=text)
+        lp.add_argument("--dir", default=".fedsweep/lab", help="the lab's directory")
+        if name == "up":
+            lp.add_argument("--nodes", type=int, default=3, help="Ray nodes, the head included")
+            lp.add_argument("--gpus-per-node", type=int, default=0)
+            lp.add_argument("--cpus-per-node", type=int, default=1)
+            lp.add_argument(
+                "--max-connections", type=int, default=100, help="PostgreSQL's connection cap"
+            )
     return p
 
 
@@ -89,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
+        if args.command == "lab":
+            return _lab(args)
+        if getattr(args, "lab", None):
+            _use_lab(args)
         if args.command == "show":
             from orchestrator.config import load_config, to_yaml
 
@@ -102,6 +128,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SpaceError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
+
+
+def _release() -> None:
+    """Leaves Ray before the summary, so that no worker's log line follows the JSON line."""
+    from clusters import release_ray
+
+    release_ray()
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from clusters.lab import Lab, LabError
+
+    try:
+        if args.lab_command == "up":
+            lab = Lab.up(
+                args.dir,
+                nodes=args.nodes,
+                gpus_per_node=args.gpus_per_node,
+                cpus_per_node=args.cpus_per_node,
+                max_connections=args.max_connections,
+            )
+            print(f"lab up in {lab.dir}: {len(lab.nodes)} Ray nodes, PostgreSQL, MLflow server")
+            for key, value in lab.addresses().items():
+                print(f"  {key:13s} {value}")
+            print("environment (or pass --lab to fedsweep run, sweep and submit):")
+            for key, value in lab.env.items():
+                print(f"  export {key}={value}")
+            return 0
+        lab = Lab.open(args.dir)
+        if args.lab_command == "status":
+            status = lab.status()
+            for service, up in status.items():
+                print(f"{service:12s} {'up' if up else 'down'}")
+            return 0 if all(status.values()) else 1
+        lab.down()
+        print(f"lab in {lab.dir} stopped")
+        return 0
+    except LabError as exc:
+        print(f"lab error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _use_lab(args: argparse.Namespace) -> None:
+    """Points the command at a lab: its environment (Ray's token), and its services as
+    defaults that the command's own flags and overrides still win over."""
+    import os
+
+    from clusters.lab import Lab, LabError
+
+    try:
+        lab = Lab.open(args.lab)
+    except LabError as exc:
+        raise ConfigError("--lab", str(exc)) from None
+    os.environ.update(lab.env)
+    args.overrides = [f"tracking.uri={lab.tracking_uri}", *args.overrides]
+    if args.command == "run":
+        args.overrides = [f"runtime.address={lab.ray_address}", *args.overrides]
+    if args.command in ("sweep", "submit") and not args.storage:
+        args.storage = lab.storage_url
+    if args.command == "sweep" and not args.address:
+        args.address = lab.ray_address
+    if args.command == "submit" and not args.cluster:
+        args.cluster = lab.dashboard
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -125,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    _release()
     shown = "  ".join(
         f"{k}={result.metrics[k]:.4f}" for k in result.headline if k in result.metrics
     )
@@ -249,6 +339,7 @@ def _sweep(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    _release()
     out = result.to_json()
     best = out["best"]
     line = f"study {out['study']}  complete={out['n_complete']} failed={out['n_failed']} pruned={out['n_pruned']}"

@@ -32,7 +32,7 @@ _EXCLUDES = [
     ".git",
     "mlruns",
     "mlartifacts",
-    "mlflow.db",
+    "mlflow.db*",
     "*.journal",
     ".fedsweep",
     "__pycache__",

@@ -9,6 +9,7 @@ everything in a :class:`RunRecord` that someone else writes later, at once
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import tempfile
@@ -16,13 +17,15 @@ import time
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-# MLflow's per-download progress bars would fill every trial's log (teachers, checkpoints).
+# MLflow's per-download progress bars would fill every trial's log (teachers, checkpoints),
+# and its "View run at" links every sweep's stdout (whose last line is the JSON result).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402
 import pyarrow as pa
@@ -120,7 +123,7 @@ class MlflowTracker:
 
     def __init__(self, uri: str | None, experiment: str, flush_every: int = 20) -> None:
         self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
         self.experiment = experiment
         self.flush_every = flush_every
         self.run_id: str | None = None
@@ -174,14 +177,28 @@ class MlflowTracker:
         return {k: v for k, v in tags.items() if k.startswith(prefix)}
 
     def register_model(self, model_uri: str, name: str, tags: Mapping[str, str]) -> str:
-        """Registers a logged model under ``name``; returns the new version, tagged."""
+        """Registers a logged model under ``name``; returns the new version, created with its
+        tags (so that another process searching by them finds it at once)."""
         mlflow.set_tracking_uri(self.uri)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            version = mlflow.register_model(model_uri, name, await_registration_for=60)
-        for k, v in tags.items():
-            self.client.set_model_version_tag(name, version.version, k, v)
+            version = mlflow.register_model(
+                model_uri, name, await_registration_for=60, tags=dict(tags)
+            )
         return str(version.version)
+
+    def model_versions(self, name: str, tags: Mapping[str, str]) -> list[str]:
+        """Versions of the registered model ``name`` that carry all of ``tags``, lowest first
+        (none when the model does not exist)."""
+        try:
+            found = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            return []
+        matching = [v for v in found if all(v.tags.get(k) == t for k, t in tags.items())]
+        return sorted((str(v.version) for v in matching), key=int)
+
+    def delete_model_version(self, name: str, version: str) -> None:
+        self.client.delete_model_version(name, version)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Buffers one step's metrics; writes when ``flush_every`` steps are buffered."""
@@ -256,13 +273,22 @@ class MlflowTracker:
         # log_model works on the active run: resume ours for the call, then leave it open so
         # that end() sets its final status.
         target = run_id or self._run()
-        status = self.client.get_run(target).info.status
+        info = self.client.get_run(target).info
+        # Another process may be logging into the same finished run (two drivers finishing
+        # a study): it shows RUNNING then, but its end time says it had ended.
+        status = (
+            info.status
+            if info.end_time is None
+            else (
+                RunStatus.FINISHED.value if info.status == RunStatus.RUNNING.value else info.status
+            )
+        )
         with (
             mlflow.start_run(run_id=target, nested=mlflow.active_run() is not None),
             warnings.catch_warnings(),
         ):
             warnings.filterwarnings("ignore", message="No complete tensor found")
-            info = mlflow.pytorch.log_model(
+            logged = mlflow.pytorch.log_model(
                 model,
                 name=name,
                 input_example=example,
@@ -270,7 +296,7 @@ class MlflowTracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
         self.client.update_run(target, status=status)  # start_run/end_run changed it
-        return info.model_uri
+        return str(logged.model_uri)
 
     def end(
         self, status: RunStatus = RunStatus.FINISHED, error: BaseException | None = None
@@ -391,12 +417,41 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     """The experiment's id, created when missing; looked up once per process and store."""
 
     def look_up() -> str:
-        exp = client.get_experiment_by_name(name)  # on a new store, this creates its tables
-        found = exp.experiment_id if exp else client.create_experiment(name)
-        _use_wal(uri)
+        with _store_lock(uri):
+            exp = client.get_experiment_by_name(name)  # on a new store, this creates its tables
+            found = exp.experiment_id if exp else client.create_experiment(name)
+            _use_wal(uri)
         return str(found)
 
     return CACHE.get("tracking.experiment", (uri, name), look_up)
+
+
+def _client(uri: str) -> MlflowClient:
+    """An MLflow client of the store at ``uri`` (making one opens the store, and creates its
+    tables when it is new: under the store's lock)."""
+    with _store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialises the first use of a SQLite store across processes: two drivers started at
+    once in a fresh directory would otherwise both create its tables (an Alembic migration
+    race that crashes one of them). Servers and other stores create their tables once
+    themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str, str]]:
@@ -411,7 +466,7 @@ def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str,
     Raises:
         ValueError: the reference is malformed or points at nothing loadable.
     """
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(uri))
+    client = _client(resolve_tracking_uri(uri))
     lineage = {"lineage.teacher_uri": ref}
     path = "checkpoint/model.pt"
     try:
@@ -444,7 +499,7 @@ def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str,
 def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | None = None) -> str:
     """Writes a recorded run in a few transactions (create, one batch, end); returns its id."""
     uri = resolve_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     exp_id = _experiment_id(client, uri, record.experiment)
     tags = {**record.tags, **(extra_tags or {})}
     if record.parent_run_id:

@@ -10,8 +10,27 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_token(tmp_path_factory):
+    """Ray's token authentication, explicitly: one token file for the session, named in this
+    process's environment and so in every process the tests start (a lab sets its own)."""
+    import os
+    import secrets
+
+    path = tmp_path_factory.mktemp("ray-auth") / "token"
+    path.write_text(secrets.token_hex(32))
+    before = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
+    yield path
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(ray_token):
     """A real local Ray (2 CPUs, no dashboard), started once and always shut down."""
     import ray
 
@@ -22,6 +41,30 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """A lab for the whole session: PostgreSQL (at most 30 connections), an MLflow server
+    and a 3-node Ray cluster with token authentication; stopped by its pids at the end."""
+    import shutil
+    import tempfile
+
+    from clusters.lab import Lab
+
+    from .postgres import install_postgres
+
+    if not install_postgres():
+        pytest.skip("PostgreSQL is not installed and cannot be installed here")
+    root = Path(tempfile.mkdtemp(prefix="fedsweep-lab-"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user, which must reach its directory
+    started = Lab.up(root / "lab", nodes=3, cpus_per_node=1, max_connections=30)
+    try:
+        yield started
+    finally:
+        started.down()
+        shutil.rmtree(started.ray_temp, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -195,3 +196,33 @@ def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_u
         ),
     )
     assert study.trials[0].user_attrs["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_two_drivers_in_a_fresh_directory_share_one_study(workdir, sessions):
+    """Two drivers started at once on one study, local store: neither trips over the other
+    creating the MLflow store, and the study ends with the asked trials, one parent run, one
+    run per trial and one registered version."""
+    cmd = _cli(workdir, trials=4)
+    cmd[cmd.index("tracking.log_model=false")] = "trainer.rounds=5"
+    drivers = [_start(cmd, workdir) for _ in range(2)]
+    sessions.extend(d.pid for d in drivers)
+    outs = []
+    for d in drivers:
+        out, err = d.communicate(timeout=600)
+        assert d.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert outs[0]["parent_run_id"] == outs[1]["parent_run_id"]
+    study = _study(workdir)
+    counted = [t for t in study.trials if not t.user_attrs.get("fedsweep_interrupted")]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
+    runs = _all_runs(f"sqlite:///{workdir / 'mlflow.db'}", "quickstart")
+    assert sum(r.data.tags.get("fedsweep.kind") == "sweep" for r in runs) == 1
+    trials = sorted(
+        int(r.data.tags["fedsweep.trial"]) for r in runs if "fedsweep.trial" in r.data.tags
+    )
+    assert trials == sorted(t.number for t in counted)
+    versions = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_model_versions(
+        "name = 'quickstart-space-best'"
+    )
+    assert len(versions) == 1

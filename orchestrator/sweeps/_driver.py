@@ -2,9 +2,18 @@
 to the writer, and shut down cleanly whatever stops it.
 
 Read :func:`sweep` first, then :class:`_Driver`'s ``run`` (the loop), ``_launch`` (one
-trial out), ``_collect`` (trials back) and ``stop`` (what any exit leaves behind). The
-storage is the only coordinator: re-running the same command resumes the study, reuses its
-parent run and closes what a killed driver left open.
+trial out), ``_collect`` (trials back) and ``stop`` (what any exit leaves behind).
+
+The storage is the only coordinator. Re-running the same command resumes the study, reuses
+its parent run and closes what a killed driver left open; several drivers on one study (one
+per machine of a lab) share it:
+
+- the driver that creates the study creates its parent run; the others wait for it;
+- every driver counts the study's trials in the storage, not its own, and a trial asked
+  beyond the target (two drivers asking at once) is handed back uncounted;
+- every driver beats a heartbeat into the study; the RUNNING trials of a driver whose
+  heartbeat stopped are failed (uncounted) and queued again with the same parameters;
+- the last driver out finishes the study (tables, plots, the registered model).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +34,13 @@ from clusters import TaskHandle, TaskRunner, WorkerLost
 from orchestrator.config import ExperimentConfig, TrialModels, configure, load_config
 from orchestrator.errors import ConfigError
 from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
-from orchestrator.sweeps._optuna import StudyStore, make_pruner, make_sampler, make_storage
+from orchestrator.sweeps._optuna import (
+    INTERRUPTED,
+    StudyStore,
+    make_pruner,
+    make_sampler,
+    make_storage,
+)
 from orchestrator.sweeps._space import check_space
 from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_trial
 from orchestrator.tracking import MlflowTracker, RunStatus, resolve_tracking_uri, write_record
@@ -35,6 +51,14 @@ __all__ = ["ProgressFn", "sweep"]
 ProgressFn = Callable[[Mapping[str, object]], None]
 _IDENTITY_PARAMS = ("trainer.name", "data.name", "model.name", "partition.name", "seed")
 _DEFAULT_TRIALS = 20
+HEARTBEAT_S = 3.0
+"""How often a driver marks itself alive in the study."""
+GRACE_S = 15.0
+"""A driver silent this long is dead: its RUNNING trials are failed and queued again."""
+_RECOVER_S = 5.0
+"""How often a driver looks for dead drivers' trials."""
+_DRIVER_ATTR = "fedsweep_driver"
+_SURPLUS = "fedsweep_surplus"
 
 
 def sweep(
@@ -70,18 +94,9 @@ def sweep(
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plan = _Plan.make(config, space, overrides, trials, study, storage)
-    st = optuna.create_study(
-        study_name=plan.study,
-        storage=make_storage(plan.storage),
-        directions=[optuna.study.StudyDirection[d.upper()] for d in plan.space.directions],
-        sampler=make_sampler(plan.space, plan.base.seed),
-        pruner=make_pruner(plan.space.pruner),
-        load_if_exists=True,
-    )
-    if [d.name.lower() for d in st.directions] != plan.space.directions:
-        raise SpaceError("objective", f"study {plan.study!r} exists with other directions")
+    st, founder = _open_study(plan)
     tracker = (
-        parent_run(st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage)
+        parent_run(st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder)
         if plan.base.tracking.enabled
         else None
     )
@@ -101,14 +116,41 @@ def sweep(
         driver.stop(exc)
         raise
     trials_done = time.perf_counter()
-    result = finish(st, plan.space, tracker, plan.base, plan.study)
+    last_out = driver.leave()
+    # Only the last driver out sums the study up; the others report it as it stands.
+    result = finish(st, plan.space, tracker if last_out else None, plan.base, plan.study)
     if tracker is not None:
-        tracker.end(RunStatus.FINISHED)
+        result.parent_run_id = tracker.run_id
+        if last_out:
+            tracker.end(RunStatus.FINISHED)
     result.timings = {
         "trials_s": trials_done - started,
         "finish_s": time.perf_counter() - trials_done,
     }
     return result
+
+
+def _open_study(plan: _Plan) -> tuple[optuna.Study, bool]:
+    """The study, and whether this driver created it (then it makes the parent run)."""
+    storage = make_storage(plan.storage)
+    sampler, pruner = make_sampler(plan.space, plan.base.seed), make_pruner(plan.space.pruner)
+    try:
+        st = optuna.create_study(
+            study_name=plan.study,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=[optuna.study.StudyDirection[d.upper()] for d in plan.space.directions],
+        )
+        founder = True
+    except optuna.exceptions.DuplicatedStudyError:
+        st = optuna.load_study(
+            study_name=plan.study, storage=storage, sampler=sampler, pruner=pruner
+        )
+        founder = False
+    if [d.name.lower() for d in st.directions] != plan.space.directions:
+        raise SpaceError("objective", f"study {plan.study!r} exists with other directions")
+    return st, founder
 
 
 @dataclass(frozen=True)
@@ -158,8 +200,11 @@ class _Plan:
             "runtime.executor": "local",
         }
         if sc.trial_models == TrialModels.checkpoint:
-            # Trials record their runs and the driver writes them while the next one trains.
-            values.update({"tracking.model_format": "checkpoint", "tracking.deferred": True})
+            values["tracking.model_format"] = "checkpoint"
+            # With a local store, trials record their runs and the driver writes them while
+            # the next one trains. A tracking server serves the artifacts: each trial writes
+            # its run there itself, so no checkpoint travels through the driver.
+            values["tracking.deferred"] = not tracking_uri.startswith(("http://", "https://"))
         return cls(
             base,
             configure(base, values),
@@ -183,6 +228,8 @@ class _Driver:
     ) -> None:
         self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
         self.store = StudyStore(study)
+        self.id = uuid.uuid4().hex[:12]
+        """This driver, as its heartbeat and its trials name it."""
         self.runner: TaskRunner | None = None
         self.running: dict[TaskHandle, TrialSpec] = {}
         self.asked: int | None = None
@@ -190,6 +237,10 @@ class _Driver:
         self.tallies: Tallies = tallies(study)
         self.best = _best_value(study)
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._beating = threading.Thread(target=self._beat, name="fedsweep-heartbeat", daemon=True)
+        self._beating.start()
+        self._recovered = 0.0
         self.writer = _Writer(self.store, plan.tracking_uri, self._told)
         sp = plan.space
         self.summaries = (
@@ -198,42 +249,97 @@ class _Driver:
             else ()
         )
 
+    # ---------------------------------------------------------------- other drivers
+
+    def _beat(self) -> None:
+        key = f"fedsweep.driver.{self.id}"
+        while True:
+            try:
+                self.study.set_user_attr(key, time.time())
+            except Exception:  # noqa: BLE001 - a storage hiccup: the next beat retries
+                pass
+            if self._stopping.wait(HEARTBEAT_S):
+                return
+
+    def _alive(self, driver: object, now: float) -> bool:
+        if driver == self.id:
+            return True
+        beat = self.study.user_attrs.get(f"fedsweep.driver.{driver}")
+        return isinstance(beat, (int, float)) and now - beat < GRACE_S
+
     def recover(self) -> None:
-        """Closes what a killed driver left: its RUNNING trials become FAIL (marked
+        """Closes what dead drivers left: their RUNNING trials become FAIL (marked
         interrupted, so they do not count) and are queued again with the same parameters;
-        child runs still RUNNING under the parent are closed as KILLED."""
+        with no other driver alive, child runs still RUNNING under the parent are closed as
+        KILLED."""
+        self._recovered = time.monotonic()
+        now = time.time()
+        others_alive = False
         for t in self.store.trials(states=(TrialState.RUNNING,)):
-            if self.store.fail_interrupted(StudyStore.trial_id(t)):
+            owner = t.user_attrs.get(_DRIVER_ATTR)
+            if owner is None:  # asked by a driver that died before it could say so
+                started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+                dead = now - started > GRACE_S
+            else:
+                dead = not self._alive(owner, now)
+            others_alive |= owner != self.id and not dead
+            if dead and self.store.fail_interrupted(StudyStore.trial_id(t)):
                 self.study.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
-        if self.tracker is not None:
+        if self.tracker is not None and not others_alive and not self.running:
             self.tracker.close_children(
                 RunStatus.KILLED, "the sweep's driver stopped before this trial ended"
             )
 
+    def leave(self) -> bool:
+        """Stops this driver's heartbeat; whether it is the last driver out (no other
+        driver alive), which then finishes the study."""
+        self._stopping.set()
+        self._beating.join(timeout=5)
+        self.study.set_user_attr(f"fedsweep.driver.{self.id}", 0.0)
+        now = time.time()
+        return not any(
+            k.startswith("fedsweep.driver.") and k != f"fedsweep.driver.{self.id}"
+            and isinstance(v, (int, float)) and now - v < GRACE_S
+            for k, v in self.study.user_attrs.items()
+        )  # fmt: skip
+
     # ---------------------------------------------------------------- the loop
 
     def run(self, runner: TaskRunner, width: int) -> None:
-        """Keeps ``width`` trials running until the study holds its target."""
+        """Keeps up to ``width`` trials running until the study holds its target."""
         self.runner = runner
         self._report()
         target = self.plan.target
         while True:
+            if time.monotonic() - self._recovered > _RECOVER_S:
+                self.recover()
             while len(self.running) < width and self._accounted() < target:
-                self._launch()
-            if not self.running:
-                self.writer.join()
-                if self.tallies.finished >= target:
-                    return
+                if not self._launch():
+                    break
+            if self.running:
+                self._collect(timeout=1.0)
                 continue
-            self._collect(timeout=1.0)
+            self.writer.join()
+            if tallies(self.study).finished >= target:
+                return
+            # Another driver's trials make up the rest: wait for them (or for its death).
+            self._stopping.wait(1.0)
 
     def _accounted(self) -> int:
-        """Trials finished, being written, or running."""
-        return self.tallies.finished + self.writer.pending + len(self.running)
+        """Trials of the study that count toward its target: finished, or running here or in
+        another driver (asked and not handed back)."""
+        return sum(1 for t in self.store.trials() if _counts(t))
 
-    def _launch(self) -> None:
+    def _launch(self) -> bool:
+        """Asks for a trial and launches it; False when it came out beyond the target (asked
+        at once with another driver's) and was handed back."""
         trial = self.study.ask()
         self.asked = StudyStore.trial_id(trial)  # RUNNING in the study until launched
+        trial.set_user_attr(_DRIVER_ATTR, self.id)
+        rank = sum(1 for t in self.store.trials() if t.number < trial.number and _counts(t))
+        if rank >= self.plan.target:
+            self._hand_back(trial)
+            return False
         params = self.plan.space.suggest(trial)
         try:
             cfg = configure(self.plan.trial_base, self.plan.space.config_values(params))
@@ -241,8 +347,19 @@ class _Driver:
             spec = self._spec(trial, params, self.plan.trial_base)
             self.writer.put(spec, TrialOutcome(trial.number, TrialState.FAIL, error=str(exc)))
             self.asked = None
-            return
+            return True
         self._submit(self._spec(trial, params, cfg))
+        self.asked = None
+        return True
+
+    def _hand_back(self, trial: optuna.Trial) -> None:
+        """A surplus trial: FAIL, uncounted, its enqueued parameters queued again."""
+        trial_id = StudyStore.trial_id(trial)
+        self.store.set_attrs(trial_id, {_SURPLUS: True})
+        frozen = self.store.trial(trial_id)
+        self.store.fail_interrupted(trial_id)
+        if "fixed_params" in frozen.system_attrs:  # it came from the queue: put it back
+            self.study.enqueue_trial(frozen.system_attrs["fixed_params"])
         self.asked = None
 
     def _spec(
@@ -300,7 +417,7 @@ class _Driver:
     def _told(self, outcome: TrialOutcome) -> None:
         """On the writer's thread, once a trial is told to the study."""
         with self._lock:
-            self.tallies.add(outcome.state)
+            self.tallies = tallies(self.study)  # every driver's trials
             if outcome.state == TrialState.COMPLETE and outcome.values:
                 self.best = _better(self.best, outcome.values, self.plan.space)
         self._report()
@@ -335,12 +452,23 @@ class _Driver:
             unfinished.append(self.asked)  # asked for, stopped before it was launched
         for trial_id in unfinished:
             self.store.fail_interrupted(trial_id)
+        last_out = self.leave()
         if self.tracker is not None:
             killed = isinstance(exc, KeyboardInterrupt)
             status = RunStatus.KILLED if killed else RunStatus.FAILED
             reason = "the sweep was interrupted" if killed else f"the sweep's driver failed: {exc}"
-            self.tracker.close_children(status, reason)
-            self.tracker.end(status, exc)
+            for spec in self.running.values():
+                self.tracker.close_children(status, reason, trial=spec.number)
+            if last_out:
+                self.tracker.close_children(status, reason)
+                self.tracker.end(status, exc)
+
+
+def _counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts toward the study's target."""
+    if t.state == TrialState.WAITING or t.user_attrs.get(INTERRUPTED):
+        return False
+    return True
 
 
 class _Writer:
@@ -410,10 +538,7 @@ def _tell(store: StudyStore, spec: TrialSpec, outcome: TrialOutcome) -> None:
     if spec.attempt:
         attrs["attempts"] = spec.attempt + 1
     store.set_attrs(spec.trial_id, attrs)
-    if outcome.state == TrialState.COMPLETE:
-        store.study.tell(spec.number, list(outcome.values or ()))
-    else:
-        store.study.tell(spec.number, state=outcome.state)
+    store.tell(spec.number, outcome.state, outcome.values or ())
 
 
 def _stop_running(runner: TaskRunner, running: Mapping[TaskHandle, TrialSpec]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ __all__ = ["PARENT_ATTR", "SweepResult", "Tallies", "finish", "parent_run", "tal
 
 PARENT_ATTR = "mlflow_parent_run_id"
 """Study user attribute naming the study's parent MLflow run."""
+_FOUNDER_WAIT_S = 60.0
+"""How long a driver that did not create the study waits for its creator's parent run."""
 
 
 @dataclass
@@ -88,11 +91,20 @@ def parent_run(
     name: str,
     tracking_uri: str,
     storage_url: str,
+    founder: bool,
 ) -> MlflowTracker:
-    """The study's parent run: the one the study names (resumed), or a new one."""
+    """The study's parent run: the one the study names (resumed), or a new one.
+
+    Several drivers may start on one study at once: the one that created the study
+    (``founder``) creates the parent run, and the others wait for the study to name it.
+    """
     from orchestrator.tracking import MlflowTracker
 
     tracker = MlflowTracker(tracking_uri, base.tracking.experiment, base.tracking.flush_every)
+    if not founder and not study.get_trials(deepcopy=False):
+        deadline = time.monotonic() + _FOUNDER_WAIT_S
+        while PARENT_ATTR not in study.user_attrs and time.monotonic() < deadline:
+            time.sleep(0.2)  # user_attrs reads the storage afresh
     previous = study.user_attrs.get(PARENT_ATTR)
     if previous and tracker.resume(previous):
         return tracker
@@ -226,6 +238,13 @@ def _register(
     registered: list[dict[str, object]] = []
     model_name = base.sweep.register_as or f"{name}-best"
     for entry in entries:
+        marks = {"study": name, "trial": str(entry.get("number"))}
+        existing = tracker.model_versions(model_name, marks)
+        if existing:  # registered already (a resumed study, or another driver's finish)
+            registered.append(
+                {"name": model_name, "version": existing[0], "trial": entry.get("number")}
+            )
+            continue
         uri = entry["model_uri"]
         if isinstance(uri, str) and uri.endswith("checkpoint/model.pt"):
             uri = entry["model_uri"] = _package_checkpoint(
@@ -235,16 +254,13 @@ def _register(
             continue
         lineage = tracker.run_tags(str(entry["run_id"]), "lineage.")  # a student's teacher
         version = tracker.register_model(
-            uri,
-            model_name,
-            {
-                "study": name,
-                "trial": str(entry["number"]),
-                "run_id": str(entry["run_id"]),
-                **lineage,
-            },
+            uri, model_name, {**marks, "run_id": str(entry["run_id"]), **lineage}
         )
-        registered.append({"name": model_name, "version": version, "trial": entry["number"]})
+        # Two drivers finishing at once may both register: the lowest version stays.
+        kept = tracker.model_versions(model_name, marks)[0]
+        if kept != version:
+            tracker.delete_model_version(model_name, version)
+        registered.append({"name": model_name, "version": kept, "trial": entry.get("number")})
     return registered
 
 

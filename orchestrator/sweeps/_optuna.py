@@ -18,9 +18,14 @@ INTERRUPTED = "fedsweep_interrupted"
 """User attribute of a trial a stopped driver left unfinished: FAIL, and not counted."""
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
+def make_storage(url: str, connections: int = 4) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL: ``journal:///path`` (or a ``*.journal`` path) is a journal
     file; anything else (sqlite://, postgresql://) is an RDB storage.
+
+    A server-backed storage gets a bounded connection pool (at most ``connections`` per
+    process: a driver's loop, writer and heartbeat, or a worker's pruning reports), checked
+    before use, so that P parallel trials never exhaust the server's connections and a
+    restarted server is reconnected to.
 
     Raises:
         ConfigError: the URL names no storage Optuna can open (``--storage``).
@@ -29,8 +34,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
+    engine: dict[str, object] = {}
+    if not url.startswith("sqlite"):
+        half = max(1, connections // 2)
+        engine = {"pool_size": half, "max_overflow": connections - half, "pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many errors: one line, the URL named
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError("--storage", f"cannot open {url!r}: {first}") from None
@@ -93,6 +102,23 @@ class StudyStore:
     def open_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
         """The live trial a worker reports to."""
         return optuna.trial.Trial(study, trial_id)
+
+    def trial(self, trial_id: int) -> FrozenTrial:
+        return self._storage.get_trial(trial_id)
+
+    def tell(self, number: int, state: TrialState, values: Sequence[float] = ()) -> bool:
+        """Tells a trial's end; False when it had ended already (another driver failed it,
+        taking its driver for dead)."""
+        try:
+            if state == TrialState.COMPLETE:
+                self.study.tell(number, list(values))
+            else:
+                self.study.tell(number, state=state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            if "finished" not in str(exc).lower() and "already" not in str(exc).lower():
+                raise
+            return False
+        return True
 
     def trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)

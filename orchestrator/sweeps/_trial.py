@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from clusters import Executor, InProcessExecutor
+from clusters import Executor, InProcessExecutor, where_am_i
 from orchestrator.config import ExperimentConfig
 from orchestrator.runner import RunFailed, run
 from orchestrator.tracking import RunRecord
@@ -85,7 +85,7 @@ class _Pruning:
         if spec.pruner is not None:
             study = optuna.load_study(
                 study_name=spec.study,
-                storage=make_storage(spec.storage),
+                storage=make_storage(spec.storage, connections=2),
                 pruner=make_pruner(spec.pruner),
             )
             self.trial = StudyStore.open_trial(study, spec.trial_id)
@@ -117,7 +117,10 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
 
 
 def _run_trial(spec: TrialSpec) -> TrialOutcome:
+    place = where_am_i()
     tags = {
+        "fedsweep.node": place["node"],
+        "fedsweep.worker": place["worker"],
         "fedsweep.study": spec.study,
         "fedsweep.trial": str(spec.number),
         "fedsweep.attempt": str(spec.attempt),
