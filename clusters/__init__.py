@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clusters.base import Executor, PartyContext, assign_parties
+from clusters.base import Executor, PartyContext, ResourceError, assign_parties
 from clusters.inprocess import InProcessExecutor
 from clusters.tasks import InProcessTaskRunner, TaskHandle, TaskRunner, WorkerLost, where_am_i
 
@@ -19,6 +19,7 @@ __all__ = [
     "PartyContext",
     "RayExecutor",
     "RayTaskRunner",
+    "ResourceError",
     "TaskHandle",
     "TaskRunner",
     "WorkerLost",

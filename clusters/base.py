@@ -24,7 +24,9 @@ __all__ = [
     "PartyFn",
     "PartyHost",
     "Reduce",
+    "ResourceError",
     "assign_parties",
+    "resolve_device",
     "run_parties",
 ]
 
@@ -41,6 +43,8 @@ class PartyContext:
     """The party's own state; it persists across calls on the same executor."""
     cache: dict[Any, Any] = field(default_factory=dict)
     """Scratch shared by all parties of one worker (models, buffers); never party state."""
+    device: str = "cpu"
+    """Where the party's tensors and models live on this worker (``cpu`` or ``cuda``)."""
 
     def get(self, kind: type[S]) -> S | None:
         """The party's state record of type ``kind`` (one per type), or None."""
@@ -162,6 +166,31 @@ def run_parties(
     return acc
 
 
+class ResourceError(ValueError):
+    """A request for resources the cluster cannot satisfy (it would wait forever)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` for a requested device (``auto``: cuda when a GPU is visible here).
+
+    Raises:
+        RuntimeError: cuda is asked where no GPU is visible.
+    """
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    raise RuntimeError("runtime.device is cuda but this worker sees no GPU")
+
+
 class PartyHost:
     """What every worker is, wherever it runs: it hosts a set of parties (their data and their
     state) and runs their work. Both executors are made of these: one in-process, one inside
@@ -169,11 +198,13 @@ class PartyHost:
 
     Args:
         worker_init: run once, before the first party's work (imports, warm-up).
+        device: ``cpu``, ``cuda``, or ``auto`` (cuda when this worker sees a GPU).
     """
 
-    def __init__(self, worker_init: Callable[[], None] | None = None) -> None:
+    def __init__(self, worker_init: Callable[[], None] | None = None, device: str = "cpu") -> None:
         self._contexts: dict[int, PartyContext] = {}
         self._cache: dict[Any, Any] = {}
+        self.device = resolve_device(device)
         if worker_init is not None:
             worker_init()
 
@@ -181,7 +212,7 @@ class PartyHost:
         """Hosts these parties from now on, with fresh state; returns how many."""
         self._contexts.clear()
         for pid, data in parties.items():
-            self._contexts[pid] = PartyContext(pid, data, {}, self._cache)
+            self._contexts[pid] = PartyContext(pid, data, {}, self._cache, self.device)
         return len(self._contexts)
 
     def hosts(self, party_id: int) -> bool:

@@ -21,12 +21,16 @@ class InProcessExecutor(Executor):
     Args:
         worker_init: called once before the first party runs, as a Ray worker would on start.
         threads: torch intra-op threads while party work runs (None: leave as is).
+        device: where party tensors live (``cpu``, ``cuda``, ``auto``).
     """
 
     def __init__(
-        self, worker_init: Callable[[], None] | None = None, threads: int | None = 1
+        self,
+        worker_init: Callable[[], None] | None = None,
+        threads: int | None = 1,
+        device: str = "cpu",
     ) -> None:
-        self._host = PartyHost(worker_init)
+        self._host = PartyHost(worker_init, device)
         self._threads = threads
 
     @property

@@ -14,7 +14,15 @@ from typing import Any
 
 import ray
 
-from clusters.base import Executor, PartyFn, PartyHost, R, Reduce, assign_parties
+from clusters.base import (
+    Executor,
+    PartyFn,
+    PartyHost,
+    R,
+    Reduce,
+    ResourceError,
+    assign_parties,
+)
 
 __all__ = ["RayExecutor", "ensure_ray"]
 
@@ -50,6 +58,8 @@ class RayExecutor(Executor):
         num_cpus: CPUs for a local Ray started here (default: all).
         cpus_per_worker: CPUs each actor reserves.
         worker_init: run once in each actor as it starts (imports, warm-up).
+        gpus_per_worker: GPUs each actor reserves (fractions share a GPU).
+        device: where party tensors live on the actors (``cpu``, ``cuda``, ``auto``).
     """
 
     def __init__(
@@ -59,14 +69,24 @@ class RayExecutor(Executor):
         num_cpus: int | None = None,
         cpus_per_worker: float = 1.0,
         worker_init: Callable[[], None] | None = None,
+        gpus_per_worker: float = 0.0,
+        device: str = "cpu",
     ) -> None:
         ensure_ray(address, num_cpus)
         if num_workers is None:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             num_workers = max(1, int(cpus // cpus_per_worker))
-        host_cls = ray.remote(num_cpus=cpus_per_worker)(PartyHost)
+        if gpus_per_worker:
+            gpus = ray.cluster_resources().get("GPU", 0.0)
+            if num_workers * gpus_per_worker > gpus:
+                raise ResourceError(
+                    "runtime.gpus_per_worker",
+                    f"{num_workers} actors of {gpus_per_worker:g} GPU need "
+                    f"{num_workers * gpus_per_worker:g} GPUs; this Ray has {gpus:g}",
+                )
+        host_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(PartyHost)
         # actor handles: their methods are called as .remote(), which nothing types
-        self._hosts: list[Any] = [host_cls.remote(worker_init) for _ in range(num_workers)]
+        self._hosts: list[Any] = [host_cls.remote(worker_init, device) for _ in range(num_workers)]
         self._owner: dict[int, int] = {}
         self._pending: list[ray.ObjectRef] = []
 

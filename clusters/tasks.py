@@ -24,19 +24,21 @@ __all__ = [
 
 
 def where_am_i() -> dict[str, str]:
-    """Where the calling task runs: ``node`` (the Ray node's id, or ``local``) and ``worker``
-    (host and process id)."""
+    """Where the calling task runs: ``node`` (the Ray node's id, or ``local``), ``worker``
+    (host and process id) and ``gpus`` (the GPU ids Ray gave it, comma-separated)."""
     import os
     import socket
     import sys
 
-    node = "local"
+    node, gpus = "local", ""
     if "ray" in sys.modules:
         import ray
 
         if ray.is_initialized():
-            node = ray.get_runtime_context().get_node_id()
-    return {"node": node, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            context = ray.get_runtime_context()
+            node = context.get_node_id()
+            gpus = ",".join(map(str, context.get_accelerator_ids().get("GPU", [])))
+    return {"node": node, "worker": f"{socket.gethostname()}:{os.getpid()}", "gpus": gpus}
 
 
 class WorkerLost(RuntimeError):
@@ -113,10 +115,15 @@ class RayTaskRunner(TaskRunner):
         address: Ray address to join; None starts or reuses a local Ray.
         cpus_per_task: CPUs each task reserves.
         num_cpus: CPUs for a local Ray started here.
+        gpus_per_task: GPUs each task reserves (fractions share a GPU).
     """
 
     def __init__(
-        self, address: str | None = None, cpus_per_task: float = 1.0, num_cpus: int | None = None
+        self,
+        address: str | None = None,
+        cpus_per_task: float = 1.0,
+        num_cpus: int | None = None,
+        gpus_per_task: float = 0.0,
     ) -> None:
         import ray
 
@@ -125,18 +132,31 @@ class RayTaskRunner(TaskRunner):
         self._ray = ray
         ensure_ray(address, num_cpus)
         self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        if gpus_per_task:
+            gpus = self._ray.cluster_resources().get("GPU", 0.0)
+            if gpus < gpus_per_task:
+                from clusters.base import ResourceError
+
+                raise ResourceError(
+                    "sweep.gpus_per_trial",
+                    f"a trial of {gpus_per_task:g} GPU needs {gpus_per_task:g}; this Ray has {gpus:g}",
+                )
         self._remote: dict[Callable, Any] = {}
 
     @property
     def capacity(self) -> int:
-        cpus = self._ray.cluster_resources().get("CPU", 1.0)
-        return max(1, int(cpus // self.cpus_per_task))
+        resources = self._ray.cluster_resources()
+        width = int(resources.get("CPU", 1.0) // self.cpus_per_task)
+        if self.gpus_per_task:
+            width = min(width, int(resources.get("GPU", 0.0) // self.gpus_per_task))
+        return max(1, width)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> TaskHandle:
         remote = self._remote.get(fn)
         if remote is None:
             remote = self._remote[fn] = self._ray.remote(
-                num_cpus=self.cpus_per_task, max_retries=0
+                num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=0
             )(fn)
         return TaskHandle(ref=remote.remote(*args))
 

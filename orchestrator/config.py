@@ -36,6 +36,7 @@ from trainers.rules import Choice, at_least, between, file_path, is_path, one_of
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "Device",
     "ExecutorKind",
     "ExperimentConfig",
     "ModelFormat",
@@ -61,6 +62,14 @@ class VerticalSplit(Choice):
     columns = "columns"
     random = "random"
     image = "image"
+
+
+class Device(Choice):
+    """Where party tensors and models live."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
 
 
 class ExecutorKind(Choice):
@@ -182,6 +191,11 @@ class RuntimeConfig:
     """Actors in the pool (default: one per CPU)."""
     num_cpus: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
     """CPUs of a local Ray started by fedsweep (default: all)."""
+    device: Device = Device.cpu
+    """Where party tensors and models live: cpu, cuda, or auto (cuda where the worker has a
+    GPU). Runs are bit-for-bit reproducible on cpu only."""
+    gpus_per_worker: float = field(default=0.0, metadata=at_least(0))
+    """GPUs each actor of the pool reserves on Ray (fractions share one GPU)."""
 
 
 @dataclass
@@ -237,6 +251,9 @@ class SweepConfig:
     """0: a trial simulates its parties in its own worker; N: it gets its own pool of N actors."""
     cpus_per_trial: float = field(default=1.0, metadata=positive())
     """CPUs each trial reserves on Ray."""
+    gpus_per_trial: float = field(default=0.0, metadata=at_least(0))
+    """GPUs each trial reserves on Ray (fractions share one GPU); with
+    runtime.device=cuda or auto its parties then train there."""
     trial_plots: bool = False
     """Log per-trial plots (the parent run holds the study's plots either way)."""
     trial_models: TrialModels = TrialModels.checkpoint

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clusters import Executor, InProcessExecutor
+from clusters import Executor, InProcessExecutor, ResourceError
 from orchestrator.config import (
     ExecutorKind,
     ExperimentConfig,
@@ -86,16 +86,25 @@ class RunFailed(Exception):
 
 def make_executor(runtime: RuntimeConfig) -> Executor:
     """The executor the runtime config asks for; a Ray pool starts warming up at once."""
-    if runtime.executor == ExecutorKind.local:
-        return InProcessExecutor()
-    from clusters import RayExecutor
+    try:
+        if runtime.executor == ExecutorKind.local:
+            return InProcessExecutor(device=str(runtime.device))
+        from clusters import RayExecutor
 
-    return RayExecutor(
-        address=runtime.address,
-        num_workers=runtime.num_workers,
-        num_cpus=runtime.num_cpus,
-        worker_init=warm_up,
-    )
+        return RayExecutor(
+            address=runtime.address,
+            num_workers=runtime.num_workers,
+            num_cpus=runtime.num_cpus,
+            worker_init=warm_up,
+            gpus_per_worker=runtime.gpus_per_worker,
+            device=str(runtime.device),
+        )
+    except ResourceError as exc:
+        raise ConfigError(exc.key, exc.problem) from None
+    except RuntimeError as exc:  # cuda asked of an in-process run where no GPU is visible
+        if "sees no GPU" not in str(exc):
+            raise
+        raise ConfigError("runtime.device", str(exc)) from None
 
 
 class _Reporter:

@@ -10,23 +10,31 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ray_token(tmp_path_factory):
-    """Ray's token authentication, explicitly: one token file for the session, named in this
-    process's environment and so in every process the tests start (a lab sets its own)."""
+def _ray_token() -> Path:
+    """Ray's token authentication, explicitly: one token file for the test run, named in this
+    process's environment (and so in every process the tests start; a lab sets its own).
+    Set when this file is imported, before any test module imports Ray, which reads it then."""
     import os
     import secrets
+    import tempfile
 
-    path = tmp_path_factory.mktemp("ray-auth") / "token"
+    path = Path(tempfile.mkdtemp(prefix="fedsweep-ray-auth-")) / "token"
     path.write_text(secrets.token_hex(32))
-    before = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
-    yield path
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return path
+
+
+RAY_TOKEN = _ray_token()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token():
+    """The test run's Ray token file, removed at the end."""
+    import shutil
+
+    yield RAY_TOKEN
+    shutil.rmtree(RAY_TOKEN.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +54,9 @@ def ray_session(ray_token):
 @pytest.fixture(scope="session")
 def lab():
     """A lab for the whole session: PostgreSQL (at most 30 connections), an MLflow server
-    and a 3-node Ray cluster with token authentication; stopped by its pids at the end."""
+    and a 3-node Ray cluster with token authentication (each node declaring one GPU, which
+    this machine does not have: a logical resource for Ray to schedule); stopped by its pids
+    at the end."""
     import shutil
     import tempfile
 
@@ -58,7 +68,8 @@ def lab():
         pytest.skip("PostgreSQL is not installed and cannot be installed here")
     root = Path(tempfile.mkdtemp(prefix="fedsweep-lab-"))
     root.chmod(0o755)  # PostgreSQL runs as its own user, which must reach its directory
-    started = Lab.up(root / "lab", nodes=3, cpus_per_node=1, max_connections=30)
+    # one logical GPU per node: Ray schedules GPU shares; the parties then train on the CPU
+    started = Lab.up(root / "lab", nodes=3, cpus_per_node=1, gpus_per_node=1, max_connections=30)
     try:
         yield started
     finally:

@@ -149,6 +149,8 @@ def test_a_sweep_spreads_over_the_nodes_and_its_models_load_anywhere(lab, projec
     assert result["n_complete"] == 6
     parent, children = _assert_one_run_per_trial(lab, "spread", 6)
     assert parent.info.run_id == result["parent_run_id"]
+    # served artifacts: the workers wrote them through the server, not into a directory
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in children)
     nodes = {r.data.tags["fedsweep.node"] for r in children}
     assert len(nodes) >= 2, nodes  # trials ran on several nodes
     assert all(lab.node_of(n) is not None for n in nodes)
@@ -283,6 +285,26 @@ def test_a_killed_driver_resumes_on_the_lab(lab, project, sessions):
     result = _finish(_start(cmd, project, lab, sessions))
     assert result["parent_run_id"] == parent and result["n_complete"] == 5
     _assert_one_run_per_trial(lab, "resumed", 5)
+
+
+def test_gpu_shares_are_requested_from_ray(lab, project, sessions):
+    cmd = _sweep_cmd(
+        lab, "gpus", 2, "--parallel", "2", "trainer.rounds=3",
+        "sweep.gpus_per_trial=0.5", "runtime.device=auto",
+    )  # fmt: skip
+    assert _finish(_start(cmd, project, lab, sessions))["n_complete"] == 2
+    children = _children(_runs(lab, "gpus"))
+    assert len(children) == 2 and all(r.data.tags.get("fedsweep.gpus") for r in children)
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "orchestrator.cli", "run", str(CONFIGS / "quickstart.yaml"),
+            "--lab", str(lab.dir), "--quiet", "--json", "trainer.rounds=2",
+            "runtime.num_workers=2", "runtime.gpus_per_worker=0.5", "tracking.log_model=false",
+        ],
+        cwd=project, env=lab.process_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "test_accuracy" in json.loads(run.stdout.strip().splitlines()[-1])["metrics"]
 
 
 def test_a_worker_node_lost_mid_sweep(lab, project, sessions):

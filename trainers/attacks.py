@@ -257,6 +257,10 @@ class LabelFlipping:
         if flipped is None:  # a context of its own, so cached tensors hold the flipped labels
             data: PartyData = ctx.data
             flipped = ctx.state["label_flipped"] = PartyContext(
-                ctx.party_id, PartyData(data.x, self.n_classes - 1 - data.y), {}, ctx.cache
+                ctx.party_id,
+                PartyData(data.x, self.n_classes - 1 - data.y),
+                {},
+                ctx.cache,
+                ctx.device,
             )
         return self.inner(flipped, payload)

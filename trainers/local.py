@@ -76,9 +76,10 @@ class LocalTraining:
 
     def __call__(self, ctx: PartyContext, payload: RoundPayload) -> PartyUpdate:
         x, y = _tensors(ctx)
-        model = ctx.cache.get(self.model)
+        device = ctx.device
+        model = ctx.cache.get((self.model, device))
         if model is None:  # one model object per worker and architecture, reused by its parties
-            model = ctx.cache[self.model] = build_model(self.model, seed=0)
+            model = ctx.cache[(self.model, device)] = build_model(self.model, seed=0).to(device)
         set_flat(model, payload.weights)
         params = list(model.parameters())
         anchor = [p.detach().clone() for p in params] if self.prox_mu > 0 else None
@@ -87,10 +88,10 @@ class LocalTraining:
             derive_seed(self.seed, _LOCAL_STREAM, payload.round, ctx.party_id)
         )
         n, bs = len(y), self.batch_size
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for _ in range(self.epochs):
             loss_sum.zero_()
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen).to(device)
             xs, ys = x[order], y[order]  # one gather per epoch; batches are then slices
             for start in range(0, n, bs):
                 xb, yb = xs[start : start + bs], ys[start : start + bs]
@@ -102,7 +103,7 @@ class LocalTraining:
                         torch._foreach_add_(grads, drift, alpha=self.prox_mu)
                 step(grads)
                 loss_sum += loss.detach() * len(yb)
-        flat = torch.nn.utils.parameters_to_vector(params).detach().numpy().astype(np.float64)
+        flat = torch.nn.utils.parameters_to_vector(params).detach().cpu().numpy().astype(np.float64)
         return PartyUpdate(flat * n, n, float(loss_sum), 1)
 
 
@@ -153,8 +154,8 @@ def _tensors(ctx: PartyContext) -> tuple[torch.Tensor, torch.Tensor]:
             # are only ever read, so sharing the memory is safe and saves a copy per party.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             cached = ctx.state["tensors"] = (
-                torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64)),
+                torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).to(ctx.device),
+                torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64)).to(ctx.device),
             )
     return cached
 

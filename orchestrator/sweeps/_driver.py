@@ -30,7 +30,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from clusters import TaskHandle, TaskRunner, WorkerLost
+from clusters import ResourceError, TaskHandle, TaskRunner, WorkerLost
 from orchestrator.config import ExperimentConfig, TrialModels, configure, load_config
 from orchestrator.errors import ConfigError
 from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
@@ -94,7 +94,18 @@ def sweep(
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plan = _Plan.make(config, space, overrides, trials, study, storage)
-    st, founder = _open_study(plan)
+    opened = make_storage(plan.storage)  # an unreachable storage is refused first
+    sc = plan.base.sweep
+    if runner is None:  # then Ray: a request it cannot satisfy is refused before any run
+        from clusters import RayTaskRunner
+
+        try:
+            runner = RayTaskRunner(
+                address, cpus_per_task=sc.cpus_per_trial, gpus_per_task=sc.gpus_per_trial
+            )
+        except ResourceError as exc:
+            raise ConfigError(exc.key, exc.problem) from None
+    st, founder = _open_study(plan, opened)
     tracker = (
         parent_run(st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder)
         if plan.base.tracking.enabled
@@ -102,11 +113,6 @@ def sweep(
     )
     driver = _Driver(plan, st, tracker, progress)
     driver.recover()
-    if runner is None:
-        from clusters import RayTaskRunner
-
-        runner = RayTaskRunner(address, cpus_per_task=plan.base.sweep.cpus_per_trial)
-    sc = plan.base.sweep
     # A trial with its own actor pool also needs a CPU for each of its actors.
     width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
     started = time.perf_counter()
@@ -130,9 +136,8 @@ def sweep(
     return result
 
 
-def _open_study(plan: _Plan) -> tuple[optuna.Study, bool]:
+def _open_study(plan: _Plan, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
     """The study, and whether this driver created it (then it makes the parent run)."""
-    storage = make_storage(plan.storage)
     sampler, pruner = make_sampler(plan.space, plan.base.seed), make_pruner(plan.space.pruner)
     try:
         st = optuna.create_study(

@@ -121,6 +121,7 @@ def _run_trial(spec: TrialSpec) -> TrialOutcome:
     tags = {
         "fedsweep.node": place["node"],
         "fedsweep.worker": place["worker"],
+        **({"fedsweep.gpus": place["gpus"]} if place["gpus"] else {}),
         "fedsweep.study": spec.study,
         "fedsweep.trial": str(spec.number),
         "fedsweep.attempt": str(spec.attempt),
@@ -130,9 +131,10 @@ def _run_trial(spec: TrialSpec) -> TrialOutcome:
     if spec.trial_actors:
         from clusters import RayExecutor
 
-        executor = RayExecutor(num_workers=spec.trial_actors)
+        runtime = spec.config.runtime
+        executor = RayExecutor(num_workers=spec.trial_actors, device=str(runtime.device))
     else:
-        executor = InProcessExecutor()
+        executor = InProcessExecutor(device=str(spec.config.runtime.device))
     try:
         result = run(
             spec.config,

@@ -1,0 +1,72 @@
+"""GPUs: the device setting, and the GPU shares requested from Ray (checked here on the CPU:
+this machine has no GPU; benchmarks/gpu_check.sh is the check for one that has)."""
+
+from __future__ import annotations
+
+import pytest
+
+import orchestrator
+from orchestrator import ConfigError, load_config
+
+from .conftest import tiny
+from .golden import comparable
+
+
+def test_device_and_gpu_shares_are_settings():
+    cfg = load_config(tiny(), ["runtime.device=auto", "runtime.gpus_per_worker=0.25"])
+    assert cfg.runtime.device == "auto" and cfg.runtime.gpus_per_worker == 0.25
+    assert load_config(tiny(), ["sweep.gpus_per_trial=0.5"]).sweep.gpus_per_trial == 0.5
+    with pytest.raises(
+        ConfigError, match="runtime.device: unknown name 'tpu'; valid: auto, cpu, cuda"
+    ):
+        load_config(tiny(), ["runtime.device=tpu"])
+    with pytest.raises(ConfigError, match=r"sweep.gpus_per_trial: must be >= 0, got -1.0"):
+        load_config(tiny(), ["sweep.gpus_per_trial=-1"])
+
+
+def test_auto_runs_on_the_cpu_here_exactly_as_cpu():
+    cpu = orchestrator.run(tiny(), ["runtime.device=cpu"])
+    auto = orchestrator.run(tiny(), ["runtime.device=auto"])
+    assert comparable(auto.history) == comparable(cpu.history)
+
+
+def test_cuda_where_no_gpu_is_visible_is_a_config_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(
+        ConfigError, match="runtime.device: runtime.device is cuda but this worker sees no GPU"
+    ):
+        orchestrator.run(tiny(), ["runtime.device=cuda"])
+
+
+@pytest.mark.ray
+def test_gpu_shares_the_cluster_cannot_give_are_refused_with_the_numbers(
+    ray_session, workdir, tracking_uri
+):
+    with pytest.raises(
+        ConfigError,
+        match=r"runtime.gpus_per_worker: 2 actors of 0.5 GPU need 1 GPUs; this Ray has 0",
+    ):
+        orchestrator.run(
+            tiny(tracking={"enabled": True, "uri": tracking_uri}),
+            ["runtime.executor=ray", "runtime.num_workers=2", "runtime.gpus_per_worker=0.5"],
+        )
+    from search_spaces import parse_space
+
+    space = parse_space(
+        {
+            "objective": ["test_accuracy"],
+            "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}},
+        }
+    )
+    with pytest.raises(
+        ConfigError, match=r"sweep.gpus_per_trial: a trial of 0.5 GPU needs 0.5; this Ray has 0"
+    ):
+        orchestrator.sweep(
+            tiny(tracking={"enabled": True, "uri": tracking_uri}, sweep={"gpus_per_trial": 0.5}),
+            space,
+            trials=1,
+        )
+    assert not (workdir / "mlflow.db").exists()  # refused before any run
