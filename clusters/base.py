@@ -40,11 +40,15 @@ class PartyContext:
     data: Any
     """Whatever was shipped for this party by :meth:`Executor.load` (read-only by convention)."""
     state: dict[str, Any]
-    """The party's own state; it persists across calls on the same executor."""
+    """The party's own state: it persists across calls, and an executor can hand it back
+    and restore it (checkpoints, a replaced worker). Plain picklable records only."""
     cache: dict[Any, Any] = field(default_factory=dict)
     """Scratch shared by all parties of one worker (models, buffers); never party state."""
     device: str = "cpu"
     """Where the party's tensors and models live on this worker (``cpu`` or ``cuda``)."""
+    scratch: dict[str, Any] = field(default_factory=dict)
+    """What the party derives from its data (tensors, designs) and keeps for speed: never
+    saved, rebuilt wherever the party runs."""
 
     def get(self, kind: type[S]) -> S | None:
         """The party's state record of type ``kind`` (one per type), or None."""
@@ -122,6 +126,15 @@ class Executor(abc.ABC):
         reduce: Reduce[R] | None,
     ) -> list[R] | R | None:
         """:meth:`map`'s work, where the executor runs it."""
+
+    @abc.abstractmethod
+    def party_states(self) -> dict[int, dict[str, Any]]:
+        """Every loaded party's own state (what persists between its calls), by party id:
+        what a checkpoint keeps of the parties."""
+
+    @abc.abstractmethod
+    def restore_party_states(self, states: Mapping[int, dict[str, Any]]) -> None:
+        """Puts the loaded parties back in these states (parties not named start afresh)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Releases the workers."""
@@ -214,6 +227,17 @@ class PartyHost:
         for pid, data in parties.items():
             self._contexts[pid] = PartyContext(pid, data, {}, self._cache, self.device)
         return len(self._contexts)
+
+    def states(self, party_ids: Sequence[int] | None = None) -> dict[int, dict[str, Any]]:
+        """The hosted parties' own state (those that have any), by party id."""
+        ids = self._contexts if party_ids is None else party_ids
+        return {p: self._contexts[p].state for p in ids if self._contexts[p].state}
+
+    def restore(self, states: Mapping[int, dict[str, Any]]) -> None:
+        """Gives the hosted parties these states (the others start afresh)."""
+        for pid, ctx in self._contexts.items():
+            ctx.state = dict(states.get(pid, {}))
+            ctx.scratch.clear()
 
     def hosts(self, party_id: int) -> bool:
         return party_id in self._contexts

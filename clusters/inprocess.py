@@ -50,6 +50,17 @@ class InProcessExecutor(Executor):
         with _torch_threads(self._threads):
             return self._host.run(fn, party_ids, payload, reduce)
 
+    def party_states(self) -> dict[int, dict[str, Any]]:
+        import copy
+
+        # copies: the caller keeps them while the parties go on changing theirs
+        return copy.deepcopy(self._host.states())
+
+    def restore_party_states(self, states: Mapping[int, dict[str, Any]]) -> None:
+        import copy
+
+        self._host.restore(copy.deepcopy(dict(states)))
+
     def close(self) -> None:
         self._host.clear()
 

@@ -111,9 +111,7 @@ class RayExecutor(Executor):
         payload: Any,
         reduce: Reduce[R] | None,
     ) -> list[R] | R | None:
-        if self._pending:
-            ray.get(self._pending)
-            self._pending = []
+        self._settle()
         if not party_ids:
             return None if reduce is not None else []
         missing = [p for p in party_ids if p not in self._owner]
@@ -136,6 +134,25 @@ class RayExecutor(Executor):
         for w, results in zip(workers, replies):
             by_party.update(zip(groups[w], results))
         return [by_party[p] for p in party_ids]
+
+    def party_states(self) -> dict[int, dict[str, Any]]:
+        self._settle()
+        out: dict[int, dict[str, Any]] = {}
+        for part in ray.get([h.states.remote() for h in self._hosts]):
+            out.update(part)
+        return out
+
+    def restore_party_states(self, states: Mapping[int, dict[str, Any]]) -> None:
+        self._settle()
+        batches: list[dict[int, dict[str, Any]]] = [{} for _ in self._hosts]
+        for pid, state in states.items():
+            batches[self._owner[pid]][pid] = state
+        ray.get([h.restore.remote(b) for h, b in zip(self._hosts, batches)])
+
+    def _settle(self) -> None:
+        if self._pending:
+            ray.get(self._pending)
+            self._pending = []
 
     def close(self) -> None:
         for h in self._hosts:

@@ -175,7 +175,7 @@ def run(
             executor.close()
 
 
-def _load_teacher(cfg: ExperimentConfig, trainer: Trainer[Any]) -> dict[str, str]:
+def _load_teacher(cfg: ExperimentConfig, trainer: Trainer[Any, Any]) -> dict[str, str]:
     """Hands a trainer the teacher it asks for, from MLflow; returns the lineage tags."""
     ref = trainer.teacher_uri()
     if ref is None:
@@ -228,7 +228,7 @@ def _start_tracker(
 
 def _run_tracked(
     cfg: ExperimentConfig,
-    trainer: Trainer[Any],
+    trainer: Trainer[Any, Any],
     prepared: Prepared,
     executor: Executor,
     progress: ProgressFn | None,
@@ -303,7 +303,7 @@ def _run_tracked(
 def _log_model(
     tracker: Tracker,
     cfg: ExperimentConfig,
-    trainer: Trainer[Any],
+    trainer: Trainer[Any, Any],
     result: TrainResult,
     prepared: Prepared,
 ) -> tuple[str | None, str | None]:
@@ -329,7 +329,7 @@ def _log_model(
 
 
 def _log_plots(
-    tracker: Tracker, cfg: ExperimentConfig, trainer: Trainer[Any], result: TrainResult
+    tracker: Tracker, cfg: ExperimentConfig, trainer: Trainer[Any, Any], result: TrainResult
 ) -> None:
     from orchestrator.plots import RUN_PLOTS
 

@@ -253,10 +253,10 @@ class LabelFlipping:
     def __call__(self, ctx: PartyContext, payload: Any) -> Any:
         if ctx.party_id not in self.parties:
             return self.inner(ctx, payload)
-        flipped = ctx.state.get("label_flipped")
+        flipped = ctx.scratch.get("label_flipped")
         if flipped is None:  # a context of its own, so cached tensors hold the flipped labels
             data: PartyData = ctx.data
-            flipped = ctx.state["label_flipped"] = PartyContext(
+            flipped = ctx.scratch["label_flipped"] = PartyContext(
                 ctx.party_id,
                 PartyData(data.x, self.n_classes - 1 - data.y),
                 {},

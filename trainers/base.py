@@ -30,6 +30,7 @@ __all__ = [
     "Invalid",
     "PartyData",
     "Reporter",
+    "RunState",
     "StopTraining",
     "TeacherRef",
     "TrainResult",
@@ -150,6 +151,23 @@ class DataShape(Protocol):
 D = TypeVar("D", bound=DataShape)
 
 
+@dataclass
+class RunState:
+    """What a trainer carries from one round to the next, on the driver: with the parties'
+    own state (kept by the executor), all a checkpoint needs to resume a run exactly. Plain
+    data only: numbers, arrays, lists, generators, torch state dicts.
+
+    Each trainer extends it with its own fields."""
+
+    round: int = 0
+    """Rounds done (and reported)."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One metrics dict per round, with a ``round`` key."""
+
+
+S = TypeVar("S", bound=RunState)
+
+
 @dataclass(frozen=True)
 class TeacherRef:
     """Where a trainer's teacher model is, and which config key said so (for errors)."""
@@ -159,12 +177,25 @@ class TeacherRef:
     key: str
 
 
-class Trainer(abc.ABC, Generic[D]):
-    """A learning algorithm: a round loop over parties run through an executor.
+class Trainer(abc.ABC, Generic[D, S]):
+    """A learning algorithm: a fixed round loop over parties run through an executor, with
+    four hooks (:meth:`begin`, :meth:`advance`, :meth:`done`, :meth:`end`) that
+    :meth:`fit` runs in order, and that a caller may run itself to checkpoint, resume or
+    roll a run back between rounds.
 
-    A trainer answers for itself: :meth:`validate` checks its settings before anything runs,
-    :meth:`check` the data once it is loaded; it declares the metrics it reports, the plots
-    that show them, its budget and the metrics a run's summary line shows.
+    Contract:
+        * :meth:`begin` sets the run up (loads the parties into the executor, builds what
+          stays the same for the whole run) and returns the state before round 0. It is
+          cheap and deterministic: a resumed run calls it again, then swaps its state for the
+          checkpoint's. Expensive one-off work belongs in a round, its result in the state.
+        * :meth:`advance` runs one round, updates the state in place and returns what to
+          report: ``(step, metrics)``.
+        * every random choice derives from the seed and the state, so that a round run again
+          from a restored state gives the same result, bit for bit.
+
+    A trainer also answers for itself: :meth:`validate` checks its settings before anything
+    runs, :meth:`check` the data once it is loaded; it declares the metrics it reports, the
+    plots that show them, its budget and the metrics a run's summary line shows.
 
     Args:
         config: the trainer section.
@@ -214,15 +245,43 @@ class Trainer(abc.ABC, Generic[D]):
         return None
 
     @abc.abstractmethod
-    def fit(self, data: D, executor: Executor, reporter: Reporter, seed: int) -> TrainResult:
-        """Trains and returns the final model and the per-round history.
+    def begin(self, data: D, executor: Executor, seed: int) -> S:
+        """Sets the run up and returns the state before its first round.
 
         Args:
             data: the parties' data and the test split.
             executor: runs per-party work; the trainer loads the parties into it.
-            reporter: receives each round's metrics.
             seed: the run's seed; every random choice derives from it.
         """
+
+    @abc.abstractmethod
+    def advance(self, state: S, executor: Executor) -> tuple[int, dict[str, float]] | None:
+        """Runs the next round; returns its step and metrics (the state is updated), or
+        None when the round ended the budget with nothing to report."""
+
+    @abc.abstractmethod
+    def done(self, state: S) -> bool:
+        """Whether the run has used its budget."""
+
+    @abc.abstractmethod
+    def end(self, state: S, executor: Executor, reporter: Reporter) -> TrainResult:
+        """The final model and the history (a closing summary may be reported here)."""
+
+    def fit(self, data: D, executor: Executor, reporter: Reporter, seed: int) -> TrainResult:
+        """Trains from round 0 to the end and returns the final model and the history."""
+        state = self.begin(data, executor, seed)
+        while not self.done(state):
+            out = self.advance(state, executor)
+            if out is not None:
+                self.record(state, *out, reporter)
+        return self.end(state, executor, reporter)
+
+    @staticmethod
+    def record(state: RunState, step: int, metrics: dict[str, float], reporter: Reporter) -> None:
+        """Adds a round to the history and reports it."""
+        state.history.append({"round": float(step), **metrics})
+        state.round += 1
+        reporter.report(step, metrics)
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -235,5 +294,5 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-TRAINERS: Registry[type[Trainer[Any]]] = Registry("trainer")
+TRAINERS: Registry[type[Trainer[Any, Any]]] = Registry("trainer")
 """Every trainer by name; each algorithm's module registers its own."""

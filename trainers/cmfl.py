@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from torch import nn
 
 from clusters import Executor
+from clusters.base import PartyFn
 from trainers.aggregators import layer_distances
-from trainers.attacks import build_adversary, byzantine_parties
+from trainers.attacks import Adversary, build_adversary, byzantine_parties
 from trainers.base import (
     BYTES_PER_VALUE,
     TRAINERS,
@@ -46,6 +49,7 @@ from trainers.base import (
     Federation,
     Invalid,
     Reporter,
+    RunState,
     Trainer,
     TrainResult,
     derive_seed,
@@ -53,10 +57,10 @@ from trainers.base import (
 from trainers.config import CMFLConfig, TrainerConfig
 from trainers.fedavg import FedAvg, evaluate, local_task, stack_uploads
 from trainers.ledger import Ledger
-from trainers.local import RoundPayload
+from trainers.local import PartyUpdate, RoundPayload
 from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, layer_slices, set_flat
 
-__all__ = ["CMFL", "Roles", "committee_scores", "elect", "rank"]
+__all__ = ["CMFL", "CMFLState", "Roles", "committee_scores", "elect", "rank"]
 
 _INIT_STREAM = 3
 _ROLE_STREAM = 6
@@ -128,7 +132,7 @@ def elect(ranked: np.ndarray, scores: np.ndarray, size: int, rule: str) -> np.nd
     return ranked[start : start + size]
 
 
-class CMFL(Trainer[FederatedData]):
+class CMFL(Trainer[FederatedData, "CMFLState"]):
     """Serverless FL in which an elected committee scores and selects the updates.
 
     Args:
@@ -151,91 +155,131 @@ class CMFL(Trainer[FederatedData]):
         except ValueError as exc:
             raise Invalid("trainer.cmfl", str(exc)) from None
 
-    def fit(
-        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
-    ) -> TrainResult:
+    def begin(self, data: FederatedData, executor: Executor, seed: int) -> CMFLState:
         cfg, ccfg = self.config, self.config.cmfl
         spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
-        layers = layer_slices(model)
         weights = get_flat(model)
         ids = sorted(data.parties)
         executor.load(data.parties, sizes={pid: len(p) for pid, p in data.parties.items()})
         roles = Roles.of(len(ids), ccfg)
         ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
-        adversary = build_adversary(cfg.attack, seed)
-        task = local_task(cfg, spec, seed, ledger.byzantine)
-
+        self._run = _CMFLRun(
+            data,
+            model,
+            layer_slices(model),
+            ids,
+            roles,
+            build_adversary(cfg.attack, seed),
+            local_task(cfg, spec, seed, ledger.byzantine),
+            weights.size * BYTES_PER_VALUE,
+        )
         rng = np.random.default_rng(derive_seed(seed, _ROLE_STREAM))
         committee = sorted(rng.choice(ids, size=roles.committee, replace=False).tolist())
         trainers = _draw_trainers(ids, committee, roles.trainers, rng)
+        return CMFLState(
+            weights=weights, ledger=ledger, rng=rng, committee=committee, trainers=trainers
+        )
 
-        model_bytes = weights.size * BYTES_PER_VALUE
-        history: list[dict[str, float]] = []
-        rounds: list[dict] = []
-        total_bytes = 0
-        for r in range(cfg.rounds):
-            start = time.perf_counter()
-            active = committee + trainers
-            updates = executor.map(task, active, RoundPayload(r, weights))
-            trained = time.perf_counter()
-            uploads, counts = stack_uploads(updates)
-            if adversary is not None:
-                uploads = adversary(uploads, ledger.mask(active), weights, r)
-            members, candidates = uploads[: len(committee)], uploads[len(committee) :]
+    def done(self, state: CMFLState) -> bool:
+        return state.round >= self.config.rounds
 
-            begin = time.perf_counter()
-            scores = committee_scores(candidates, members, layers)
-            ranked = rank(scores, ccfg.strategy)
-            scored = time.perf_counter()
-            selected = ranked[: roles.aggregated]
-            share = np.zeros(len(candidates))
-            share[selected] = counts[len(committee) :][selected]
-            share /= share.sum()
-            weights = (share @ candidates).astype(np.float32)
-            aggregated = time.perf_counter()
+    def advance(self, state: CMFLState, executor: Executor) -> tuple[int, dict[str, float]]:
+        run, ccfg, ledger, r = self._run, self.config.cmfl, state.ledger, state.round
+        committee, trainers, roles = state.committee, state.trainers, run.roles
+        start = time.perf_counter()
+        active = committee + trainers
+        updates = executor.map(run.task, active, RoundPayload(r, state.weights))
+        trained = time.perf_counter()
+        uploads, counts = stack_uploads(updates)
+        if run.adversary is not None:
+            uploads = run.adversary(uploads, ledger.mask(active), state.weights, r)
+        members, candidates = uploads[: len(committee)], uploads[len(committee) :]
 
-            set_flat(model, weights)
-            acc, loss = evaluate(model, data.x_test, data.y_test)
-            sent = (len(active) + len(trainers) * len(committee) + len(selected)) * model_bytes
-            total_bytes += sent
-            influence = np.concatenate([np.zeros(len(committee)), share])
-            chosen = [trainers[i] for i in selected]
-            metrics = {
-                "train_loss": sum(u.loss_sum for u in updates) / counts.sum(),
-                "test_accuracy": acc,
-                "test_loss": loss,
-                "parties": float(len(active)),
-                "bytes_communicated": float(sent),
-                "bytes_cumulative": float(total_bytes),
-                "round_time_s": 0.0,
-                "time_train_s": trained - start,
-                "time_scoring_s": scored - begin,
-                "time_aggregate_s": aggregated - scored,
-                "aggregated": float(len(selected)),
-                "byzantine_committee": float(ledger.mask(committee).sum()),
-                **ledger.record(active, influence),
+        begin = time.perf_counter()
+        scores = committee_scores(candidates, members, run.layers)
+        ranked = rank(scores, ccfg.strategy)
+        scored = time.perf_counter()
+        selected = ranked[: roles.aggregated]
+        share = np.zeros(len(candidates))
+        share[selected] = counts[len(committee) :][selected]
+        share /= share.sum()
+        state.weights = (share @ candidates).astype(np.float32)
+        aggregated = time.perf_counter()
+
+        set_flat(run.model, state.weights)
+        acc, loss = evaluate(run.model, run.data.x_test, run.data.y_test)
+        sent = (len(active) + len(trainers) * len(committee) + len(selected)) * run.model_bytes
+        state.total_bytes += sent
+        influence = np.concatenate([np.zeros(len(committee)), share])
+        chosen = [trainers[i] for i in selected]
+        metrics = {
+            "train_loss": sum(u.loss_sum for u in updates) / counts.sum(),
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "parties": float(len(active)),
+            "bytes_communicated": float(sent),
+            "bytes_cumulative": float(state.total_bytes),
+            "round_time_s": 0.0,
+            "time_train_s": trained - start,
+            "time_scoring_s": scored - begin,
+            "time_aggregate_s": aggregated - scored,
+            "aggregated": float(len(selected)),
+            "byzantine_committee": float(ledger.mask(committee).sum()),
+            **ledger.record(active, influence),
+        }
+        state.rounds.append(
+            {
+                "round": r,
+                "committee": list(committee),
+                "trainers": list(trainers),
+                "selected": chosen,
+                "scores": scores.tolist(),
+                "byzantine_committee": int(metrics["byzantine_committee"]),
+                "byzantine_selected": int(ledger.mask(chosen).sum()),
             }
-            rounds.append(
-                {
-                    "round": r,
-                    "committee": list(committee),
-                    "trainers": list(trainers),
-                    "selected": chosen,
-                    "scores": scores.tolist(),
-                    "byzantine_committee": int(metrics["byzantine_committee"]),
-                    "byzantine_selected": int(ledger.mask(chosen).sum()),
-                }
-            )
-            # The election: the committee comes from this round's ranked trainers.
-            committee = sorted(
-                trainers[i] for i in elect(ranked, scores, roles.committee, ccfg.election)
-            )
-            trainers = _draw_trainers(ids, committee, roles.trainers, rng)
-            metrics["round_time_s"] = time.perf_counter() - start
-            history.append({"round": float(r), **metrics})
-            reporter.report(r, metrics)
-        return TrainResult(model, history, {"cmfl_rounds": rounds, "participation": ledger.table()})
+        )
+        # The election: the committee comes from this round's ranked trainers.
+        state.committee = sorted(
+            trainers[i] for i in elect(ranked, scores, roles.committee, ccfg.election)
+        )
+        state.trainers = _draw_trainers(run.ids, state.committee, roles.trainers, state.rng)
+        metrics["round_time_s"] = time.perf_counter() - start
+        return r, metrics
+
+    def end(self, state: CMFLState, executor: Executor, reporter: Reporter) -> TrainResult:
+        set_flat(self._run.model, state.weights)
+        tables = {"cmfl_rounds": state.rounds, "participation": state.ledger.table()}
+        return TrainResult(self._run.model, state.history, tables)
+
+
+@dataclass
+class CMFLState(RunState):
+    """CMFL's state between rounds: the model, this round's roles and the role generator."""
+
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    ledger: Ledger = field(default_factory=lambda: Ledger([], frozenset()))
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    """Draws each round's trainers (one stream for the whole run)."""
+    committee: list[int] = field(default_factory=list)
+    trainers: list[int] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    """The cmfl_rounds table so far."""
+    total_bytes: int = 0
+
+
+@dataclass
+class _CMFLRun:
+    """What stays the same for a whole run (rebuilt by :meth:`CMFL.begin`)."""
+
+    data: FederatedData
+    model: nn.Module
+    layers: tuple[tuple[int, int], ...]
+    ids: list[int]
+    roles: Roles
+    adversary: Adversary | None
+    task: PartyFn[PartyUpdate]
+    model_bytes: int
 
 
 def _draw_trainers(

@@ -38,7 +38,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ from trainers.base import (
     Invalid,
     PartyData,
     Reporter,
+    RunState,
     Trainer,
     TrainResult,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "DPSVRGStep",
     "DSGDStep",
     "DSPGStep",
+    "DecentralizedState",
     "NodeState",
     "NodeStep",
     "Problem",
@@ -297,11 +299,9 @@ class NodeUpdate:
 
 @dataclass
 class NodeState:
-    """What a node keeps between steps."""
+    """What a node keeps between steps (its samples, with the constant column, are derived
+    from its data again wherever it runs: ``_design_of``)."""
 
-    design: np.ndarray
-    """Its samples with the constant column."""
-    y: np.ndarray
     x: np.ndarray
     """Its current model."""
     snapshot: np.ndarray | None = None
@@ -320,26 +320,25 @@ class NodeStep(abc.ABC):
     seed: int
 
     def __call__(self, ctx: PartyContext, payload: StepPayload) -> NodeUpdate:
+        design, y = _design_of(ctx)
         st = ctx.get(NodeState)
-        if st is None:
-            data: PartyData = ctx.data
-            # step 0: every node's start, mixed
-            st = NodeState(_design(data.x), np.asarray(data.y), payload.mixed[ctx.party_id].copy())
+        if st is None:  # step 0: every node's start, mixed
+            st = NodeState(payload.mixed[ctx.party_id].copy())
             ctx.put(st)
-        evals = self.prepare(st, payload)
-        m = len(st.y)
+        evals = self.prepare(st, design, y, payload)
+        m = len(y)
         rng = np.random.default_rng([self.seed, _BATCH_STREAM, payload.t, ctx.party_id])
         batch = rng.choice(m, size=min(self.batch_size, m), replace=False)
-        st.x = self.update(
-            st, st.design[batch], st.y[batch], payload.mixed[ctx.party_id], payload.step
-        )
+        st.x = self.update(st, design[batch], y[batch], payload.mixed[ctx.party_id], payload.step)
         evals += self.evals_per_sample * len(batch)
         return NodeUpdate(st.x, evals)
 
     evals_per_sample = 1
     """Sample gradients one step takes per minibatch sample."""
 
-    def prepare(self, st: NodeState, payload: StepPayload) -> int:
+    def prepare(
+        self, st: NodeState, design: np.ndarray, y: np.ndarray, payload: StepPayload
+    ) -> int:
         """Work before the step; returns the sample gradients it took."""
         return 0
 
@@ -348,6 +347,15 @@ class NodeStep(abc.ABC):
         self, st: NodeState, ab: np.ndarray, yb: np.ndarray, mixed: np.ndarray, alpha: float
     ) -> np.ndarray:
         """The node's new model from its minibatch (ab, yb), its mix y_i and the step."""
+
+
+def _design_of(ctx: PartyContext) -> tuple[np.ndarray, np.ndarray]:
+    """A node's samples with the constant column, and its labels (derived, kept in scratch)."""
+    cached = ctx.scratch.get("design")
+    if cached is None:
+        data: PartyData = ctx.data
+        cached = ctx.scratch["design"] = (_design(data.x), np.asarray(data.y))
+    return cached
 
 
 class DSPGStep(NodeStep):
@@ -363,12 +371,14 @@ class DPSVRGStep(NodeStep):
 
     evals_per_sample = 2
 
-    def prepare(self, st: NodeState, payload: StepPayload) -> int:
+    def prepare(
+        self, st: NodeState, design: np.ndarray, y: np.ndarray, payload: StepPayload
+    ) -> int:
         if not payload.snapshot:
             return 0
         st.snapshot = st.x.copy()
-        st.full_gradient = _loss_grad(self.problem, st.design, st.y, st.snapshot, False)[1]
-        return len(st.y)
+        st.full_gradient = _loss_grad(self.problem, design, y, st.snapshot, False)[1]
+        return len(y)
 
     def update(self, st, ab, yb, mixed, alpha):
         p = self.problem
@@ -388,7 +398,7 @@ class DSGDStep(NodeStep):
 # ------------------------------------------------------------------ the trainers
 
 
-class Decentralized(Trainer[FederatedData]):
+class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
     """The shared round loop: gossip along G(t), every node's local step, metrics.
 
     Args:
@@ -461,9 +471,7 @@ class Decentralized(Trainer[FederatedData]):
     def snapshot(self, t: int, inner: int) -> bool:
         return False
 
-    def fit(
-        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
-    ) -> TrainResult:
+    def begin(self, data: FederatedData, executor: Executor, seed: int) -> DecentralizedState:
         c = self.config.decentralized
         ids = sorted(data.parties)
         nodes = [data.parties[i] for i in ids]
@@ -474,70 +482,94 @@ class Decentralized(Trainer[FederatedData]):
         x0 = problem.initial(data.n_features, seed)
         _, f_star = solve_reference(problem, nodes, c.cache_dir, start=x0)
         executor.load(data.parties, sizes={i: len(d) for i, d in data.parties.items()})
-        task = self.step_cls(problem, c.batch_size, seed)
         total = sum(len(d) for d in nodes)
-        mean_m = total / len(nodes)
-        inner = c.inner_steps or max(1, math.ceil(mean_m / c.batch_size))
-        x = np.tile(x0, (len(ids), 1))
-        test_design = _design(data.x_test)
-        history: list[dict[str, float]] = []
-        gap = topology.gap
-        grad_evals = comm = 0
-        t = 0
-        while grad_evals < c.epochs * total and t < c.max_steps:
+        self._run = _DecentralizedRun(
+            data=data,
+            nodes=nodes,
+            ids=ids,
+            problem=problem,
+            topology=topology,
+            gap=topology.gap,
+            f_star=f_star,
+            task=self.step_cls(problem, c.batch_size, seed),
+            total=total,
+            inner=c.inner_steps or max(1, math.ceil(total / len(nodes) / c.batch_size)),
+            test_design=_design(data.x_test),
+        )
+        return DecentralizedState(x=np.tile(x0, (len(ids), 1)))
+
+    def done(self, state: DecentralizedState) -> bool:
+        c = self.config.decentralized
+        return not (state.grad_evals < c.epochs * self._run.total and state.t < c.max_steps)
+
+    def advance(
+        self, state: DecentralizedState, executor: Executor
+    ) -> tuple[int, dict[str, float]] | None:
+        """Steps until the next evaluation (or the end of the budget, which may come between
+        evaluations: then there is nothing to report)."""
+        c, run = self.config.decentralized, self._run
+        budget = c.epochs * run.total
+        while not self.done(state):
+            t = state.t
             start = time.perf_counter()
-            w = topology.matrix(t)
+            w = run.topology.matrix(t)
             rounds = self.gossip_rounds(t)
-            mixed = x
+            mixed = state.x
             for _ in range(rounds):  # W(t) is zero off G(t)'s edges: messages follow edges
                 mixed = w @ mixed
-            comm += rounds
-            payload = StepPayload(t, mixed, self.step_size(t), self.snapshot(t, inner))
-            updates = executor.map(task, ids, payload)
-            x = np.stack([u.x for u in updates])
-            grad_evals += sum(u.grad_evals for u in updates)
+            state.comm += rounds
+            payload = StepPayload(t, mixed, self.step_size(t), self.snapshot(t, run.inner))
+            updates = executor.map(run.task, run.ids, payload)
+            state.x = np.stack([u.x for u in updates])
+            state.grad_evals += sum(u.grad_evals for u in updates)
             elapsed = time.perf_counter() - start
-            if t % c.eval_every == 0 or grad_evals >= c.epochs * total:
-                xbar = x.mean(axis=0)
-                f = objective(problem, nodes, xbar)
-                metrics = {
-                    "suboptimality": max(f - f_star, 0.0),
-                    "objective": f,
-                    "consensus_error": float(np.mean(((x - xbar) ** 2).sum(axis=1))),
-                    "test_accuracy": _accuracy(problem, test_design, data.y_test, xbar),
-                    "sparsity": float(np.mean(np.abs(xbar) < 1e-12)),
-                    "epochs": grad_evals / total,
-                    "grad_evals": float(grad_evals),
-                    "comm_rounds": float(comm),
-                    "step_size": payload.step,
-                    "spectral_gap": gap,
-                    "step_time_s": elapsed,
-                }
-                history.append({"round": float(t), **metrics})
-                reporter.report(t, metrics)
-            t += 1
+            state.t += 1
+            if t % c.eval_every == 0 or state.grad_evals >= budget:
+                return t, self._evaluate(state, payload.step, elapsed)
+        return None
+
+    def _evaluate(self, state: DecentralizedState, step: float, elapsed: float) -> dict[str, float]:
+        run, x = self._run, state.x
+        xbar = x.mean(axis=0)
+        f = objective(run.problem, run.nodes, xbar)
+        return {
+            "suboptimality": max(f - run.f_star, 0.0),
+            "objective": f,
+            "consensus_error": float(np.mean(((x - xbar) ** 2).sum(axis=1))),
+            "test_accuracy": _accuracy(run.problem, run.test_design, run.data.y_test, xbar),
+            "sparsity": float(np.mean(np.abs(xbar) < 1e-12)),
+            "epochs": state.grad_evals / run.total,
+            "grad_evals": float(state.grad_evals),
+            "comm_rounds": float(state.comm),
+            "step_size": step,
+            "spectral_gap": run.gap,
+            "step_time_s": elapsed,
+        }
+
+    def end(self, state: DecentralizedState, executor: Executor, reporter: Reporter) -> TrainResult:
+        c, run, history = self.config.decentralized, self._run, state.history
         if history:  # run summaries, reported with the last evaluation
             summary = _summary(history, c.target)
             history[-1].update(summary)
             reporter.report(int(history[-1]["round"]) + 1, summary)
-        final = x.mean(axis=0)
+        x = state.x
         return TrainResult(
-            _consensus_model(final, problem, data.n_features),
+            _consensus_model(x.mean(axis=0), run.problem, run.data.n_features),
             history,
             {
                 "network": [
                     {
                         "graph": c.topology,
                         "varying": c.varying,
-                        "nodes": len(ids),
-                        "edges": int(len(topology.edges)),
-                        "spectral_gap": gap,
-                        "f_star": f_star,
-                        "inner_steps": inner if self.step_cls is DPSVRGStep else 0,
+                        "nodes": len(run.ids),
+                        "edges": int(len(run.topology.edges)),
+                        "spectral_gap": run.gap,
+                        "f_star": run.f_star,
+                        "inner_steps": run.inner if self.step_cls is DPSVRGStep else 0,
                     }
                 ],
-                "edges": [{"u": int(u), "v": int(v)} for u, v in topology.edges],
-                "nodes": [{"node": i, "x": x[i].tolist()} for i in ids],
+                "edges": [{"u": int(u), "v": int(v)} for u, v in run.topology.edges],
+                "nodes": [{"node": i, "x": x[i].tolist()} for i in run.ids],
             },
         )
 
@@ -563,6 +595,36 @@ def _accuracy(p: Problem, design: np.ndarray, y: np.ndarray, w: np.ndarray) -> f
     z = _logits(p, design, w)
     pred = (z[:, 0] > 0).astype(np.int64) if p.loss == "logistic" else z.argmax(axis=1)
     return float(np.mean(pred == y))
+
+
+@dataclass
+class DecentralizedState(RunState):
+    """A network's state between evaluations: every node's model (the nodes keep their own
+    snapshots) and the counts of work done."""
+
+    x: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    """Row i: node i's model."""
+    t: int = 0
+    """Steps taken."""
+    grad_evals: int = 0
+    comm: int = 0
+
+
+@dataclass
+class _DecentralizedRun:
+    """What stays the same for a whole run (rebuilt by :meth:`Decentralized.begin`)."""
+
+    data: FederatedData
+    nodes: list[PartyData]
+    ids: list[int]
+    problem: Problem
+    topology: Topology
+    gap: float
+    f_star: float
+    task: NodeStep
+    total: int
+    inner: int
+    test_design: np.ndarray
 
 
 class DSPG(Decentralized):

@@ -27,7 +27,7 @@ once over the distillation data (the teacher is frozen and the inputs are not au
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,15 +42,23 @@ from trainers.base import (
     Federation,
     Invalid,
     Reporter,
+    RunState,
     TeacherRef,
     Trainer,
     TrainResult,
     derive_seed,
 )
 from trainers.config import DistillConfig, DistillTarget, TeacherSource, TrainerConfig
-from trainers.models import ModelConfig, ModelSpec, build_model, check_input, forward_layers
+from trainers.models import (
+    ModelConfig,
+    ModelSpec,
+    build_model,
+    check_input,
+    forward_layers,
+    seeded,
+)
 
-__all__ = ["Distillation", "latency_ms", "train_supervised"]
+__all__ = ["DistillState", "Distillation", "latency_ms", "train_supervised"]
 
 _TEACHER_STREAM = 11
 _STUDENT_STREAM = 12
@@ -143,7 +151,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
         return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
-class Distillation(Trainer[FederatedData]):
+class Distillation(Trainer[FederatedData, "DistillState"]):
     """Distils a teacher into the experiment's model (the student).
 
     Args:
@@ -210,23 +218,13 @@ class Distillation(Trainer[FederatedData]):
             return None
         return TeacherRef(t.uri, t.tracking_uri, "trainer.distill.teacher.uri")
 
-    def fit(
-        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
-    ) -> TrainResult:
+    def begin(self, data: FederatedData, executor: Executor, seed: int) -> DistillState:
         c: DistillConfig = self.config.distill
         pooled = data.pooled()
         x_train = torch.from_numpy(np.ascontiguousarray(pooled.x, dtype=np.float32))
         y_train = torch.from_numpy(np.ascontiguousarray(pooled.y, dtype=np.int64))
         x_test = torch.from_numpy(np.ascontiguousarray(data.x_test, dtype=np.float32))
         y_test = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.int64))
-        teacher = self.teacher
-        if teacher is None:
-            spec = ModelSpec.from_config(c.teacher.model, data.n_features, data.n_classes)
-            teacher = build_model(spec, seed=derive_seed(seed, _TEACHER_STREAM))
-            teacher = train_supervised(
-                teacher, x_train, y_train, c.teacher.epochs, c.teacher.lr, seed
-            )
-        teacher.eval()
         x_distil, y_distil = x_train, y_train
         if c.proxy_fraction > 0:  # distil on part of the held-out split, evaluate on the rest
             rng = np.random.default_rng(derive_seed(seed, _STUDENT_STREAM))
@@ -234,94 +232,132 @@ class Distillation(Trainer[FederatedData]):
             cut = max(1, int(c.proxy_fraction * len(y_test)))
             x_distil, y_distil = x_test[order[:cut]], y_test[order[:cut]]
             x_test, y_test = x_test[order[cut:]], y_test[order[cut:]]
-        teacher_acc, _ = _accuracy(teacher, x_test, y_test)
-
         stages = (
             [c.assistant, self.model_config] if c.assistant is not None else [self.model_config]
         )
-        history: list[dict[str, float]] = []
-        lineage = []
-        for stage, model_cfg in enumerate(stages):
-            spec = ModelSpec.from_config(model_cfg, data.n_features, data.n_classes)
-            student = build_model(spec, seed=derive_seed(seed, _STUDENT_STREAM, stage))
-            final = stage == len(stages) - 1
-            self._distil(
-                teacher, student, x_distil, y_distil, x_test, y_test, seed, stage,
-                teacher_acc, history, reporter, c.finetune_epochs if final else 0,
-            )  # fmt: skip
-            lineage.append({"stage": stage, "model": spec.name, "params": _params(student)})
-            teacher = student.eval()  # sequential: this student teaches the next stage
-        return TrainResult(teacher, history, {"stages": lineage})
+        self._run = _DistillRun(
+            data, seed, x_train, y_train, x_distil, y_distil, x_test, y_test, stages
+        )
+        return DistillState()
 
-    def _distil(
-        self,
-        teacher,
-        student,
-        x,
-        y,
-        x_test,
-        y_test,
-        seed,
-        stage,
-        teacher_acc,
-        history,
-        reporter,
-        finetune: int = 0,
-    ) -> None:
-        """``c.epochs`` of distillation, then ``finetune`` epochs on the labels alone."""
-        c = self.config.distill
-        with torch.no_grad():  # a probe of the student's layers
-            _, feats, s_qkvs = forward_layers(student.eval(), x[:2])
-        targets = self._teacher_targets(teacher, x, token_relations=s_qkvs is not None)
-        s_index = 0  # unused with logits
-        if c.target != "logits":
-            s_index = _pick(feats, c.student_layer, "student")
+    def done(self, state: DistillState) -> bool:
+        return state.stage >= len(self._run.stages)
+
+    def advance(self, state: DistillState, executor: Executor) -> tuple[int, dict[str, float]]:
+        c, run = self.config.distill, self._run
+        if state.teacher is None:  # the first round: the teacher is trained, or handed over
+            teacher = self.teacher
+            if teacher is None:
+                spec = ModelSpec.from_config(
+                    c.teacher.model, run.data.n_features, run.data.n_classes
+                )
+                teacher = build_model(spec, seed=derive_seed(run.seed, _TEACHER_STREAM))
+                teacher = train_supervised(
+                    teacher, run.x_train, run.y_train, c.teacher.epochs, c.teacher.lr, run.seed
+                )
+            state.teacher = teacher.eval()
+            state.teacher_accuracy, _ = _accuracy(state.teacher, run.x_test, run.y_test)
+        if state.student is None:
+            self._start_stage(state)
+        assert state.student is not None and state.opt is not None and state.gen is not None
+        metrics = self._epoch(state)
+        state.epoch += 1
+        final = state.stage == len(run.stages) - 1
+        if state.epoch == c.epochs + (c.finetune_epochs if final else 0):  # the stage is done
+            spec = ModelSpec.from_config(
+                run.stages[state.stage], run.data.n_features, run.data.n_classes
+            )
+            state.lineage.append(
+                {"stage": state.stage, "model": spec.name, "params": _params(state.student)}
+            )
+            state.teacher = state.student.eval()  # sequential: it teaches the next stage
+            state.student, state.projection, state.opt, state.gen = None, None, None, None
+            state.stage, state.epoch = state.stage + 1, 0
+        return state.round, metrics
+
+    def end(self, state: DistillState, executor: Executor, reporter: Reporter) -> TrainResult:
+        assert state.teacher is not None
+        return TrainResult(state.teacher, state.history, {"stages": state.lineage})
+
+    def _start_stage(self, state: DistillState) -> None:
+        """A stage's student, its optimizer and its batch order's generator."""
+        c, run = self.config.distill, self._run
+        spec = ModelSpec.from_config(
+            run.stages[state.stage], run.data.n_features, run.data.n_classes
+        )
+        student = build_model(spec, seed=derive_seed(run.seed, _STUDENT_STREAM, state.stage))
+        targets, s_index, feats = self._stage_targets(state.teacher, student)
         projection = None
         if c.target == "features":
             assert targets.feats is not None
             if feats[s_index].shape[-1] != targets.feats.shape[-1]:
-                projection = nn.Linear(feats[s_index].shape[-1], targets.feats.shape[-1])
+                with seeded(derive_seed(run.seed, _STUDENT_STREAM, state.stage, 2)):
+                    projection = nn.Linear(feats[s_index].shape[-1], targets.feats.shape[-1])
         params = list(student.parameters()) + (
             list(projection.parameters()) if projection is not None else []
         )
-        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        gen = torch.Generator().manual_seed(derive_seed(seed, _STUDENT_STREAM, stage, 1))
-        n_params, lat = _params(student), latency_ms(student, x.shape[1])
-        step0 = len(history)
-        for epoch in range(c.epochs + finetune):
-            tuning = epoch >= c.epochs
-            w_label, w_distil = (1.0, 0.0) if tuning else (c.label_weight, c.distill_weight)
-            student.train()
-            order = torch.randperm(len(y), generator=gen)
-            sums = np.zeros(3)
-            for start in range(0, len(y), c.batch_size):
-                idx = order[start : start + c.batch_size]
-                logits, s_feats, s_qkv = forward_layers(student, x[idx])
-                label = F.cross_entropy(logits, y[idx])
-                if tuning:
-                    distil = torch.zeros(())
-                else:
-                    distil = self._loss(targets, idx, logits, s_feats, s_qkv, s_index, projection)
-                loss = w_label * label + w_distil * distil
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sums += np.array([loss.item(), distil.item(), label.item()]) * len(idx)
-            acc, test_loss = _accuracy(student, x_test, y_test)
-            total, distil_mean, label_mean = sums / len(y)
-            metrics = {
-                "test_accuracy": acc,
-                "test_loss": test_loss,
-                "train_loss": float(total),
-                "distill_loss": float(distil_mean),
-                "label_loss": float(label_mean),
-                "teacher_accuracy": teacher_acc,
-                "student_params": float(n_params),
-                "latency_ms": lat,
-                "stage": float(stage) + (0.5 if tuning else 0.0),
-            }
-            history.append({"round": float(step0 + epoch), **metrics})
-            reporter.report(step0 + epoch, metrics)
+        state.student, state.projection = student, projection
+        state.opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        state.gen = torch.Generator().manual_seed(
+            derive_seed(run.seed, _STUDENT_STREAM, state.stage, 1)
+        )
+        state.latency_ms = latency_ms(student, run.x_distil.shape[1])
+
+    def _stage_targets(self, teacher: nn.Module | None, student: nn.Module):
+        """The frozen teacher's targets for the stage and the student's matched layer, made
+        once per stage (and again for a resumed run: they depend on the teacher only)."""
+        c, run = self.config.distill, self._run
+        key = id(teacher)
+        if run.targets is None or run.targets[0] != key:
+            with torch.no_grad():  # a probe of the student's layers
+                _, feats, s_qkvs = forward_layers(student.eval(), run.x_distil[:2])
+            assert teacher is not None
+            targets = self._teacher_targets(
+                teacher, run.x_distil, token_relations=s_qkvs is not None
+            )
+            s_index = _pick(feats, c.student_layer, "student") if c.target != "logits" else 0
+            run.targets = (key, targets, s_index, feats)
+        _, targets, s_index, feats = run.targets
+        return targets, s_index, feats
+
+    def _epoch(self, state: DistillState) -> dict[str, float]:
+        """One epoch of distillation, or of label-only fine-tuning after it."""
+        c, run = self.config.distill, self._run
+        student, opt, gen = state.student, state.opt, state.gen
+        assert student is not None and opt is not None and gen is not None
+        targets, s_index, _ = self._stage_targets(state.teacher, student)
+        x, y = run.x_distil, run.y_distil
+        tuning = state.epoch >= c.epochs
+        w_label, w_distil = (1.0, 0.0) if tuning else (c.label_weight, c.distill_weight)
+        student.train()
+        order = torch.randperm(len(y), generator=gen)
+        sums = np.zeros(3)
+        for start in range(0, len(y), c.batch_size):
+            idx = order[start : start + c.batch_size]
+            logits, s_feats, s_qkv = forward_layers(student, x[idx])
+            label = F.cross_entropy(logits, y[idx])
+            if tuning:
+                distil = torch.zeros(())
+            else:
+                distil = self._loss(targets, idx, logits, s_feats, s_qkv, s_index, state.projection)
+            loss = w_label * label + w_distil * distil
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sums += np.array([loss.item(), distil.item(), label.item()]) * len(idx)
+        acc, test_loss = _accuracy(student, run.x_test, run.y_test)
+        total, distil_mean, label_mean = sums / len(y)
+        return {
+            "test_accuracy": acc,
+            "test_loss": test_loss,
+            "train_loss": float(total),
+            "distill_loss": float(distil_mean),
+            "label_loss": float(label_mean),
+            "teacher_accuracy": state.teacher_accuracy,
+            "student_params": float(_params(student)),
+            "latency_ms": state.latency_ms,
+            "stage": float(state.stage) + (0.5 if tuning else 0.0),
+        }
 
     def _teacher_targets(
         self, teacher: nn.Module, x: torch.Tensor, token_relations: bool
@@ -385,6 +421,43 @@ class Distillation(Trainer[FederatedData]):
                 loss = loss + _kl(t_vv, _head_average(s_vv, t_vv.shape[1]))
             return loss
         return _kl(_gram_log_softmax(targets.feats[idx]), _gram_log_softmax(s_feats[s_index]))
+
+
+@dataclass
+class DistillState(RunState):
+    """Distillation's state between epochs: the stage's teacher and student, its optimizer and
+    batch generator, and what the stages produced."""
+
+    stage: int = 0
+    epoch: int = 0
+    """Epochs done in the stage."""
+    teacher: nn.Module | None = None
+    """The stage's (frozen) teacher; None before the first round trained or received it."""
+    teacher_accuracy: float = 0.0
+    """The first teacher's test accuracy."""
+    student: nn.Module | None = None
+    projection: nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    gen: torch.Generator | None = None
+    latency_ms: float = 0.0
+    lineage: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass
+class _DistillRun:
+    """What stays the same for a whole run (rebuilt by :meth:`Distillation.begin`)."""
+
+    data: FederatedData
+    seed: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_distil: torch.Tensor
+    y_distil: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    stages: list[ModelConfig]
+    targets: tuple[int, _Targets, int, list] | None = None
+    """(teacher's id, its targets, the student's layer, the student's probed layers)."""
 
 
 def _params(model: nn.Module) -> int:

@@ -19,6 +19,7 @@ reply per worker per round); otherwise every upload comes back to be attacked an
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusters import Executor
-from trainers.aggregators import AggregatorError, Mean, build_aggregator
-from trainers.attacks import LabelFlipping, build_adversary, byzantine_parties
+from clusters.base import PartyFn
+from trainers.aggregators import Aggregator, AggregatorError, Mean, build_aggregator
+from trainers.attacks import Adversary, LabelFlipping, build_adversary, byzantine_parties
 from trainers.base import (
     BYTES_PER_VALUE,
     TRAINERS,
@@ -36,6 +38,7 @@ from trainers.base import (
     Invalid,
     PartyData,
     Reporter,
+    RunState,
     Trainer,
     TrainResult,
     derive_seed,
@@ -50,6 +53,7 @@ __all__ = [
     "Centralized",
     "FedAvg",
     "FedProx",
+    "FedAvgState",
     "FedProxConfig",
     "TrainerConfig",
     "evaluate",
@@ -103,7 +107,7 @@ def stack_uploads(updates: list[PartyUpdate]) -> tuple[np.ndarray, np.ndarray]:
     return uploads, counts
 
 
-class FedAvg(Trainer[FederatedData]):
+class FedAvg(Trainer[FederatedData, "FedAvgState"]):
     """Federated averaging, with optional Byzantine parties and a robust aggregator.
 
     Args:
@@ -163,13 +167,10 @@ class FedAvg(Trainer[FederatedData]):
         rng = np.random.default_rng(derive_seed(seed, _SAMPLE_STREAM, round_))
         return sorted(rng.choice(party_ids, size=k, replace=False).tolist())
 
-    def fit(
-        self, data: FederatedData, executor: Executor, reporter: Reporter, seed: int
-    ) -> TrainResult:
+    def begin(self, data: FederatedData, executor: Executor, seed: int) -> FedAvgState:
         cfg = self.config
         spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
-        weights = get_flat(model)
         parties = self.parties(data)
         sizes = {pid: len(p) for pid, p in parties.items()}
         executor.load(parties, sizes=sizes)
@@ -177,61 +178,106 @@ class FedAvg(Trainer[FederatedData]):
         ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
         adversary = build_adversary(cfg.attack, seed)
         aggregator = build_aggregator(cfg.aggregator, cfg.attack.fraction, layer_slices(model))
-        task = local_task(cfg, spec, seed, ledger.byzantine, self.prox_mu())
-        # The plain mean of honest-or-data-poisoned uploads can be summed on the workers.
-        on_workers = isinstance(aggregator, Mean) and (
-            adversary is None or adversary.attack.data_attack
+        weights = get_flat(model)
+        self._run = _FedAvgRun(
+            data=data,
+            seed=seed,
+            model=model,
+            ids=ids,
+            sizes=sizes,
+            byzantine=ledger.byzantine,
+            adversary=adversary,
+            aggregator=aggregator,
+            task=local_task(cfg, spec, seed, ledger.byzantine, self.prox_mu()),
+            # The plain mean of honest-or-data-poisoned uploads can be summed on the workers.
+            on_workers=isinstance(aggregator, Mean)
+            and (adversary is None or adversary.attack.data_attack),
+            model_bytes=weights.size * BYTES_PER_VALUE,
         )
-        model_bytes = weights.size * BYTES_PER_VALUE
-        history: list[dict[str, float]] = []
-        total_bytes = 0
-        for r in range(cfg.rounds):
-            start = time.perf_counter()
-            chosen = self.sample(ids, r, seed)
-            payload = RoundPayload(r, weights)
-            if on_workers:
-                update = executor.map(task, chosen, payload, reduce=PartyUpdate.merge)
-                assert update is not None, "a round samples at least one party"
-                trained = time.perf_counter()
-                weights = update.average()
-                aggregate_s = time.perf_counter() - trained
-                counts = np.array([sizes[p] for p in chosen], dtype=np.float64)
-                influence = counts / counts.sum()
-                loss_sum, n_samples = update.loss_sum, update.n_samples
-            else:
-                updates = executor.map(task, chosen, payload)
-                trained = time.perf_counter()
-                uploads, counts = stack_uploads(updates)
-                if adversary is not None:
-                    uploads = adversary(uploads, ledger.mask(chosen), weights, r)
-                begin = time.perf_counter()
-                result = aggregator(uploads, counts, weights)
-                aggregate_s = time.perf_counter() - begin
-                weights = result.vector.astype(np.float32)
-                influence = result.influence
-                loss_sum = sum(u.loss_sum for u in updates)
-                n_samples = int(counts.sum())
-            set_flat(model, weights)
-            acc, loss = evaluate(model, data.x_test, data.y_test)
-            sent = 2 * len(chosen) * model_bytes if self.communicates else 0
-            total_bytes += sent
-            metrics = {
-                "train_loss": loss_sum / n_samples,
-                "test_accuracy": acc,
-                "test_loss": loss,
-                "parties": float(len(chosen)),
-                "bytes_communicated": float(sent),
-                "bytes_cumulative": float(total_bytes),
-                "round_time_s": time.perf_counter() - start,
-                "time_train_s": trained - start,
-                "time_aggregate_s": aggregate_s,
-            }
-            if self.tracks_parties:
-                metrics.update(ledger.record(chosen, influence))
-            history.append({"round": float(r), **metrics})
-            reporter.report(r, metrics)
-        tables = {"participation": ledger.table()} if self.tracks_parties else {}
-        return TrainResult(model, history, tables)
+        return FedAvgState(weights=weights, ledger=ledger)
+
+    def done(self, state: FedAvgState) -> bool:
+        return state.round >= self.config.rounds
+
+    def advance(self, state: FedAvgState, executor: Executor) -> tuple[int, dict[str, float]]:
+        run, r, ledger = self._run, state.round, state.ledger
+        start = time.perf_counter()
+        chosen = self.sample(run.ids, r, run.seed)
+        payload = RoundPayload(r, state.weights)
+        if run.on_workers:
+            update = executor.map(run.task, chosen, payload, reduce=PartyUpdate.merge)
+            assert update is not None, "a round samples at least one party"
+            trained = time.perf_counter()
+            weights = update.average()
+            aggregate_s = time.perf_counter() - trained
+            counts = np.array([run.sizes[p] for p in chosen], dtype=np.float64)
+            influence = counts / counts.sum()
+            loss_sum, n_samples = update.loss_sum, update.n_samples
+        else:
+            updates = executor.map(run.task, chosen, payload)
+            trained = time.perf_counter()
+            uploads, counts = stack_uploads(updates)
+            if run.adversary is not None:
+                uploads = run.adversary(uploads, ledger.mask(chosen), state.weights, r)
+            begin = time.perf_counter()
+            result = run.aggregator(uploads, counts, state.weights)
+            aggregate_s = time.perf_counter() - begin
+            weights = result.vector.astype(np.float32)
+            influence = result.influence
+            loss_sum = sum(u.loss_sum for u in updates)
+            n_samples = int(counts.sum())
+        state.weights = weights
+        set_flat(run.model, weights)
+        acc, loss = evaluate(run.model, run.data.x_test, run.data.y_test)
+        sent = 2 * len(chosen) * run.model_bytes if self.communicates else 0
+        state.total_bytes += sent
+        metrics = {
+            "train_loss": loss_sum / n_samples,
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "parties": float(len(chosen)),
+            "bytes_communicated": float(sent),
+            "bytes_cumulative": float(state.total_bytes),
+            "round_time_s": time.perf_counter() - start,
+            "time_train_s": trained - start,
+            "time_aggregate_s": aggregate_s,
+        }
+        if self.tracks_parties:
+            metrics.update(ledger.record(chosen, influence))
+        return r, metrics
+
+    def end(self, state: FedAvgState, executor: Executor, reporter: Reporter) -> TrainResult:
+        set_flat(self._run.model, state.weights)
+        tables = {"participation": state.ledger.table()} if self.tracks_parties else {}
+        return TrainResult(self._run.model, state.history, tables)
+
+
+@dataclass
+class FedAvgState(RunState):
+    """FedAvg's state between rounds."""
+
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    """The global model, flat."""
+    ledger: Ledger = field(default_factory=lambda: Ledger([], frozenset()))
+    """Who is Byzantine, and how often each party was aggregated."""
+    total_bytes: int = 0
+
+
+@dataclass
+class _FedAvgRun:
+    """What stays the same for a whole run (rebuilt by :meth:`FedAvg.begin`)."""
+
+    data: FederatedData
+    seed: int
+    model: nn.Module
+    ids: list[int]
+    sizes: dict[int, int]
+    byzantine: frozenset[int]
+    adversary: Adversary | None
+    aggregator: Aggregator
+    task: PartyFn[PartyUpdate]
+    on_workers: bool
+    model_bytes: int
 
 
 class FedProx(FedAvg):

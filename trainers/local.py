@@ -145,15 +145,15 @@ class _AdamStep:
 
 
 def _tensors(ctx: PartyContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """The party's data as tensors, made once and kept in its state."""
-    cached = ctx.state.get("tensors")
+    """The party's data as tensors, made once and kept in its scratch."""
+    cached = ctx.scratch.get("tensors")
     if cached is None:
         data: PartyData = ctx.data
         with warnings.catch_warnings():
             # Arrays shipped through Ray's object store are read-only views; the tensors
             # are only ever read, so sharing the memory is safe and saves a copy per party.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            cached = ctx.state["tensors"] = (
+            cached = ctx.scratch["tensors"] = (
                 torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).to(ctx.device),
                 torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64)).to(ctx.device),
             )

@@ -48,6 +48,7 @@ from trainers.base import (
     Budget,
     Federation,
     Reporter,
+    RunState,
     Trainer,
     TrainResult,
     derive_seed,
@@ -57,6 +58,7 @@ from trainers.models import ModelConfig, ModelSpec, get_flat, seeded, set_flat
 from trainers.vertical import attacks
 from trainers.vertical.data import ACTIVE, VerticalData
 from trainers.vertical.defenses import build_defense, iso_noise
+from trainers.vertical.messages import Gradient
 from trainers.vertical.split import (
     ActiveModels,
     ActiveParty,
@@ -74,6 +76,7 @@ __all__ = [
     "FedCSSL",
     "FedGSSL",
     "FedHSSL",
+    "FedHSSLState",
     "PretrainPayload",
     "Step",
     "SupervisedVFL",
@@ -348,7 +351,7 @@ def _backbone(models: dict[str, nn.Module]) -> nn.Module:
     return models["bottom"] if "bottom" in models else models["own"]
 
 
-class FedHSSL(Trainer[VerticalData]):
+class FedHSSL(Trainer[VerticalData, "FedHSSLState"]):
     """FedHSSL: cross-party SSL, local SSL and partial model aggregation, then fine-tuning."""
 
     vertical = True
@@ -387,92 +390,11 @@ class FedHSSL(Trainer[VerticalData]):
         s = self.config.ssl
         return Budget(s.finetune_epochs + (s.pretrain_epochs if self.pretrains else 0), "epoch")
 
-    def fit(
-        self, data: VerticalData, executor: Executor, reporter: Reporter, seed: int
-    ) -> TrainResult:
-        s = self.config.ssl
-        k = data.n_parties
-        ids = list(range(k))
-        parties = {p: data.party(p) for p in ids}
-        executor.load(parties, sizes={p: len(parties[p]) for p in ids})
-        history: list[dict[str, float]] = []
-        step = 0
-        if self.pretrains:
-            step = self._pretrain(data, executor, reporter, seed, history)
-        else:
-            executor.map(_FreshBackbone(seed, s.hidden), ids)
-        self._finetune(data, executor, reporter, seed, history, step)
-        passive = list(range(1, k))
-        exported = executor.map(export_models, ids)
-        backbones = [_backbone(m) for m in exported]
-        head = exported[ACTIVE]["top"]
-        model = SplitModel(data.columns, dict(zip(passive, backbones[1:])), backbones[0], head)
-        return TrainResult(model.eval(), history)
-
-    def _pretrain(
-        self,
-        data: VerticalData,
-        executor: Executor,
-        reporter: Reporter,
-        seed: int,
-        history: list[dict[str, float]],
-    ) -> int:
+    def begin(self, data: VerticalData, executor: Executor, seed: int) -> FedHSSLState:
         s = self.config.ssl
         ids = list(range(data.n_parties))
-        fn = _Pretrain(
-            tuple((p, len(data.columns[p])) for p in ids),
-            seed,
-            s,
-            s.pretrain_lr * 0.5 / max(1e-12, s.local_ratio + s.constraint_ratio),
-        )
-        n = len(data.aligned)
-        batch = s.pretrain_batch_size
-        for epoch in range(s.pretrain_epochs):
-            start = time.perf_counter()
-            scale = 0.5 * (1 + math.cos(math.pi * epoch / s.pretrain_epochs))
-            executor.map(fn, ids, PretrainPayload(Step.LR, scale=scale))
-            order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
-            cross, sent = [], 0
-            for begin in range(0, n - 1, batch):  # batch norm needs 2 rows
-                rows = order[begin : begin + batch]
-                embedded = executor.map(
-                    fn, ids, PretrainPayload(Step.CROSS_EMBED, rows, counter=epoch * n + begin)
-                )
-                z = dict(cast(list[tuple[int, np.ndarray]], embedded))
-                sent += sum(v.size for v in z.values()) * (len(ids) - 1)
-                losses = executor.map(fn, ids, PretrainPayload(Step.CROSS_UPDATE, rows, z))
-                cross.append(float(np.mean(cast(list[float], losses))) * len(rows))
-            metrics = {"ssl_cross_loss": sum(cross) / n}
-            if self.local_ssl:
-                local = executor.map(fn, ids, PretrainPayload(Step.LOCAL_EPOCH, counter=epoch))
-                metrics["ssl_local_loss"] = float(np.mean(cast(list[float], local)))
-            if self.aggregate:
-                uploads = executor.map(fn, ids, PretrainPayload(Step.GET_SHARED))
-                mean = np.mean(np.stack(cast(list[np.ndarray], uploads)), axis=0)
-                if s.model_noise > 0:
-                    gen = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM, epoch))
-                    mean = iso_noise(torch.from_numpy(mean)[None], s.model_noise, gen)[0].numpy()
-                executor.map(
-                    fn, ids, PretrainPayload(Step.SET_SHARED, weights=mean.astype(np.float32))
-                )
-                sent += 2 * len(ids) * mean.size
-            metrics["bytes_communicated"] = float(sent * BYTES_PER_VALUE)
-            metrics["round_time_s"] = time.perf_counter() - start
-            history.append({"round": float(epoch), **metrics})
-            reporter.report(epoch, metrics)
-        executor.map(fn, ids, PretrainPayload(Step.TO_BACKBONE))
-        return s.pretrain_epochs
-
-    def _finetune(
-        self,
-        data: VerticalData,
-        executor: Executor,
-        reporter: Reporter,
-        seed: int,
-        history: list[dict[str, float]],
-        step0: int,
-    ) -> None:
-        s = self.config.ssl
+        parties = {p: data.party(p) for p in ids}
+        executor.load(parties, sizes={p: len(parties[p]) for p in ids})
         passive = list(range(1, data.n_parties))
         width = 2 * s.hidden
         rng = np.random.default_rng(derive_seed(seed, _LABEL_STREAM))
@@ -481,48 +403,133 @@ class FedHSSL(Trainer[VerticalData]):
         )
         optim = Optim("adam", s.finetune_lr, 0.0, 0.0)
         dummy = ModelSpec("logreg", 1, 1)
-        passive_fn = PassiveParty(
-            tuple((p, dummy) for p in passive),
-            seed,
-            optim,
-            s.finetune_noise,
-            frozen=s.freeze in ("all", "passive"),
-        )
-        active_fn = ActiveParty(
-            ActiveModels(
-                dummy, ModelSpec("logreg", width * data.n_parties, data.n_classes), tuple(passive)
+        self._run = _FedHSSLRun(
+            data=data,
+            seed=seed,
+            ids=ids,
+            passive=passive,
+            width=width,
+            labelled=labelled,
+            pretrain=_Pretrain(
+                tuple((p, len(data.columns[p])) for p in ids),
+                seed,
+                s,
+                s.pretrain_lr * 0.5 / max(1e-12, s.local_ratio + s.constraint_ratio),
             ),
-            seed,
-            optim,
-            build_defense("none", None, data.n_classes, seed),
-            frozen=s.freeze == "all",
+            passive_fn=PassiveParty(
+                tuple((p, dummy) for p in passive),
+                seed,
+                optim,
+                s.finetune_noise,
+                frozen=s.freeze in ("all", "passive"),
+            ),
+            # The active party combines [own, *passive] embeddings through its top: its own
+            # model is its backbone.
+            active_fn=ActiveParty(
+                ActiveModels(
+                    dummy,
+                    ModelSpec("logreg", width * data.n_parties, data.n_classes),
+                    tuple(passive),
+                ),
+                seed,
+                optim,
+                build_defense("none", None, data.n_classes, seed),
+                frozen=s.freeze == "all",
+            ),
         )
-        # ActiveParty combines [own, *passive] embeddings through ``top``: own is the backbone.
-        for epoch in range(s.finetune_epochs):
-            start = time.perf_counter()
-            order = labelled[
-                np.random.default_rng(derive_seed(seed, _BATCH_STREAM, 10**6 + epoch)).permutation(
-                    len(labelled)
-                )
-            ]
-            pending: Mapping = {}
-            losses = []
-            for begin in range(0, len(order), s.finetune_batch_size):
-                rows = order[begin : begin + s.finetune_batch_size]
-                reply, _ = split_batch(
-                    executor, passive_fn, active_fn, passive, rows, pending, step0 + epoch
-                )
-                pending = reply.gradients
-                losses.append(reply.loss * len(rows))
-            metrics, _ = evaluate_split(
-                executor, passive_fn, active_fn, passive, pending, data.y_test
+        return FedHSSLState()
+
+    @property
+    def _pretrain_epochs(self) -> int:
+        return self.config.ssl.pretrain_epochs if self.pretrains else 0
+
+    def done(self, state: FedHSSLState) -> bool:
+        return state.round >= self._pretrain_epochs + self.config.ssl.finetune_epochs
+
+    def advance(self, state: FedHSSLState, executor: Executor) -> tuple[int, dict[str, float]]:
+        if state.round < self._pretrain_epochs:
+            return state.round, self._pretrain_epoch(state.round, executor)
+        if not state.handed_off:  # the pretrained (or fresh) backbones become split learning's
+            run = self._run
+            if self.pretrains:
+                executor.map(run.pretrain, run.ids, PretrainPayload(Step.TO_BACKBONE))
+            else:
+                executor.map(_FreshBackbone(run.seed, self.config.ssl.hidden), run.ids)
+            state.handed_off = True
+        return state.round, self._finetune_epoch(state.round, executor)
+
+    def end(self, state: FedHSSLState, executor: Executor, reporter: Reporter) -> TrainResult:
+        run = self._run
+        exported = executor.map(export_models, run.ids)
+        backbones = [_backbone(m) for m in exported]
+        head = exported[ACTIVE]["top"]
+        model = SplitModel(
+            run.data.columns, dict(zip(run.passive, backbones[1:])), backbones[0], head
+        )
+        return TrainResult(model.eval(), state.history)
+
+    def _pretrain_epoch(self, epoch: int, executor: Executor) -> dict[str, float]:
+        s, run = self.config.ssl, self._run
+        fn, ids, seed = run.pretrain, run.ids, run.seed
+        n = len(run.data.aligned)
+        batch = s.pretrain_batch_size
+        start = time.perf_counter()
+        scale = 0.5 * (1 + math.cos(math.pi * epoch / s.pretrain_epochs))
+        executor.map(fn, ids, PretrainPayload(Step.LR, scale=scale))
+        order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
+        cross, sent = [], 0
+        for begin in range(0, n - 1, batch):  # batch norm needs 2 rows
+            rows = order[begin : begin + batch]
+            embedded = executor.map(
+                fn, ids, PretrainPayload(Step.CROSS_EMBED, rows, counter=epoch * n + begin)
             )
-            metrics = {"train_loss": sum(losses) / len(order), **metrics}
-            metrics["round_time_s"] = time.perf_counter() - start
-            if epoch == s.finetune_epochs - 1 and passive:
-                metrics["mc_accuracy"] = self._model_completion(data, executor, seed, width)
-            history.append({"round": float(step0 + epoch), **metrics})
-            reporter.report(step0 + epoch, metrics)
+            z = dict(cast(list[tuple[int, np.ndarray]], embedded))
+            sent += sum(v.size for v in z.values()) * (len(ids) - 1)
+            losses = executor.map(fn, ids, PretrainPayload(Step.CROSS_UPDATE, rows, z))
+            cross.append(float(np.mean(cast(list[float], losses))) * len(rows))
+        metrics = {"ssl_cross_loss": sum(cross) / n}
+        if self.local_ssl:
+            local = executor.map(fn, ids, PretrainPayload(Step.LOCAL_EPOCH, counter=epoch))
+            metrics["ssl_local_loss"] = float(np.mean(cast(list[float], local)))
+        if self.aggregate:
+            uploads = executor.map(fn, ids, PretrainPayload(Step.GET_SHARED))
+            mean = np.mean(np.stack(cast(list[np.ndarray], uploads)), axis=0)
+            if s.model_noise > 0:
+                gen = torch.Generator().manual_seed(derive_seed(seed, _NOISE_STREAM, epoch))
+                mean = iso_noise(torch.from_numpy(mean)[None], s.model_noise, gen)[0].numpy()
+            executor.map(fn, ids, PretrainPayload(Step.SET_SHARED, weights=mean.astype(np.float32)))
+            sent += 2 * len(ids) * mean.size
+        metrics["bytes_communicated"] = float(sent * BYTES_PER_VALUE)
+        metrics["round_time_s"] = time.perf_counter() - start
+        return metrics
+
+    def _finetune_epoch(self, step: int, executor: Executor) -> dict[str, float]:
+        s, run = self.config.ssl, self._run
+        epoch = step - self._pretrain_epochs
+        start = time.perf_counter()
+        labelled = run.labelled
+        order = labelled[
+            np.random.default_rng(derive_seed(run.seed, _BATCH_STREAM, 10**6 + epoch)).permutation(
+                len(labelled)
+            )
+        ]
+        pending: Mapping[int, Gradient] = {}
+        losses = []
+        for begin in range(0, len(order), s.finetune_batch_size):
+            rows = order[begin : begin + s.finetune_batch_size]
+            reply, _ = split_batch(
+                executor, run.passive_fn, run.active_fn, run.passive, rows, pending, step
+            )
+            pending = reply.gradients
+            losses.append(reply.loss * len(rows))
+        metrics, _ = evaluate_split(
+            executor, run.passive_fn, run.active_fn, run.passive, pending, run.data.y_test
+        )
+        metrics = {"train_loss": sum(losses) / len(order), **metrics}
+        metrics["round_time_s"] = time.perf_counter() - start
+        if epoch == s.finetune_epochs - 1 and run.passive:
+            metrics["mc_accuracy"] = self._model_completion(run.data, executor, run.seed, run.width)
+        return metrics
 
     def _model_completion(
         self, data: VerticalData, executor: Executor, seed: int, width: int
@@ -531,6 +538,29 @@ class FedHSSL(Trainer[VerticalData]):
         attacker = min(a.attacker, data.n_parties - 1)
         bottom = _backbone(executor.map(export_models, [attacker])[0])
         return attacks.complete(bottom, width, data, attacker, a, derive_seed(seed, _ATTACK_STREAM))
+
+
+@dataclass
+class FedHSSLState(RunState):
+    """FedHSSL's state between epochs (its models live with the parties)."""
+
+    handed_off: bool = False
+    """Whether the backbones have gone from pretraining to fine-tuning."""
+
+
+@dataclass
+class _FedHSSLRun:
+    """What stays the same for a whole run (rebuilt by :meth:`FedHSSL.begin`)."""
+
+    data: VerticalData
+    seed: int
+    ids: list[int]
+    passive: list[int]
+    width: int
+    labelled: np.ndarray
+    pretrain: _Pretrain
+    passive_fn: PassiveParty
+    active_fn: ActiveParty
 
 
 @TRAINERS.register("fedgssl")

@@ -46,6 +46,7 @@ from trainers.base import (
     Federation,
     Invalid,
     Reporter,
+    RunState,
     Trainer,
     TrainResult,
     derive_seed,
@@ -73,6 +74,7 @@ __all__ = [
     "Pretrained",
     "SplitLearning",
     "SplitModel",
+    "SplitState",
     "evaluate_split",
     "split_batch",
 ]
@@ -406,7 +408,7 @@ class _Silent:
         pass
 
 
-class SplitLearning(Trainer[VerticalData]):
+class SplitLearning(Trainer[VerticalData, "SplitState"]):
     """Vertical split learning over the executor; subclasses choose the models.
 
     Args:
@@ -494,9 +496,9 @@ class SplitLearning(Trainer[VerticalData]):
             why[name] = reason
         return why
 
-    def fit(
-        self, data: VerticalData, executor: Executor, reporter: Reporter, seed: int
-    ) -> TrainResult:
+    def begin(self, data: VerticalData, executor: Executor, seed: int) -> SplitState:
+        """Sets the federation up; with a defense, first trains the same federation without
+        it (cached per process) for the utility it costs."""
         cfg, v = self.config, self.config.vfl
         attacker = v.attack.attacker
         reference = None
@@ -505,7 +507,6 @@ class SplitLearning(Trainer[VerticalData]):
         bottoms, own, top = self.specs(data)
         optim = Optim(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         passive_ids = sorted(bottoms)
-        passive_fn = PassiveParty(tuple(bottoms.items()), seed, optim, v.defense.embedding_noise)
         defense = build_defense(
             v.defense.name,
             v.defense.strength,
@@ -513,80 +514,92 @@ class SplitLearning(Trainer[VerticalData]):
             derive_seed(seed, _DEFENSE_STREAM),
             v.defense.bound,
         )
-        active_fn = ActiveParty(ActiveModels(own, top, tuple(passive_ids)), seed, optim, defense)
         parties = {p: data.party(p) for p in range(data.n_parties)}
         executor.load(parties, sizes={p: len(parties[p]) for p in parties})
         why = self.applicable(data)
-        observer = attacks.LabelInference(
-            [a for a in attacks.LABEL_ATTACKS if why.get(a) == ""],
-            attacker,
-            data.y_train[data.aligned],
-            data.features(attacker, data.aligned),
-            (seed, _ATTACK_STREAM),
+        self._run = _SplitRun(
+            data=data,
+            seed=seed,
+            reference=reference,
+            passive_ids=passive_ids,
+            passive_fn=PassiveParty(tuple(bottoms.items()), seed, optim, v.defense.embedding_noise),
+            active_fn=ActiveParty(ActiveModels(own, top, tuple(passive_ids)), seed, optim, defense),
+            why=why,
+            observer=attacks.LabelInference(
+                [a for a in attacks.LABEL_ATTACKS if why.get(a) == ""],
+                attacker,
+                data.y_train[data.aligned],
+                data.features(attacker, data.aligned),
+                (seed, _ATTACK_STREAM),
+            ),
         )
+        return SplitState(series=self._run.observer.series)
+
+    def done(self, state: SplitState) -> bool:
+        return state.round >= self.config.rounds
+
+    def advance(self, state: SplitState, executor: Executor) -> tuple[int, dict[str, float]]:
+        cfg, v, run = self.config, self.config.vfl, self._run
+        data, epoch, observer = run.data, state.round, run.observer
+        observer.series = state.series  # the attacks' series so far (a resumed run's too)
         n, batch = len(data.aligned), cfg.batch_size
-        binary = data.n_classes == 2
-        history: list[dict[str, float]] = []
-        step = 0
-        result_tables: dict[str, list[dict]] = {}
-        for epoch in range(cfg.rounds):
-            start = time.perf_counter()
-            order = np.random.default_rng(derive_seed(seed, _BATCH_STREAM, epoch)).permutation(n)
-            pending: Mapping[int, Gradient] = {}
-            losses, sent = [], 0
-            observer.start_epoch(epoch)
-            for begin in range(0, n, batch):
-                rows = order[begin : begin + batch]
-                reply, embs = split_batch(
-                    executor, passive_fn, active_fn, passive_ids, rows, pending, step
-                )
-                pending = reply.gradients
-                losses.append(reply.loss * len(rows))
-                sent += sum(e.values.size for e in embs) + sum(
-                    g.values.size for g in pending.values()
-                )
-                observer.observe(Exchange(rows, embs, pending))
-                step += 1
-            metrics, test_embs = evaluate_split(
-                executor, passive_fn, active_fn, passive_ids, pending, data.y_test
+        start = time.perf_counter()
+        order = np.random.default_rng(derive_seed(run.seed, _BATCH_STREAM, epoch)).permutation(n)
+        pending: Mapping[int, Gradient] = {}
+        losses, sent = [], 0
+        observer.start_epoch(epoch)
+        for begin in range(0, n, batch):
+            rows = order[begin : begin + batch]
+            reply, embs = split_batch(
+                executor, run.passive_fn, run.active_fn, run.passive_ids, rows, pending, state.step
             )
-            metrics = {
-                "train_loss": float(sum(losses) / n),
-                **metrics,
-                "bytes_communicated": float(sent * BYTES_PER_VALUE),
-                **observer.end_epoch(binary),
-            }
-            metrics["round_time_s"] = time.perf_counter() - start
-            if epoch == cfg.rounds - 1:
-                summary, result_tables = self._final(
-                    data,
-                    executor,
-                    passive_fn,
-                    passive_ids,
-                    test_embs,
-                    observer.series,
-                    why,
-                    seed,
-                    step,
-                )
-                metrics.update(summary)
-                if reference is not None:
-                    metrics["utility_loss"] = reference - metrics["utility"]
-                elif v.reference:  # no defense: this run is its own reference
-                    metrics["utility_loss"] = 0.0
-                f2_base = metrics.get("defense_score")
-                if f2_base is not None and np.isfinite(f2_base):
-                    metrics["tradeoff_f2"] = attacks.f_beta(f2_base, metrics["utility"])
-            history.append({"round": float(epoch), **metrics})
-            reporter.report(epoch, metrics)
-        models = executor.map(export_models, list(range(data.n_parties)))
+            pending = reply.gradients
+            losses.append(reply.loss * len(rows))
+            sent += sum(e.values.size for e in embs) + sum(g.values.size for g in pending.values())
+            observer.observe(Exchange(rows, embs, pending))
+            state.step += 1
+        metrics, test_embs = evaluate_split(
+            executor, run.passive_fn, run.active_fn, run.passive_ids, pending, data.y_test
+        )
+        metrics = {
+            "train_loss": float(sum(losses) / n),
+            **metrics,
+            "bytes_communicated": float(sent * BYTES_PER_VALUE),
+            **observer.end_epoch(data.n_classes == 2),
+        }
+        metrics["round_time_s"] = time.perf_counter() - start
+        if epoch == cfg.rounds - 1:
+            summary, state.tables = self._final(
+                data,
+                executor,
+                run.passive_fn,
+                run.passive_ids,
+                test_embs,
+                state.series,
+                run.why,
+                run.seed,
+                state.step,
+            )
+            metrics.update(summary)
+            if run.reference is not None:
+                metrics["utility_loss"] = run.reference - metrics["utility"]
+            elif v.reference:  # no defense: this run is its own reference
+                metrics["utility_loss"] = 0.0
+            f2_base = metrics.get("defense_score")
+            if f2_base is not None and np.isfinite(f2_base):
+                metrics["tradeoff_f2"] = attacks.f_beta(f2_base, metrics["utility"])
+        return epoch, metrics
+
+    def end(self, state: SplitState, executor: Executor, reporter: Reporter) -> TrainResult:
+        run = self._run
+        models = executor.map(export_models, list(range(run.data.n_parties)))
         model = SplitModel(
-            data.columns,
-            {p: models[p]["bottom"] for p in passive_ids},
+            run.data.columns,
+            {p: models[p]["bottom"] for p in run.passive_ids},
             models[ACTIVE]["own"],
             models[ACTIVE].get("top"),
         )
-        return TrainResult(model.eval(), history, result_tables)
+        return TrainResult(model.eval(), state.history, state.tables)
 
     def _final(
         self,
@@ -676,6 +689,31 @@ class SplitLearning(Trainer[VerticalData]):
             return result.history[-1]["utility"]
 
         return CACHE.get("vertical.reference", key, undefended)
+
+
+@dataclass
+class SplitState(RunState):
+    """Split learning's state between epochs (the models live with the parties)."""
+
+    step: int = 0
+    """Batches trained so far (seeds the embedding and gradient noise)."""
+    series: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    """Each label attack's per-epoch success so far."""
+    tables: dict[str, list[dict[str, object]]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _SplitRun:
+    """What stays the same for a whole run (rebuilt by :meth:`SplitLearning.begin`)."""
+
+    data: VerticalData
+    seed: int
+    reference: float | None
+    passive_ids: list[int]
+    passive_fn: PassiveParty
+    active_fn: ActiveParty
+    why: dict[str, str]
+    observer: attacks.LabelInference
 
 
 def _check_vertical(config: TrainerConfig, federation: Federation) -> None:
