@@ -23,6 +23,7 @@ from clusters.base import (
     ResourceError,
     assign_parties,
 )
+from clusters.tasks import WorkerLost
 
 __all__ = ["RayExecutor", "ensure_ray"]
 
@@ -84,9 +85,14 @@ class RayExecutor(Executor):
                     f"{num_workers} actors of {gpus_per_worker:g} GPU need "
                     f"{num_workers * gpus_per_worker:g} GPUs; this Ray has {gpus:g}",
                 )
-        host_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(PartyHost)
+        self._host_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(PartyHost)
+        self._host_args = (worker_init, device)
         # actor handles: their methods are called as .remote(), which nothing types
-        self._hosts: list[Any] = [host_cls.remote(worker_init, device) for _ in range(num_workers)]
+        self._hosts: list[Any] = [
+            self._host_cls.remote(*self._host_args) for _ in range(num_workers)
+        ]
+        self._batches: list[Any] = []
+        """Each actor's parties' data, in the object store: what a replacement is shipped."""
         self._owner: dict[int, int] = {}
         self._pending: list[ray.ObjectRef] = []
 
@@ -100,9 +106,10 @@ class RayExecutor(Executor):
         batches: list[dict[int, Any]] = [{} for _ in self._hosts]
         for pid, data in parties.items():
             batches[self._owner[pid]][pid] = data
+        self._batches = [ray.put(b) for b in batches]
         # Not awaited here: actor calls run in order, so the next map() sees the data, and the
         # driver goes on while the actors start. Every host loads, so old parties are dropped.
-        self._pending += [h.load.remote(b) for h, b in zip(self._hosts, batches)]
+        self._pending += [h.load.remote(b) for h, b in zip(self._hosts, self._batches)]
 
     def _run(
         self,
@@ -122,7 +129,7 @@ class RayExecutor(Executor):
             groups.setdefault(self._owner[pid], []).append(pid)
         payload_ref = ray.put(payload)
         workers = sorted(groups)
-        replies = ray.get(
+        replies = self._get(
             [self._hosts[w].run.remote(fn, groups[w], payload_ref, reduce) for w in workers]
         )
         if reduce is not None:
@@ -138,7 +145,7 @@ class RayExecutor(Executor):
     def party_states(self) -> dict[int, dict[str, Any]]:
         self._settle()
         out: dict[int, dict[str, Any]] = {}
-        for part in ray.get([h.states.remote() for h in self._hosts]):
+        for part in self._get([h.states.remote() for h in self._hosts]):
             out.update(part)
         return out
 
@@ -147,12 +154,46 @@ class RayExecutor(Executor):
         batches: list[dict[int, dict[str, Any]]] = [{} for _ in self._hosts]
         for pid, state in states.items():
             batches[self._owner[pid]][pid] = state
-        ray.get([h.restore.remote(b) for h, b in zip(self._hosts, batches)])
+        self._get([h.restore.remote(b) for h, b in zip(self._hosts, batches)])
+
+    def _get(self, refs: list[Any]) -> list[Any]:
+        """The actors' answers; when one died, every dead actor is replaced and WorkerLost
+        raised (the caller restores the parties' state and runs the lost work again)."""
+        try:
+            return list(ray.get(refs))
+        except ray.exceptions.RayActorError as exc:
+            lost = self._replace_dead()
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WorkerLost(
+                f"{len(lost)} of {len(self._hosts)} actors died ({cause[:160]}); replaced, "
+                "their parties shipped again with fresh state"
+            ) from None
+
+    def _replace_dead(self) -> list[int]:
+        """Replaces every actor that no longer answers with a new one holding its parties'
+        data (their state starts afresh: the caller restores it); returns their indices."""
+        dead = []
+        for i, host in enumerate(self._hosts):
+            try:
+                ray.get(host.__ray_ready__.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(i)
+        for i in dead:
+            try:
+                ray.kill(self._hosts[i])
+            except Exception:  # noqa: BLE001 - dead already
+                pass
+            self._hosts[i] = self._host_cls.remote(*self._host_args)
+        # what was pending went to the dead or is done; the replacements load their parties
+        self._pending = [
+            self._hosts[i].load.remote(self._batches[i]) for i in dead if self._batches
+        ]
+        return dead
 
     def _settle(self) -> None:
         if self._pending:
-            ray.get(self._pending)
-            self._pending = []
+            pending, self._pending = self._pending, []
+            self._get(pending)
 
     def close(self) -> None:
         for h in self._hosts:

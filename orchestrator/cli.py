@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="end stdout with one JSON line")
     run.add_argument("--traceback", action="store_true", help="print the traceback of a failed run")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this run from its last checkpoint, into the same MLflow run",
+    )
     sw = sub.add_parser("sweep", help="run or resume an Optuna search, trials on Ray")
     sw.add_argument("config", help="experiment YAML file")
     sw.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the base config")
@@ -100,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator import signals
+
+    signals.handle()  # SIGTERM and SIGHUP stop as Ctrl-C does
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come anywhere after the config, before or after the options.
@@ -202,10 +210,15 @@ def _run(args: argparse.Namespace) -> int:
     budget = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model).budget()
     bar = None if args.quiet else _Bar(budget, cfg.trainer.name)
     try:
-        result = run(cfg, progress=bar)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        result = run(cfg, progress=bar, resume=args.resume)
+    except KeyboardInterrupt as exc:
+        run_id = getattr(exc, "run_id", None)
+        print(
+            f"interrupted ({exc}): run {run_id or '(not tracked)'} is KILLED"
+            + (f"; continue it with --resume {run_id}" if run_id else ""),
+            file=sys.stderr,
+        )
+        return int(getattr(exc, "exit_code", 130))
     except RunFailed as exc:
         if args.traceback:
             raise exc.cause from None
@@ -333,9 +346,9 @@ def _sweep(args: argparse.Namespace) -> int:
             address=args.address,
             progress=progress,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted: re-run the same command to resume the study", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))
     finally:
         if bar is not None:
             bar.close()

@@ -196,6 +196,16 @@ class RuntimeConfig:
     GPU). Runs are bit-for-bit reproducible on cpu only."""
     gpus_per_worker: float = field(default=0.0, metadata=at_least(0))
     """GPUs each actor of the pool reserves on Ray (fractions share one GPU)."""
+    checkpoint_every: Optional[int] = field(default=None, metadata=at_least(0))  # noqa: UP045
+    """Rounds between checkpoints of the whole run (its model, its parties' state, every
+    random stream, its history): 0 never; default: whenever the rounds since the last one
+    took 20 times what that checkpoint cost (so that checkpoints take under 5%)."""
+    checkpoint_dir: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
+    """Where the checkpoints of an untracked run go (a tracked run keeps them with its MLflow
+    run's artifacts)."""
+    max_actor_restarts: int = field(default=3, metadata=at_least(0))
+    """Actors that may die in a run (each replaced and its work run again from the last
+    checkpoint) before the run fails, resumable."""
 
 
 @dataclass

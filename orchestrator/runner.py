@@ -13,9 +13,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clusters import Executor, InProcessExecutor, ResourceError
+from clusters import Executor, InProcessExecutor, ResourceError, WorkerLost
+from orchestrator import signals
+from orchestrator.checkpoints import Checkpoint, Checkpoints, Files
 from orchestrator.config import (
     ExecutorKind,
     ExperimentConfig,
@@ -38,7 +41,7 @@ from trainers.models import ModelSpec, load_checkpoint, save_checkpoint
 if TYPE_CHECKING:
     from orchestrator.tracking import RunRecord, Tracker
 
-__all__ = ["RunFailed", "RunResult", "make_executor", "run"]
+__all__ = ["ActorsLost", "RunFailed", "RunResult", "RunStopped", "make_executor", "run"]
 
 ProgressFn = Callable[[int, Mapping[str, float]], None]
 _CHECKPOINT = "checkpoint/model.pt"
@@ -65,6 +68,12 @@ class RunResult:
     """Why the run stopped before its last round (a pruned trial); None: it ran to the end."""
     headline: tuple[str, ...] = ()
     """The final metrics worth a summary line (the trainer's choice)."""
+    resumed_from: int | None = None
+    """The round of the checkpoint the run resumed from (None: it started afresh)."""
+    checkpoints: int = 0
+    """Checkpoints written."""
+    restarts: int = 0
+    """Actors that died and were replaced (their rounds run again from a checkpoint)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "metrics": self.metrics}
@@ -108,14 +117,24 @@ def make_executor(runtime: RuntimeConfig) -> Executor:
 
 
 class _Reporter:
-    """Fans a trainer's per-round metrics out to the history, MLflow and a progress callback."""
+    """Fans a trainer's per-round metrics out to the history, MLflow and a progress callback.
 
-    def __init__(self, tracker: Tracker | None, progress: ProgressFn | None) -> None:
+    A step reported once is not reported again: rounds run again after a rollback, and those
+    a resumed run repeats after its checkpoint, were logged already (with the same values).
+    """
+
+    def __init__(
+        self, tracker: Tracker | None, progress: ProgressFn | None, seen: set[int] | None = None
+    ) -> None:
         self.tracker = tracker
         self.progress = progress
         self.history: list[dict[str, float]] = []
+        self.seen: set[int] = set(seen or ())
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        if step in self.seen:
+            return
+        self.seen.add(step)
         self.history.append({"round": float(step), **metrics})
         if self.tracker is not None:
             self.tracker.log_metrics(step, metrics)
@@ -131,6 +150,8 @@ def run(
     executor: Executor | None = None,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    resume: str | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> RunResult:
     """Runs one experiment and records it in MLflow.
 
@@ -144,9 +165,16 @@ def run(
             keeps ownership and closes it).
         tags: extra MLflow tags.
         parent_run_id: nest the run under this MLflow run.
+        resume: continue this run (an MLflow run id; for an untracked run, its checkpoint
+            directory) from its last checkpoint, into the same MLflow run. Its config may
+            differ in its budget only (and where it runs, and what it logs).
+        checkpoints: where the run's checkpoints go (default: its MLflow artifacts, or
+            ``runtime.checkpoint_dir``); one already there is resumed from (a sweep's retried
+            trial).
 
     Raises:
-        ConfigError: bad config or data; raised before any MLflow run exists.
+        ConfigError: bad config or data, or a resume that cannot be; raised before any
+            MLflow run exists (or is reopened).
         RunFailed: the run failed after it started (its MLflow run is FAILED).
     """
     if isinstance(config, ExperimentConfig) and not overrides:
@@ -154,11 +182,13 @@ def run(
         validate(cfg)
     else:
         cfg = load_config(config, list(overrides))
+    store, restored = _checkpoints(cfg, resume, checkpoints)
     trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
     lineage = _load_teacher(cfg, trainer)
     own_executor = executor is None
     if executor is None:
         executor = make_executor(cfg.runtime)  # Ray actors warm up while the data loads
+        signals.reinstall()  # Ray took SIGTERM over
     try:
         prepared = prepare(cfg)
         try:
@@ -168,7 +198,14 @@ def run(
         if cfg.partition.output_dir:
             write_partitions(prepared, cfg.partition.output_dir)
         return _run_tracked(
-            cfg, trainer, prepared, executor, progress, {**lineage, **(tags or {})}, parent_run_id
+            cfg,
+            trainer,
+            prepared,
+            executor,
+            progress,
+            {**lineage, **(tags or {})},
+            parent_run_id,
+            _Resume(resume, store, restored),
         )
     finally:
         if own_executor:
@@ -226,6 +263,148 @@ def _start_tracker(
     return tracker
 
 
+@dataclass
+class _Resume:
+    """Where a run's checkpoints go, and the one it resumes from (if any)."""
+
+    run_id: str | None
+    """The MLflow run to reopen (``--resume``)."""
+    store: Checkpoints | None
+    checkpoint: Checkpoint | None
+
+
+def _checkpoints(
+    cfg: ExperimentConfig, resume: str | None, store: Checkpoints | None
+) -> tuple[Checkpoints | None, Checkpoint | None]:
+    """The run's checkpoint store and the checkpoint to resume from, checked against the
+    config (a ConfigError before anything starts)."""
+    from orchestrator.checkpoints import Directory, refuse_difference
+
+    files: Files | None = None
+    if store is None and resume is not None:
+        if cfg.tracking.enabled:
+            from orchestrator.tracking import MlflowTracker, RunFiles
+
+            if not MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment).exists(resume):
+                raise ConfigError("--resume", f"no run {resume!r} in {cfg.tracking.uri}")
+            files = RunFiles(cfg.tracking.uri or "", resume)
+        else:
+            if not Path(resume).is_dir():
+                raise ConfigError("--resume", f"{resume}: no checkpoint directory there")
+            files = Directory(resume)
+    elif store is None and not cfg.tracking.enabled and cfg.runtime.checkpoint_dir:
+        files = Directory(cfg.runtime.checkpoint_dir)
+    if files is not None:
+        store = Checkpoints(files)
+    restored = store.latest() if store is not None else None
+    if resume is not None and restored is None:
+        raise ConfigError("--resume", f"run {resume!r} has no checkpoint to resume from")
+    if restored is not None:
+        refuse_difference(restored.config, cfg)
+    return store, restored
+
+
+class _Rounds:
+    """The round loop, as :meth:`trainers.Trainer.fit` runs it, plus what a run that survives
+    needs: checkpoints every few rounds, a resume from one, and a rollback to the last one
+    when an actor dies (the executor replaces it; its parties' state comes back from the
+    checkpoint, and the rounds since are run again, bit for bit, unreported twice)."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        trainer: Trainer[Any, Any],
+        executor: Executor,
+        reporter: _Reporter,
+        store: Checkpoints | None,
+        flush: Callable[[], None],
+    ) -> None:
+        self.cfg, self.trainer, self.executor, self.reporter = cfg, trainer, executor, reporter
+        self.store, self.flush = store, flush
+        self.every = cfg.runtime.checkpoint_every
+        self.saved_at = time.perf_counter()
+        self.cost = 0.0
+        self.snapshot = b""
+        self.checkpoints = 0
+        self.restarts = 0
+
+    def run(self, data: Any, resumed: Checkpoint | None) -> TrainResult:
+        state = self.trainer.begin(data, self.executor, self.cfg.seed)
+        if resumed is not None:
+            state = resumed.state
+            self.executor.restore_party_states(resumed.parties)
+        self._keep(state, durable=False)
+        while not self.trainer.done(state):
+            try:
+                out = self.trainer.advance(state, self.executor)
+                if out is not None:
+                    self.trainer.record(state, *out, self.reporter)
+                if self._due(state.round):
+                    self._keep(state, durable=self.store is not None)
+            except WorkerLost as exc:
+                state = self._lost(exc)
+        return self.trainer.end(state, self.executor, self.reporter)
+
+    def _due(self, round_: int) -> bool:
+        if self.every == 0:
+            return False
+        if self.every is not None:
+            return round_ % self.every == 0
+        # auto: when the rounds since the last checkpoint took 20 times what it cost
+        return time.perf_counter() - self.saved_at >= max(20 * self.cost, 1.0)
+
+    def _keep(self, state: Any, durable: bool) -> None:
+        """Snapshots the state in memory (the rollback point when an actor dies) and, when
+        durable, writes it as a checkpoint (the point a resume starts from)."""
+        start = time.perf_counter()
+        checkpoint = Checkpoint(state.round, to_dict(self.cfg), state, self.executor.party_states())
+        self.snapshot = checkpoint.to_bytes()
+        if durable and self.store is not None:
+            self.flush()  # the metrics logged so far are durable before the checkpoint is
+            self.store.save(checkpoint)
+            self.checkpoints += 1
+        self.cost = time.perf_counter() - start
+        self.saved_at = time.perf_counter()
+
+    def _lost(self, exc: WorkerLost) -> Any:
+        """Counts a lost actor (the executor replaced it) and rolls back to the last
+        snapshot; the state to go on from."""
+        while True:
+            self.restarts += 1
+            limit = self.cfg.runtime.max_actor_restarts
+            if self.restarts > limit:
+                raise ActorsLost(
+                    f"{exc}; {self.restarts} actors lost, more than "
+                    f"runtime.max_actor_restarts={limit}"
+                ) from None
+            checkpoint = Checkpoint.from_bytes(self.snapshot)
+            try:
+                self.executor.restore_party_states(checkpoint.parties)
+            except WorkerLost as again:
+                exc = again
+                continue
+            return checkpoint.state
+
+
+class RunStopped(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or a signal; its MLflow run is KILLED, its last checkpoint
+    usable.
+
+    Attributes:
+        run_id: its MLflow run (to resume), None when untracked.
+        exit_code: 130 for Ctrl-C, 128 + the signal's number for a signal.
+    """
+
+    def __init__(self, cause: KeyboardInterrupt, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.exit_code = int(getattr(cause, "exit_code", 130))
+        super().__init__(str(cause) or "interrupted")
+
+
+class ActorsLost(RuntimeError):
+    """More actors died than a run may lose; it stays resumable from its last checkpoint."""
+
+
 def _run_tracked(
     cfg: ExperimentConfig,
     trainer: Trainer[Any, Any],
@@ -234,17 +413,40 @@ def _run_tracked(
     progress: ProgressFn | None,
     extra_tags: Mapping[str, str],
     parent_run_id: str | None,
+    resume: _Resume,
 ) -> RunResult:
-    from orchestrator.tracking import RunStatus
+    from orchestrator.tracking import MlflowTracker, RunFiles, RunStatus
 
-    tracker = (
-        _start_tracker(cfg, prepared, extra_tags, parent_run_id) if cfg.tracking.enabled else None
-    )
+    tracker: Tracker | None = None
+    seen: set[int] = set()
+    if resume.run_id is not None and cfg.tracking.enabled:  # back into the same MLflow run
+        live = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
+        live.resume(resume.run_id)
+        assert resume.checkpoint is not None
+        keys = sorted({k for row in resume.checkpoint.state.history for k in row if k != "round"})
+        seen = live.logged_steps(keys)  # logged before the crash: not again
+        live.set_tags({"fedsweep.resumed_from_round": str(resume.checkpoint.round)})
+        tracker = live
+    elif cfg.tracking.enabled:
+        tracker = _start_tracker(cfg, prepared, extra_tags, parent_run_id)
+        if resume.checkpoint is not None:  # a retried trial: a new run, with the whole history
+            tracker.set_tags({"fedsweep.resumed_from_round": str(resume.checkpoint.round)})
+            for row in resume.checkpoint.state.history:
+                step = int(row["round"])
+                tracker.log_metrics(step, {k: v for k, v in row.items() if k != "round"})
+                seen.add(step)
+    store = resume.store
+    if store is None and isinstance(tracker, MlflowTracker) and cfg.runtime.checkpoint_every != 0:
+        assert tracker.run_id is not None
+        store = Checkpoints(RunFiles(cfg.tracking.uri or "", tracker.run_id), fresh=True)
     record = getattr(tracker, "record", None)
-    reporter = _Reporter(tracker, progress)
+    reporter = _Reporter(tracker, progress, seen)
+    rounds = _Rounds(
+        cfg, trainer, executor, reporter, store, tracker.flush if tracker else lambda: None
+    )
     start = time.perf_counter()
     try:
-        result: TrainResult = trainer.fit(prepared.data, executor, reporter, cfg.seed)
+        result: TrainResult = rounds.run(prepared.data, resume.checkpoint)
     except StopTraining as exc:  # stopped on purpose (a pruned trial): not a failure
         reason = str(exc) or "stopped"
         if tracker is not None:
@@ -263,7 +465,11 @@ def _run_tracked(
         if tracker is not None:
             tracker.end(RunStatus.FAILED, exc)
         raise RunFailed(exc, tracker.run_id if tracker else None, record) from exc
-    except BaseException as exc:  # Ctrl-C, a signal: the run was killed
+    except KeyboardInterrupt as exc:  # Ctrl-C, a signal: the run was killed
+        if tracker is not None:
+            tracker.end(RunStatus.KILLED, exc)
+        raise RunStopped(exc, tracker.run_id if tracker else None) from exc
+    except BaseException as exc:
         if tracker is not None:
             tracker.end(RunStatus.KILLED, exc)
         raise
@@ -297,6 +503,9 @@ def _run_tracked(
         record,
         model_path,
         headline=trainer.headline,
+        resumed_from=resume.checkpoint.round if resume.checkpoint is not None else None,
+        checkpoints=rounds.checkpoints,
+        restarts=rounds.restarts,
     )
 
 

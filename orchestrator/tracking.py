@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "MlflowTracker",
     "RecordingTracker",
+    "RunFiles",
     "RunRecord",
     "RunStatus",
     "Tracker",
@@ -148,6 +149,14 @@ class MlflowTracker:
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
 
+    def exists(self, run_id: str) -> bool:
+        """Whether the store holds this run."""
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return True
+
     def resume(self, run_id: str) -> bool:
         """Reopens an existing run (a resumed sweep's parent); False when it is gone."""
         try:
@@ -157,6 +166,13 @@ class MlflowTracker:
         self.run_id = run_id
         self.client.update_run(run_id, status=RunStatus.RUNNING.value)
         return True
+
+    def logged_steps(self, keys: list[str]) -> set[int]:
+        """The steps at which any of these metrics was logged to the run so far."""
+        steps: set[int] = set()
+        for key in keys:
+            steps.update(m.step for m in self.client.get_metric_history(self._run(), key))
+        return steps
 
     def close_children(self, status: RunStatus, reason: str, trial: int | None = None) -> list[str]:
         """Ends this run's child runs that are still RUNNING (of one trial, or all of them)."""
@@ -322,6 +338,36 @@ class MlflowTracker:
         if self.run_id is None:
             raise RuntimeError("the MLflow run has not been started")
         return self.run_id
+
+
+class RunFiles:
+    """Files among a run's artifacts, under ``prefix`` (a :class:`orchestrator.checkpoints.Files`
+    store: where a run's checkpoints go).
+
+    Args:
+        uri: the tracking URI.
+        run_id: the run whose artifacts hold them (any run: a sweep's trials keep theirs
+            under the study's parent run, where a retried attempt finds them).
+        prefix: their folder among the run's artifacts.
+    """
+
+    def __init__(self, uri: str, run_id: str, prefix: str = "checkpoints") -> None:
+        self.client = _client(resolve_tracking_uri(uri))
+        self.run_id, self.prefix = run_id, prefix
+
+    def write(self, name: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / name
+            local.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(local), self.prefix)
+
+    def read(self, name: str) -> bytes | None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client.download_artifacts(self.run_id, f"{self.prefix}/{name}", tmp)
+            except (MlflowException, OSError):
+                return None
+            return Path(path).read_bytes()
 
 
 @dataclass

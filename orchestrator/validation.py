@@ -43,6 +43,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "partition.name", f"{cfg.trainer.name} is vertical: it needs partition.name=vertical"
         )
+    if not trainer.drops_parties:
+        if cfg.trainer.dropout > 0:
+            raise ConfigError(
+                "trainer.dropout", f"{cfg.trainer.name} has no parties that could drop out"
+            )
+        if cfg.trainer.stragglers.deadline is not None:
+            raise ConfigError(
+                "trainer.stragglers.deadline", f"{cfg.trainer.name} has no parties that answer late"
+            )
     try:
         trainer.validate(cfg.trainer, cfg.model, Federation(cfg.partition.num_parties, vertical))
     except Invalid as exc:

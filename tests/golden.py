@@ -9,6 +9,11 @@ held bit for bit after it. ``vhnn_negative_loss`` was re-recorded: its negative-
 had drawn their initial weights from the process's global torch generator, so the case
 differed between a fresh Ray actor and an in-process run; they are now seeded from the run's
 seed, and both executors agree.
+
+Issue 14 added three metrics to the federated and decentralized trainers' rows (``dropped``,
+``straggled``, ``discarded``: parties that did not answer or sent garbage). The file was
+re-recorded then by a script that checked, case by case, that every value recorded before
+held exactly and that the new metrics were all 0.
 """
 
 from __future__ import annotations

@@ -218,6 +218,10 @@ class Trainer(abc.ABC, Generic[D, S]):
         self.teacher: nn.Module | None = None
         """A trained teacher handed over by the caller (see :meth:`teacher_uri`)."""
 
+    drops_parties = False
+    """Whether ``trainer.dropout`` and ``trainer.stragglers`` apply (parties asked to work
+    each round, that may not answer: horizontal, committee and decentralized trainers)."""
+
     @classmethod  # noqa: B027 - an optional hook: most trainers need no check of their own
     def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
         """Raises :class:`Invalid` for settings this trainer cannot work with."""

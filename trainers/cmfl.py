@@ -42,6 +42,7 @@ from clusters import Executor
 from clusters.base import PartyFn
 from trainers.aggregators import layer_distances
 from trainers.attacks import Adversary, build_adversary, byzantine_parties
+from trainers.availability import Availability
 from trainers.base import (
     BYTES_PER_VALUE,
     TRAINERS,
@@ -140,6 +141,7 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
         model: the model to train.
     """
 
+    drops_parties = True
     metrics = (
         *FedAvg.metrics,
         "time_scoring_s",
@@ -173,6 +175,7 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
             build_adversary(cfg.attack, seed),
             local_task(cfg, spec, seed, ledger.byzantine),
             weights.size * BYTES_PER_VALUE,
+            Availability(cfg, {pid: len(p) for pid, p in data.parties.items()}, seed),
         )
         rng = np.random.default_rng(derive_seed(seed, _ROLE_STREAM))
         committee = sorted(rng.choice(ids, size=roles.committee, replace=False).tolist())
@@ -188,33 +191,52 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
         run, ccfg, ledger, r = self._run, self.config.cmfl, state.ledger, state.round
         committee, trainers, roles = state.committee, state.trainers, run.roles
         start = time.perf_counter()
-        active = committee + trainers
-        updates = executor.map(run.task, active, RoundPayload(r, state.weights))
+        asked = committee + trainers
+        answers = run.availability.answers(r, asked)
+        answering = answers.answered
+        updates = executor.map(run.task, answering, RoundPayload(r, state.weights))
         trained = time.perf_counter()
-        uploads, counts = stack_uploads(updates)
-        if run.adversary is not None:
+        kept = [(p, u) for p, u in zip(answering, updates) if not u.discarded]
+        active = [p for p, _ in kept]
+        uploads, counts = (
+            stack_uploads([u for _, u in kept]) if kept else (np.zeros((0, 0)), np.zeros(0))
+        )
+        if kept and run.adversary is not None:
             uploads = run.adversary(uploads, ledger.mask(active), state.weights, r)
-        members, candidates = uploads[: len(committee)], uploads[len(committee) :]
+        good = np.asarray(np.isfinite(uploads).all(axis=1), dtype=bool)  # an attack's garbage too
+        kept = [k for k, g in zip(kept, good.tolist()) if g]
+        active, uploads, counts = [p for p, _ in kept], uploads[good], counts[good]
+        on_committee = set(committee)
+        is_member = np.array([p in on_committee for p in active], dtype=bool)
+        members, candidates = uploads[is_member], uploads[~is_member]
+        voters = [p for p, m in zip(active, is_member) if m]
+        scored_trainers = [p for p, m in zip(active, is_member) if not m]
 
         begin = time.perf_counter()
-        scores = committee_scores(candidates, members, run.layers)
-        ranked = rank(scores, ccfg.strategy)
-        scored = time.perf_counter()
-        selected = ranked[: roles.aggregated]
+        selected: np.ndarray = np.zeros(0, dtype=np.int64)
+        scores = np.zeros(len(candidates))
         share = np.zeros(len(candidates))
-        share[selected] = counts[len(committee) :][selected]
-        share /= share.sum()
-        state.weights = (share @ candidates).astype(np.float32)
+        if len(members) and len(candidates):
+            scores = committee_scores(candidates, members, run.layers)
+            ranked = rank(scores, ccfg.strategy)
+            selected = ranked[: roles.aggregated]
+        scored = time.perf_counter()
+        if len(selected):  # else (everyone dropped out): the model stays
+            share[selected] = counts[~is_member][selected]
+            share /= share.sum()
+            state.weights = (share @ candidates).astype(np.float32)
         aggregated = time.perf_counter()
 
         set_flat(run.model, state.weights)
         acc, loss = evaluate(run.model, run.data.x_test, run.data.y_test)
-        sent = (len(active) + len(trainers) * len(committee) + len(selected)) * run.model_bytes
+        # everyone asked downloads; the trainers who answered upload to each member who did
+        sent = (len(asked) + len(candidates) * len(members) + len(selected)) * run.model_bytes
         state.total_bytes += sent
-        influence = np.concatenate([np.zeros(len(committee)), share])
-        chosen = [trainers[i] for i in selected]
+        influence = np.concatenate([np.zeros(len(members)), share])
+        chosen = [scored_trainers[i] for i in selected]
+        n = counts.sum()
         metrics = {
-            "train_loss": sum(u.loss_sum for u in updates) / counts.sum(),
+            "train_loss": sum(u.loss_sum for _, u in kept) / n if n else float("nan"),
             "test_accuracy": acc,
             "test_loss": loss,
             "parties": float(len(active)),
@@ -226,7 +248,10 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
             "time_aggregate_s": aggregated - scored,
             "aggregated": float(len(selected)),
             "byzantine_committee": float(ledger.mask(committee).sum()),
-            **ledger.record(active, influence),
+            **ledger.record(voters + scored_trainers, influence),
+            "dropped": float(answers.dropped),
+            "straggled": float(answers.straggled),
+            "discarded": float(len(answering) - len(active)),
         }
         state.rounds.append(
             {
@@ -239,10 +264,12 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
                 "byzantine_selected": int(ledger.mask(chosen).sum()),
             }
         )
-        # The election: the committee comes from this round's ranked trainers.
-        state.committee = sorted(
-            trainers[i] for i in elect(ranked, scores, roles.committee, ccfg.election)
-        )
+        # The election: the committee comes from this round's ranked trainers (when too few
+        # answered to fill it, the committee stays as it was).
+        if len(selected) and len(scored_trainers) >= roles.committee:
+            state.committee = sorted(
+                scored_trainers[i] for i in elect(ranked, scores, roles.committee, ccfg.election)
+            )
         state.trainers = _draw_trainers(run.ids, state.committee, roles.trainers, state.rng)
         metrics["round_time_s"] = time.perf_counter() - start
         return r, metrics
@@ -280,6 +307,7 @@ class _CMFLRun:
     adversary: Adversary | None
     task: PartyFn[PartyUpdate]
     model_bytes: int
+    availability: Availability
 
 
 def _draw_trainers(

@@ -33,6 +33,7 @@ __all__ = [
     "Relations",
     "SSLConfig",
     "Schedule",
+    "StragglerConfig",
     "Strategy",
     "TeacherConfig",
     "TeacherSource",
@@ -152,6 +153,20 @@ class FedProxConfig:
 
     mu: float = field(default=0.01, metadata=at_least(0))
     """Proximal coefficient: weight of (mu/2)||w - w_global||^2 in each party's local loss."""
+
+
+@dataclass
+class StragglerConfig:
+    """Parties that answer late (simulated, from the seed): a party's answer time is
+    lognormal around ``mean`` (scaled by its data size), and answers after ``deadline`` are
+    discarded."""
+
+    deadline: Optional[float] = field(default=None, metadata=positive())  # noqa: UP045
+    """Simulated seconds after which a round stops waiting (None: it waits for everyone)."""
+    mean: float = field(default=1.0, metadata=positive())
+    """Mean simulated answer time of a party of average size."""
+    spread: float = field(default=0.5, metadata=at_least(0))
+    """Sigma of the answer time's lognormal (0: every party takes exactly its size's time)."""
 
 
 @dataclass
@@ -486,6 +501,11 @@ class TrainerConfig:
     """How uploads are combined (fedavg and fedprox; CMFL's committee does its own choosing)."""
     attack: AttackConfig = field(default_factory=AttackConfig)
     """Byzantine parties and their attack (every federated trainer)."""
+    dropout: float = field(default=0.0, metadata=between(0, 1, high_open=True))
+    """Probability that a party asked to work in a round never answers (simulated, from the
+    seed; horizontal, committee and decentralized trainers)."""
+    stragglers: StragglerConfig = field(default_factory=StragglerConfig)
+    """Parties that answer after the round's deadline, whose answers are discarded."""
     cmfl: CMFLConfig = field(default_factory=CMFLConfig)
     """CMFL settings (read by the cmfl trainer only)."""
     decentralized: DecentralizedConfig = field(default_factory=DecentralizedConfig)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from clusters import Executor, PartyContext
+from trainers.availability import AVAILABILITY_METRICS, Availability
 from trainers.base import (
     TRAINERS,
     Budget,
@@ -59,7 +60,7 @@ from trainers.base import (
 from trainers.cache import CACHE
 from trainers.config import Graph, Loss, TrainerConfig
 from trainers.models import ModelConfig, ModelSpec, build_model
-from trainers.topology import GraphSpec, Topology
+from trainers.topology import GraphSpec, Topology, without
 
 __all__ = [
     "DPSVRG",
@@ -374,8 +375,8 @@ class DPSVRGStep(NodeStep):
     def prepare(
         self, st: NodeState, design: np.ndarray, y: np.ndarray, payload: StepPayload
     ) -> int:
-        if not payload.snapshot:
-            return 0
+        if not payload.snapshot and st.snapshot is not None:
+            return 0  # (a node that was absent at the snapshot step takes one on its return)
         st.snapshot = st.x.copy()
         st.full_gradient = _loss_grad(self.problem, design, y, st.snapshot, False)[1]
         return len(y)
@@ -408,6 +409,7 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
 
     step_cls: type[NodeStep] = DSPGStep
     """What each node computes per step."""
+    drops_parties = True
     metrics = (
         "suboptimality",
         "objective",
@@ -420,6 +422,7 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
         "step_size",
         "spectral_gap",
         "step_time_s",
+        *AVAILABILITY_METRICS,
         "epochs_to_target",
         "loglog_slope",
     )
@@ -495,6 +498,9 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
             total=total,
             inner=c.inner_steps or max(1, math.ceil(total / len(nodes) / c.batch_size)),
             test_design=_design(data.x_test),
+            availability=Availability(
+                self.config, {i: len(d) for i, d in data.parties.items()}, seed
+            ),
         )
         return DecentralizedState(x=np.tile(x0, (len(ids), 1)))
 
@@ -513,14 +519,26 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
             t = state.t
             start = time.perf_counter()
             w = run.topology.matrix(t)
+            answers = run.availability.answers(t, run.ids)
+            up = answers.answered
+            if len(up) < len(run.ids):  # nodes that drop out skip the step; the rest mix without
+                w = without(w, sorted(set(run.ids) - set(up)))
             rounds = self.gossip_rounds(t)
             mixed = state.x
             for _ in range(rounds):  # W(t) is zero off G(t)'s edges: messages follow edges
                 mixed = w @ mixed
             state.comm += rounds
             payload = StepPayload(t, mixed, self.step_size(t), self.snapshot(t, run.inner))
-            updates = executor.map(run.task, run.ids, payload)
-            state.x = np.stack([u.x for u in updates])
+            updates = executor.map(run.task, up, payload) if up else []
+            if len(up) == len(run.ids) and all(np.isfinite(u.x).all() for u in updates):
+                state.x = np.stack([u.x for u in updates])
+            else:  # the absent keep their models; a model that is not finite is discarded
+                x = mixed.copy()
+                x[up] = [u.x if np.isfinite(u.x).all() else state.x[i] for i, u in zip(up, updates)]
+                state.discarded += sum(not np.isfinite(u.x).all() for u in updates)
+                state.x = x
+            state.dropped += answers.dropped
+            state.straggled += answers.straggled
             state.grad_evals += sum(u.grad_evals for u in updates)
             elapsed = time.perf_counter() - start
             state.t += 1
@@ -544,6 +562,7 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
             "step_size": step,
             "spectral_gap": run.gap,
             "step_time_s": elapsed,
+            **state.absences(),
         }
 
     def end(self, state: DecentralizedState, executor: Executor, reporter: Reporter) -> TrainResult:
@@ -608,6 +627,20 @@ class DecentralizedState(RunState):
     """Steps taken."""
     grad_evals: int = 0
     comm: int = 0
+    dropped: int = 0
+    """Nodes that dropped out of a step since the last evaluation (and the same below)."""
+    straggled: int = 0
+    discarded: int = 0
+
+    def absences(self) -> dict[str, float]:
+        """The steps' absences since the last evaluation, as metrics; the counts restart."""
+        out = {
+            "dropped": float(self.dropped),
+            "straggled": float(self.straggled),
+            "discarded": float(self.discarded),
+        }
+        self.dropped = self.straggled = self.discarded = 0
+        return out
 
 
 @dataclass
@@ -625,6 +658,7 @@ class _DecentralizedRun:
     total: int
     inner: int
     test_design: np.ndarray
+    availability: Availability
 
 
 class DSPG(Decentralized):

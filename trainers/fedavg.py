@@ -30,6 +30,7 @@ from clusters import Executor
 from clusters.base import PartyFn
 from trainers.aggregators import Aggregator, AggregatorError, Mean, build_aggregator
 from trainers.attacks import Adversary, LabelFlipping, build_adversary, byzantine_parties
+from trainers.availability import AVAILABILITY_METRICS, Availability
 from trainers.base import (
     BYTES_PER_VALUE,
     TRAINERS,
@@ -100,6 +101,15 @@ def local_task(
     return task
 
 
+def _enough(aggregator: Aggregator, n: int) -> bool:
+    """Whether ``n`` uploads can be aggregated (fewer, after dropouts: the model stays)."""
+    try:
+        aggregator.check(n)
+    except AggregatorError:
+        return False
+    return True
+
+
 def stack_uploads(updates: list[PartyUpdate]) -> tuple[np.ndarray, np.ndarray]:
     """The uploaded weights as rows of a float64 matrix, and the sample counts."""
     counts = np.array([u.n_samples for u in updates], dtype=np.float64)
@@ -119,6 +129,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
     """Whether parties download and upload the model (False: bytes communicated stay 0)."""
     tracks_parties = True
     """Whether the Byzantine and participation metrics apply (not to a single pooled party)."""
+    drops_parties = True
     metrics: tuple[str, ...] = (
         "train_loss",
         "test_accuracy",
@@ -130,6 +141,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         "time_train_s",
         "time_aggregate_s",
         *ROBUSTNESS_METRICS,
+        *AVAILABILITY_METRICS,
     )
     """What :meth:`fit` reports every round (searches may optimise any of them)."""
 
@@ -193,6 +205,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
             on_workers=isinstance(aggregator, Mean)
             and (adversary is None or adversary.attack.data_attack),
             model_bytes=weights.size * BYTES_PER_VALUE,
+            availability=Availability(cfg, sizes, seed),
         )
         return FedAvgState(weights=weights, ledger=ledger)
 
@@ -203,36 +216,57 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         run, r, ledger = self._run, state.round, state.ledger
         start = time.perf_counter()
         chosen = self.sample(run.ids, r, run.seed)
+        answers = run.availability.answers(r, chosen)
+        asked, answering = chosen, answers.answered
         payload = RoundPayload(r, state.weights)
+        weights, influence = state.weights, np.zeros(0)
+        loss_sum, n_samples, aggregate_s = 0.0, 0, 0.0
         if run.on_workers:
-            update = executor.map(run.task, chosen, payload, reduce=PartyUpdate.merge)
-            assert update is not None, "a round samples at least one party"
+            update = (
+                executor.map(run.task, answering, payload, reduce=PartyUpdate.merge)
+                if answering
+                else None
+            )
             trained = time.perf_counter()
-            weights = update.average()
-            aggregate_s = time.perf_counter() - trained
-            counts = np.array([run.sizes[p] for p in chosen], dtype=np.float64)
-            influence = counts / counts.sum()
-            loss_sum, n_samples = update.loss_sum, update.n_samples
+            garbage = set(update.discarded) if update is not None else set()
+            chosen = [p for p in answering if p not in garbage]
+            if update is not None and update.n_samples > 0:
+                weights = update.average()
+                aggregate_s = time.perf_counter() - trained
+                counts = np.array([run.sizes[p] for p in chosen], dtype=np.float64)
+                influence = counts / counts.sum()
+                loss_sum, n_samples = update.loss_sum, update.n_samples
         else:
-            updates = executor.map(run.task, chosen, payload)
+            updates = executor.map(run.task, answering, payload) if answering else []
             trained = time.perf_counter()
-            uploads, counts = stack_uploads(updates)
-            if run.adversary is not None:
-                uploads = run.adversary(uploads, ledger.mask(chosen), state.weights, r)
-            begin = time.perf_counter()
-            result = run.aggregator(uploads, counts, state.weights)
-            aggregate_s = time.perf_counter() - begin
-            weights = result.vector.astype(np.float32)
-            influence = result.influence
-            loss_sum = sum(u.loss_sum for u in updates)
-            n_samples = int(counts.sum())
+            kept = [(p, u) for p, u in zip(answering, updates) if not u.discarded]
+            chosen = [p for p, _ in kept]
+            if kept:
+                uploads, counts = stack_uploads([u for _, u in kept])
+                if run.adversary is not None:
+                    uploads = run.adversary(uploads, ledger.mask(chosen), state.weights, r)
+                good = np.isfinite(uploads).all(axis=1)  # an attack may send garbage too
+                chosen = [p for p, g in zip(chosen, good) if g]
+                uploads, counts = uploads[good], counts[good]
+                loss_sum = sum(u.loss_sum for (_, u), g in zip(kept, good) if g)
+                n_samples = int(counts.sum())
+            if chosen and _enough(run.aggregator, len(chosen)):
+                begin = time.perf_counter()
+                result = run.aggregator(uploads, counts, state.weights)
+                aggregate_s = time.perf_counter() - begin
+                weights = result.vector.astype(np.float32)
+                influence = result.influence
+        if not len(influence):  # nothing (or too little) to aggregate: the model stays
+            influence = np.zeros(len(chosen))
         state.weights = weights
         set_flat(run.model, weights)
         acc, loss = evaluate(run.model, run.data.x_test, run.data.y_test)
-        sent = 2 * len(chosen) * run.model_bytes if self.communicates else 0
+        # every party asked downloads the model; the ones that answer upload theirs
+        uploaded = len(asked) - answers.dropped
+        sent = (len(asked) + uploaded) * run.model_bytes if self.communicates else 0
         state.total_bytes += sent
         metrics = {
-            "train_loss": loss_sum / n_samples,
+            "train_loss": loss_sum / n_samples if n_samples else float("nan"),
             "test_accuracy": acc,
             "test_loss": loss,
             "parties": float(len(chosen)),
@@ -244,6 +278,11 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         }
         if self.tracks_parties:
             metrics.update(ledger.record(chosen, influence))
+            metrics.update(
+                dropped=float(answers.dropped),
+                straggled=float(answers.straggled),
+                discarded=float(len(answering) - len(chosen)),
+            )
         return r, metrics
 
     def end(self, state: FedAvgState, executor: Executor, reporter: Reporter) -> TrainResult:
@@ -278,6 +317,7 @@ class _FedAvgRun:
     task: PartyFn[PartyUpdate]
     on_workers: bool
     model_bytes: int
+    availability: Availability
 
 
 class FedProx(FedAvg):
@@ -292,7 +332,8 @@ class Centralized(FedAvg):
 
     communicates = False
     tracks_parties = False
-    metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS)
+    drops_parties = False
+    metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS + AVAILABILITY_METRICS)
 
     @classmethod
     def party_count(cls, federation: Federation) -> int:

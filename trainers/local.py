@@ -45,6 +45,8 @@ class PartyUpdate:
     loss_sum: float
     """Sum over parties of n_k * (party's mean training loss in its last local epoch)."""
     n_parties: int
+    discarded: tuple[int, ...] = ()
+    """Parties whose upload was NaN or infinite: left out of the sums, and counted."""
 
     @staticmethod
     def merge(a: PartyUpdate, b: PartyUpdate) -> PartyUpdate:
@@ -54,7 +56,13 @@ class PartyUpdate:
             a.n_samples + b.n_samples,
             a.loss_sum + b.loss_sum,
             a.n_parties + b.n_parties,
+            a.discarded + b.discarded,
         )
+
+    @staticmethod
+    def garbage(party: int, size: int) -> PartyUpdate:
+        """What a party whose upload is not finite contributes: nothing, and its id."""
+        return PartyUpdate(np.zeros(size), 0, 0.0, 0, (party,))
 
     def average(self) -> np.ndarray:
         return (self.weighted_sum / self.n_samples).astype(np.float32)
@@ -104,6 +112,8 @@ class LocalTraining:
                 step(grads)
                 loss_sum += loss.detach() * len(yb)
         flat = torch.nn.utils.parameters_to_vector(params).detach().cpu().numpy().astype(np.float64)
+        if not (np.isfinite(flat).all() and np.isfinite(float(loss_sum))):
+            return PartyUpdate.garbage(ctx.party_id, flat.size)  # diverged: never averaged in
         return PartyUpdate(flat * n, n, float(loss_sum), 1)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from trainers.base import derive_seed
 from trainers.config import DecentralizedConfig, Graph
 
-__all__ = ["GRAPHS", "GraphSpec", "Topology", "metropolis_hastings", "spectral_gap"]
+__all__ = ["GRAPHS", "GraphSpec", "Topology", "metropolis_hastings", "spectral_gap", "without"]
 
 _GRAPH_STREAM = 7
 _EDGE_STREAM = 8
@@ -186,3 +186,19 @@ class Topology:
             mean = functools.reduce(np.add, [self.matrix(t) for t in range(200)]) / 200
             return spectral_gap(mean)
         return spectral_gap(self._static)
+
+
+def without(w: np.ndarray, absent: list[int]) -> np.ndarray:
+    """The mixing matrix of a step some nodes sit out: their edges' weights go to the
+    neighbours' own diagonal, and each absent node keeps its model (its row is e_i). A
+    symmetric doubly stochastic W stays so."""
+    w = np.array(w, dtype=np.float64, copy=True)
+    if not absent:
+        return w
+    idx = np.asarray(absent)
+    lost = w[:, idx].sum(axis=1)
+    w[:, idx] = 0.0
+    w[idx, :] = 0.0
+    w[np.arange(len(w)), np.arange(len(w))] += lost
+    w[idx, idx] = 1.0
+    return w

@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from clusters import ResourceError, TaskHandle, TaskRunner, WorkerLost
+from orchestrator import signals
 from orchestrator.config import ExperimentConfig, TrialModels, configure, load_config
 from orchestrator.errors import ConfigError
 from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
@@ -105,6 +106,7 @@ def sweep(
             )
         except ResourceError as exc:
             raise ConfigError(exc.key, exc.problem) from None
+        signals.reinstall()  # Ray took SIGTERM over
     st, founder = _open_study(plan, opened)
     tracker = (
         parent_run(st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder)
@@ -386,6 +388,7 @@ class _Driver:
             cpus=sc.cpus_per_trial,
             summaries=self.summaries,
             curves=plan.space.report.curves if plan.space.report else (),
+            checkpoints_of=trial.user_attrs.get("fedsweep_rerun_of"),
         )
 
     def _submit(self, spec: TrialSpec) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from optuna.trial import TrialState
 
 from clusters import Executor, InProcessExecutor, where_am_i
+from orchestrator.checkpoints import Checkpoints
 from orchestrator.config import ExperimentConfig
 from orchestrator.runner import RunFailed, run
 from orchestrator.tracking import RunRecord
@@ -49,6 +50,9 @@ class TrialSpec:
     """Metrics the study's report tabulates, reduced over the trial's rounds."""
     curves: tuple[str, ...] = ()
     """Metrics whose per-round series the study's report plots (y first, then the x's)."""
+    checkpoints_of: int | None = None
+    """The trial whose checkpoints this one resumes from: itself (a retried attempt), or
+    the trial a killed driver left, that this one runs again (default: this trial)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,15 @@ def _run_trial(spec: TrialSpec) -> TrialOutcome:
         executor = RayExecutor(num_workers=spec.trial_actors, device=str(runtime.device))
     else:
         executor = InProcessExecutor(device=str(spec.config.runtime.device))
+    files, fresh = None, True
+    if spec.parent_run_id is not None and spec.config.runtime.checkpoint_every != 0:
+        from orchestrator.tracking import RunFiles
+
+        # Under the study's run, where the trial's next attempt (on any node) resumes from.
+        uri = spec.config.tracking.uri or ""
+        owner = spec.number if spec.checkpoints_of is None else spec.checkpoints_of
+        files = RunFiles(uri, spec.parent_run_id, f"trials/{owner}/checkpoints")
+        fresh = spec.attempt == 0 and spec.checkpoints_of is None
     try:
         result = run(
             spec.config,
@@ -142,6 +155,7 @@ def _run_trial(spec: TrialSpec) -> TrialOutcome:
             executor=executor,
             tags=tags,
             parent_run_id=spec.parent_run_id,
+            checkpoints=None if files is None else Checkpoints(files, fresh=fresh),
         )
     except RunFailed as exc:  # a failing trial is a result: recorded, and the sweep goes on
         return TrialOutcome(
