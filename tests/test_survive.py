@@ -6,7 +6,6 @@ interrupted (the golden cases, tests/golden.py)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
