@@ -6,6 +6,7 @@ the first 50,000 rows train, cut IID into 100 parties of 500; the last 10,000 te
 
     python benchmarks/fl_throughput.py            # (a) bare, (b) in-process, (c) Ray, 2 CPUs
     python benchmarks/fl_throughput.py --scale    # 1,000 and 10,000 parties on Ray
+    python benchmarks/fl_throughput.py --checkpoints  # their cost, and the time to resume
 
 Every mode starts its clock before generating the data; Ray's own start (ray.init) is
 excluded, the actor pool's start is not. Only the first repeat's bare loop pays PyTorch's
@@ -20,6 +21,7 @@ import argparse
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -258,11 +260,91 @@ def main_scale() -> None:
         )
 
 
+def _timed_run(cfg: dict[str, Any], stop_after: int | None = None, resume: str | None = None):
+    """Runs ``cfg``; the times at which each round was reported, from the call; with
+    ``stop_after``, interrupted once that many rounds are reported."""
+    from orchestrator import run
+
+    start = time.perf_counter()
+    stamps: list[float] = []
+
+    def progress(step: int, metrics: Any) -> None:
+        stamps.append(time.perf_counter() - start)
+        if stop_after is not None and len(stamps) == stop_after:
+            raise KeyboardInterrupt
+
+    try:
+        run(cfg, progress=progress, resume=resume)
+    except KeyboardInterrupt:
+        pass
+    return stamps, time.perf_counter() - start
+
+
+def main_checkpoints(rounds: int = 20) -> None:
+    """Per-round time with checkpoints every round, every 10 rounds, by default (auto) and
+    never, for W1 and 10,000 parties on Ray; then a run stopped after round 15 and resumed."""
+    import shutil
+    import tempfile
+
+    ray_start = start_ray(2)
+    print(
+        f"checkpoints: FedAvg on Ray with 2 CPUs, {rounds} rounds, checkpoints to a local "
+        f"directory (ray.init took {ray_start:.1f}s, excluded)"
+    )
+    print(
+        f"{'parties':>8s} {'every':>6s} {'round s':>8s} {'x never':>8s} {'ckpt MB':>8s}"
+        f" {'first round s':>14s}"
+    )
+    for parties in (100, 10_000):
+        never = None
+        results = {}
+        for every in (0, 1, 10, None):  # never first: the reference
+            tmp = tempfile.mkdtemp(prefix="fedsweep-ckpt-")
+            cfg = fedsweep_config("ray", parties, rounds)
+            cfg["runtime"].update(checkpoint_every=every, checkpoint_dir=tmp)
+            stamps, _ = _timed_run(cfg)
+            per_round = float(np.mean(np.diff(stamps)))  # a round and its checkpoint, if any
+            size = sum(f.stat().st_size for f in Path(tmp).glob("slot-*.pt")) / 2**20
+            results[every] = (per_round, size, stamps[0])
+            never = never or per_round
+            label = {0: "never", None: "auto"}.get(every, str(every))
+            print(
+                f"{parties:8d} {label:>6s} {per_round:8.3f} {per_round / never:8.3f} "
+                f"{size / max(1, len(list(Path(tmp).glob('slot-*.pt')))):8.2f} {stamps[0]:14.2f}"
+            )
+            shutil.rmtree(tmp, ignore_errors=True)
+        # stopped after 15 rounds (checkpoint at 10), resumed: to its first round reported
+        tmp = tempfile.mkdtemp(prefix="fedsweep-ckpt-")
+        cfg = fedsweep_config("ray", parties, rounds)
+        cfg["runtime"].update(checkpoint_every=10, checkpoint_dir=tmp)
+        _timed_run(cfg, stop_after=15)
+        stamps, wall = _timed_run(cfg, resume=tmp)
+        print(
+            f"{parties:8d} resume: first round after {stamps[0]:.2f} s (a fresh run's: "
+            f"{results[10][2]:.2f} s), {len(stamps)} rounds run again from round 10, "
+            f"whole resumed run {wall:.2f} s"
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        "round s: mean time between rounds reported (a round and its checkpoint); "
+        "first round s: from run() to the first round reported (Ray actors' start, data, "
+        "partition, checkpoint load, one round)"
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", action="store_true", help="1,000 and 10,000 parties on Ray")
     parser.add_argument(
+        "--checkpoints", action="store_true", help="the cost of round checkpoints, and of a resume"
+    )
+    parser.add_argument(
         "--repeats", type=int, default=3, help="repeats of the comparison (medians)"
     )
     args = parser.parse_args()
-    main_scale() if args.scale else main_compare(args.repeats)
+    if args.checkpoints:
+        main_checkpoints()
+    elif args.scale:
+        main_scale()
+    else:
+        main_compare(args.repeats)

@@ -210,7 +210,12 @@ def _run(args: argparse.Namespace) -> int:
     budget = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model).budget()
     bar = None if args.quiet else _Bar(budget, cfg.trainer.name)
     try:
-        result = run(cfg, progress=bar, resume=args.resume)
+        result = run(
+            cfg,
+            progress=bar,
+            resume=args.resume,
+            on_start=None if args.quiet or args.resume else _announce,
+        )
     except KeyboardInterrupt as exc:
         run_id = getattr(exc, "run_id", None)
         print(
@@ -237,6 +242,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     return 0
+
+
+def _announce(run_id: str) -> None:
+    print(f"run {run_id}: if it stops, continue it with --resume {run_id}", file=sys.stderr)
 
 
 class _Bar:

@@ -152,6 +152,7 @@ def run(
     parent_run_id: str | None = None,
     resume: str | None = None,
     checkpoints: Checkpoints | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Runs one experiment and records it in MLflow.
 
@@ -171,6 +172,8 @@ def run(
         checkpoints: where the run's checkpoints go (default: its MLflow artifacts, or
             ``runtime.checkpoint_dir``); one already there is resumed from (a sweep's retried
             trial).
+        on_start: called with the MLflow run's id once it exists (a command line prints it:
+            what a run killed with SIGKILL is resumed by).
 
     Raises:
         ConfigError: bad config or data, or a resume that cannot be; raised before any
@@ -206,6 +209,7 @@ def run(
             {**lineage, **(tags or {})},
             parent_run_id,
             _Resume(resume, store, restored),
+            on_start,
         )
     finally:
         if own_executor:
@@ -334,6 +338,7 @@ class _Rounds:
             state = resumed.state
             self.executor.restore_party_states(resumed.parties)
         self._keep(state, durable=False)
+        self.cost = 0.0  # that one waited for the actors to start: not what a checkpoint costs
         while not self.trainer.done(state):
             try:
                 out = self.trainer.advance(state, self.executor)
@@ -374,7 +379,7 @@ class _Rounds:
             limit = self.cfg.runtime.max_actor_restarts
             if self.restarts > limit:
                 raise ActorsLost(
-                    f"{exc}; {self.restarts} actors lost, more than "
+                    f"{exc}; {self.restarts} lost in this run, more than "
                     f"runtime.max_actor_restarts={limit}"
                 ) from None
             checkpoint = Checkpoint.from_bytes(self.snapshot)
@@ -414,6 +419,7 @@ def _run_tracked(
     extra_tags: Mapping[str, str],
     parent_run_id: str | None,
     resume: _Resume,
+    on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     from orchestrator.tracking import MlflowTracker, RunFiles, RunStatus
 
@@ -439,6 +445,8 @@ def _run_tracked(
     if store is None and isinstance(tracker, MlflowTracker) and cfg.runtime.checkpoint_every != 0:
         assert tracker.run_id is not None
         store = Checkpoints(RunFiles(cfg.tracking.uri or "", tracker.run_id), fresh=True)
+    if on_start is not None and tracker is not None and tracker.run_id is not None:
+        on_start(tracker.run_id)
     record = getattr(tracker, "record", None)
     reporter = _Reporter(tracker, progress, seen)
     rounds = _Rounds(

@@ -143,7 +143,9 @@ def test_ctrl_c_leaves_nothing_running(workdir, sessions):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_uri):
+def test_killed_worker_is_detected_and_the_trial_retried_from_its_checkpoint(
+    ray_session, tracking_uri, workdir
+):
     space = parse_space(
         {
             "objective": ["test_accuracy"],
@@ -152,6 +154,7 @@ def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_u
     )
     cfg = tiny(
         trainer__rounds=400,
+        runtime__checkpoint_every=50,
         tracking={"enabled": True, "uri": tracking_uri, "experiment": "k", "log_model": False},
     )
     killed = []
@@ -164,7 +167,14 @@ def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_u
             return None
 
         proc = wait_for(trial_process, 120, "the trial's worker", poll=0.05)
-        proc.kill()  # while it runs its 400 rounds
+        # once it has a checkpoint (kept under the study's run), while it runs its 400 rounds
+        wait_for(
+            lambda: list(workdir.glob("**/trials/0/checkpoints/latest.json")),
+            120,
+            "the trial's first checkpoint",
+            poll=0.01,
+        )
+        proc.kill()
         killed.append(proc.pid)
 
     errors = []
@@ -186,9 +196,13 @@ def test_killed_worker_is_detected_and_the_trial_retried(ray_session, tracking_u
         for r in _all_runs(tracking_uri, "k")
         if "fedsweep.attempt" in r.data.tags
     }
-    # the lost attempt recorded nothing (a trial's run is written once it ends); the retry did
+    # the lost attempt recorded nothing (a trial's run is written once it ends); the retry,
+    # resumed from the checkpoint, recorded the whole history once
     assert set(runs) == {"1"} and runs["1"].info.status == "FINISHED"
-    assert len(tracking_client_metric(tracking_uri, runs["1"].info.run_id)) == 400
+    resumed_from = int(runs["1"].data.tags["fedsweep.resumed_from_round"])
+    assert resumed_from > 0 and resumed_from % 50 == 0
+    steps = [m.step for m in tracking_client_metric(tracking_uri, runs["1"].info.run_id)]
+    assert sorted(steps) == list(range(400))
     study = optuna.load_study(
         study_name="k",
         storage=make_storage(
