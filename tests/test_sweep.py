@@ -132,16 +132,10 @@ def test_sweep_on_ray_nests_trials_and_registers_the_best(ray_session, tracking_
 class Flaky(FedAvg):
     """Raises in round 1 when its learning rate is large: a trial that crashes mid-run."""
 
-    def fit(self, data, executor, reporter, seed):
-        if self.config.lr > 0.1:
-            real = reporter.report
-
-            def report(step, metrics):
-                real(step, metrics)
-                raise RuntimeError("diverged")
-
-            reporter.report = report
-        return super().fit(data, executor, reporter, seed)
+    def advance(self, state, executor):
+        if self.config.lr > 0.1 and state.round == 1:
+            raise RuntimeError("diverged")
+        return super().advance(state, executor)
 
 
 @pytest.fixture()
