@@ -184,3 +184,12 @@ def kill_session(leader: int, timeout: float = 30.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(members, timeout=timeout)
+
+
+@pytest.fixture()
+def sessions():
+    """Leaders of the sessions a test started; every process in them is killed afterwards."""
+    leaders: list[int] = []
+    yield leaders
+    for leader in leaders:
+        kill_session(leader)

@@ -35,14 +35,6 @@ def project(tmp_path):
     return tmp_path
 
 
-@pytest.fixture()
-def sessions():
-    leaders: list[int] = []
-    yield leaders
-    for leader in leaders:
-        kill_session(leader)
-
-
 def _sweep_cmd(lab, study: str, trials: int, *extra: str, space: str = "space.yaml") -> list[str]:
     return [
         sys.executable, "-m", "orchestrator.cli", "sweep", str(CONFIGS / "quickstart.yaml"),

@@ -19,7 +19,7 @@ import orchestrator
 from orchestrator import RunFailed
 from orchestrator.cli import main
 
-from .conftest import kill_session, wait_for
+from .conftest import wait_for
 from .golden import GOLDEN, case_overrides, comparable
 
 _GOLD = json.loads(GOLDEN.read_text())
@@ -65,14 +65,6 @@ def recorded_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture()
-def sessions():
-    leaders: list[int] = []
-    yield leaders
-    for leader in leaders:
-        kill_session(leader)
 
 
 def _expected(name: str, executor: str) -> list[dict]:

@@ -69,15 +69,6 @@ def _start(cmd, workdir) -> subprocess.Popen:
     )
 
 
-@pytest.fixture()
-def sessions():
-    """Leaders of the sessions a test started; every process in them is killed afterwards."""
-    leaders: list[int] = []
-    yield leaders
-    for leader in leaders:
-        kill_session(leader)
-
-
 def _complete(workdir) -> int:
     return sum(t.state.name == "COMPLETE" for t in _study(workdir).trials)
 
