@@ -25,7 +25,7 @@ import json, sys
 device, rounds, out = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 m = out["metrics"]
 print(f"run   device={device:4s} rounds/s={rounds / m['wall_time_s']:7.2f}  "
-      f"test_accuracy={m['test_accuracy']:.4f}  (parties on {device})")
+      f"test_accuracy={m['test_accuracy']:.4f}  (requested: {device})")
 PY
 done
 cat > "$work/space.yaml" <<'YAML'

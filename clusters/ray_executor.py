@@ -28,16 +28,42 @@ from clusters.tasks import WorkerLost
 __all__ = ["RayExecutor", "ensure_ray"]
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+CONNECT_TIMEOUT_S = 10.0
+"""How long joining a Ray cluster waits for its head to answer (Ray's own wait is minutes)."""
+
+
+def _reachable(address: str, key: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raises ResourceError on ``key`` when nothing listens at a ``host:port`` (or
+    ``ray://host:port``) Ray address within ``timeout``; ``auto`` and the like pass."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ResourceError(
+            key, f"no Ray answers at {address} within {timeout:g} s ({exc.strerror or exc})"
+        ) from None
+
+
+def ensure_ray(
+    address: str | None = None, num_cpus: int | None = None, key: str = "runtime.address"
+) -> bool:
     """Starts a local Ray, or joins a cluster, unless this process is already connected.
 
     Args:
         address: ``None`` for a new local Ray; ``"auto"`` or ``"ray://host:port"`` to join.
         num_cpus: CPUs for a new local Ray (default: all of this machine's).
+        key: the setting that named ``address``, for the error when nothing answers there.
 
     Returns:
         True when this call connected, False when Ray was already up.
     """
+    if address:
+        _reachable(address, key)
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
@@ -47,6 +73,37 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # A Ray of this machine alone: keep its traffic on the loopback interface.
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
     return True
+
+
+def refuse_unplaceable(
+    count: int, cpus: float, gpus: float, *, what: tuple[str, str], keys: tuple[str, str, str]
+) -> None:
+    """Raises ResourceError for ``count`` tasks or actors of ``cpus`` CPUs and ``gpus`` GPUs
+    each that this Ray could never place (Ray would wait for them forever): one larger than
+    every node, or more than the cluster holds. Judged on the nodes alive now (a cluster
+    that scales up later is not foreseen).
+
+    Args:
+        what: the noun in the message, singular and plural ("actor", "actors").
+        keys: the config keys to blame: for the count, the CPUs and the GPUs of one.
+    """
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for kind, need, key in (("CPU", cpus, keys[1]), ("GPU", gpus, keys[2])):
+        if not need:
+            continue
+        largest = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+        total = sum(n.get(kind, 0.0) for n in nodes)
+        unit = f"{need:g} {kind}{'s' if need > 1 else ''}"
+        if need > largest:
+            raise ResourceError(
+                key,
+                f"{'an' if what[0][0] in 'aeiou' else 'a'} {what[0]} of {unit} fits no node of this Ray (the largest has {largest:g})",
+            )
+        if count * need > total + 1e-9:
+            raise ResourceError(
+                keys[0] if kind == "CPU" else key,
+                f"{count} {what[1]} of {unit} need {count * need:g} {kind}s; this Ray has {total:g}",
+            )
 
 
 class RayExecutor(Executor):
@@ -77,14 +134,13 @@ class RayExecutor(Executor):
         if num_workers is None:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             num_workers = max(1, int(cpus // cpus_per_worker))
-        if gpus_per_worker:
-            gpus = ray.cluster_resources().get("GPU", 0.0)
-            if num_workers * gpus_per_worker > gpus:
-                raise ResourceError(
-                    "runtime.gpus_per_worker",
-                    f"{num_workers} actors of {gpus_per_worker:g} GPU need "
-                    f"{num_workers * gpus_per_worker:g} GPUs; this Ray has {gpus:g}",
-                )
+        refuse_unplaceable(
+            num_workers,
+            cpus_per_worker,
+            gpus_per_worker,
+            what=("actor", "actors"),
+            keys=("runtime.num_workers", "runtime.cpus_per_worker", "runtime.gpus_per_worker"),
+        )
         self._host_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(PartyHost)
         self._host_args = (worker_init, device)
         # actor handles: their methods are called as .remote(), which nothing types

@@ -130,18 +130,19 @@ class RayTaskRunner(TaskRunner):
         from clusters.ray_executor import ensure_ray
 
         self._ray = ray
-        ensure_ray(address, num_cpus)
+        ensure_ray(address, num_cpus, key="--address")
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
-        if gpus_per_task:
-            gpus = self._ray.cluster_resources().get("GPU", 0.0)
-            if gpus < gpus_per_task:
-                from clusters.base import ResourceError
+        # trials queue for each other, but one that fits no node would wait forever
+        from clusters.ray_executor import refuse_unplaceable
 
-                raise ResourceError(
-                    "sweep.gpus_per_trial",
-                    f"a trial of {gpus_per_task:g} GPU needs {gpus_per_task:g}; this Ray has {gpus:g}",
-                )
+        refuse_unplaceable(
+            1,
+            cpus_per_task,
+            gpus_per_task,
+            what=("trial", "trials"),
+            keys=("sweep.parallel", "sweep.cpus_per_trial", "sweep.gpus_per_trial"),
+        )
         self._remote: dict[Callable, Any] = {}
 
     @property

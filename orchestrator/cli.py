@@ -31,7 +31,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="end stdout with one JSON line")
-    run.add_argument("--traceback", action="store_true", help="print the traceback of a failed run")
     run.add_argument(
         "--resume",
         metavar="RUN_ID",
@@ -79,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the resolved config")
     show.add_argument("config", help="experiment YAML file")
     show.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    for command in (
+        run,
+        sw,
+        sm,
+        show,
+        *(sub.choices[n] for n in ("status", "logs", "cancel", "result")),
+    ):
+        command.add_argument(
+            "--traceback", action="store_true", help="on a failure, print its whole traceback"
+        )
     for command in (run, sw, sm):
         command.add_argument(
             "--lab",
@@ -105,9 +114,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
     from orchestrator import signals
 
     signals.handle()  # SIGTERM and SIGHUP stop as Ctrl-C does
+    # MLflow's INFO lines (a new store's tables...) are its business; inherited by workers
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:  # configured already, at its import
+        import logging
+
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come anywhere after the config, before or after the options.
@@ -136,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SpaceError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except Exception as exc:  # a service or a bug: one line with the cause, unless asked
+        if getattr(args, "traceback", False):
+            raise
+        lines = str(exc).strip().splitlines()
+        cause = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+        print(f"error: {cause} (--traceback shows where)", file=sys.stderr)
+        return 1
 
 
 def _release() -> None:
@@ -217,12 +241,22 @@ def _run(args: argparse.Namespace) -> int:
             on_start=None if args.quiet or args.resume else _announce,
         )
     except KeyboardInterrupt as exc:
+        from orchestrator.runner import RunStopped
+
+        if bar is not None:  # the bar's last line before the message, not after
+            bar.close()
+            bar = None
         run_id = getattr(exc, "run_id", None)
-        print(
-            f"interrupted ({exc}): run {run_id or '(not tracked)'} is KILLED"
-            + (f"; continue it with --resume {run_id}" if run_id else ""),
-            file=sys.stderr,
-        )
+        what = str(exc) if str(exc) and str(exc) != "interrupted" else "stopped by SIGINT"
+        if not isinstance(exc, RunStopped):  # before the run began: nothing recorded
+            line = f"interrupted ({what}) before the run started: nothing was recorded"
+        elif run_id:
+            line = (
+                f"interrupted ({what}): run {run_id} is KILLED; continue it with --resume {run_id}"
+            )
+        else:
+            line = f"interrupted ({what}): the untracked run stopped; it resumes from its checkpoint directory"
+        print(line, file=sys.stderr)
         return int(getattr(exc, "exit_code", 130))
     except RunFailed as exc:
         if args.traceback:
@@ -356,7 +390,13 @@ def _sweep(args: argparse.Namespace) -> int:
             progress=progress,
         )
     except KeyboardInterrupt as exc:
-        print("interrupted: re-run the same command to resume the study", file=sys.stderr)
+        if bar is not None:  # the bar's last line before the message, not after
+            bar.close()
+            bar = None
+        print(
+            f"interrupted ({exc or 'stopped by SIGINT'}): re-run the same command to resume the study",
+            file=sys.stderr,
+        )
         return int(getattr(exc, "exit_code", 130))
     finally:
         if bar is not None:

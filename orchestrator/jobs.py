@@ -197,6 +197,25 @@ def get_job(job_id: str, cluster: str | None = None) -> Job:
     raise JobError(f"no job {job_id!r} here; for a cluster job pass its --cluster address")
 
 
+_LAUNCHER = r"""
+import json, signal, subprocess, sys
+command, folder = json.loads(sys.argv[1])
+with open(folder + "/out.log", "wb") as out:
+    child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    code = child.wait()
+with open(folder + "/exit_code", "w") as f:
+    f.write(str(128 - code if code < 0 else code))
+"""
+"""A local job's process: it runs the command, hands every stop signal on to it (so the job's
+pid is the one to signal, as with any process), and records the exit code, so that a later
+``fedsweep status`` (another process) knows it."""
+
+_STOPPED = {str(128 + s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+"""Exit codes of a command stopped by a signal: the job is STOPPED, its runs KILLED."""
+
+
 class LocalJob(Job):
     """A job in a detached local process; its output and exit code are kept on disk."""
 
@@ -205,11 +224,9 @@ class LocalJob(Job):
         job_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         folder = jobs_dir() / job_id
         folder.mkdir(parents=True)
-        cli = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "orchestrator.cli", *args])
-        # The shell records the exit code, so a later `fedsweep status` (another process) knows it.
-        script = f"{cli} > {shlex.quote(str(folder / 'out.log'))} 2>&1; echo $? > {shlex.quote(str(folder / 'exit_code'))}"
+        command = [sys.executable, "-m", "orchestrator.cli", *args]
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", script],
+            [sys.executable, "-c", _LAUNCHER, json.dumps([command, str(folder)])],
             cwd=working_dir,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -243,10 +260,11 @@ class LocalJob(Job):
 
     def status(self) -> JobStatus:
         code_file = self.folder / "exit_code"
-        if code_file.exists() and code_file.read_text().strip():
-            if (self.folder / "cancelled").exists():
+        code = code_file.read_text().strip() if code_file.exists() else ""
+        if code:
+            if (self.folder / "cancelled").exists() or code in _STOPPED:
                 return JobStatus.STOPPED
-            return JobStatus.SUCCEEDED if code_file.read_text().strip() == "0" else JobStatus.FAILED
+            return JobStatus.SUCCEEDED if code == "0" else JobStatus.FAILED
         if self._alive():
             return JobStatus.RUNNING
         return JobStatus.STOPPED if (self.folder / "cancelled").exists() else JobStatus.FAILED
@@ -263,11 +281,10 @@ class LocalJob(Job):
         import psutil
 
         try:
-            shell = psutil.Process(self.meta["pid"])
-            # SIGINT to the command only (not to the Ray processes it started, which share its
-            # process group): a sweep then closes its runs and can be resumed, as after Ctrl-C.
-            for child in shell.children():
-                child.send_signal(signal.SIGINT)
+            # SIGINT to the job's process, which hands it to the command only (not to the Ray
+            # processes it started, which share its group): a sweep then closes its runs and
+            # can be resumed, as after Ctrl-C.
+            psutil.Process(self.meta["pid"]).send_signal(signal.SIGINT)
         except psutil.NoSuchProcess:
             return self.status()
         status = self.wait(timeout=timeout, poll=0.2)

@@ -14,6 +14,7 @@ import enum
 import os
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
@@ -46,6 +47,7 @@ __all__ = [
     "RunStatus",
     "Tracker",
     "fetch_checkpoint",
+    "require_server",
     "resolve_tracking_uri",
     "write_record",
 ]
@@ -111,6 +113,37 @@ class Tracker(Protocol):
 def resolve_tracking_uri(uri: str | None) -> str:
     """The config's URI, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` here."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+SERVER_TIMEOUT_S = 5.0
+"""How long a command waits for a tracking server to answer before it starts anything.
+Once started, writes retry with MLflow's back-off (about two minutes) through an outage."""
+
+
+def require_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """For an http(s) tracking URI, checks that an MLflow server answers there, within
+    ``timeout`` seconds; MLflow's own client would retry for minutes first.
+
+    Raises:
+        ConfigError: on ``tracking.uri``, naming the URI and why.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    from orchestrator.errors import ConfigError
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+            if answer.status == 200:
+                return
+            problem = f"HTTP {answer.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        problem = str(reason) or type(reason).__name__
+    raise ConfigError(
+        "tracking.uri", f"no MLflow server answers at {uri} within {timeout:g} s ({problem})"
+    )
 
 
 class MlflowTracker:

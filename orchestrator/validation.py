@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
 from trainers import TRAINERS
 from trainers.base import Federation, Invalid
-from trainers.rules import Each, field_rule
+from trainers.rules import Each, field_rule, is_path
 
 if TYPE_CHECKING:
     from orchestrator.config import ExperimentConfig
@@ -43,19 +44,58 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "partition.name", f"{cfg.trainer.name} is vertical: it needs partition.name=vertical"
         )
-    if not trainer.drops_parties:
-        if cfg.trainer.dropout > 0:
-            raise ConfigError(
-                "trainer.dropout", f"{cfg.trainer.name} has no parties that could drop out"
-            )
-        if cfg.trainer.stragglers.deadline is not None:
-            raise ConfigError(
-                "trainer.stragglers.deadline", f"{cfg.trainer.name} has no parties that answer late"
-            )
+    if str(cfg.runtime.device) == "cuda" and "cuda" not in trainer.devices:
+        raise ConfigError(
+            "runtime.device",
+            f"{cfg.trainer.name} runs on the CPU only (cuda: "
+            + ", ".join(n for n in TRAINERS.names() if "cuda" in TRAINERS.get(n).devices)
+            + ")",
+        )
+    unread = _unread(cfg.trainer, trainer.reads)
+    if unread is not None:
+        key = unread
+        section = key.split(".")[1]
+        why = trainer.unused.get(section) or "read by " + ", ".join(
+            n for n in TRAINERS.names() if section in TRAINERS.get(n).reads
+        )
+        raise ConfigError(key, f"{cfg.trainer.name} does not use trainer.{section} ({why})")
     try:
         trainer.validate(cfg.trainer, cfg.model, Federation(cfg.partition.num_parties, vertical))
     except Invalid as exc:
         raise ConfigError(exc.key, exc.problem) from None
+
+
+def _unread(section: Any, reads: frozenset[str]) -> str | None:
+    """The first key of the trainer section that differs from its default outside the keys
+    the trainer reads (``trainer.aggregator.name``), or None."""
+    from trainers.config import TrainerConfig
+
+    default = TrainerConfig()
+    for f in dataclasses.fields(TrainerConfig):
+        if f.name != "name" and f.name not in reads:
+            key = _difference(
+                getattr(section, f.name), getattr(default, f.name), f"trainer.{f.name}"
+            )
+            if key is not None:
+                return key
+    return None
+
+
+def _difference(value: Any, default: Any, key: str) -> str | None:
+    """The first leaf under ``key`` where ``value`` and ``default`` differ, or None."""
+    if dataclasses.is_dataclass(value) and type(value) is type(default):
+        for f in dataclasses.fields(value):
+            v, d = getattr(value, f.name), getattr(default, f.name)
+            if is_path(f.metadata) and isinstance(v, str) and isinstance(d, str):
+                # a relative default made absolute when the config loaded, wherever that was
+                # (a sweep's driver, a trial's worker): still the default
+                if Path(v).parts[-len(Path(d).parts) :] == Path(d).parts:
+                    continue
+            found = _difference(v, d, f"{key}.{f.name}")
+            if found is not None:
+                return found
+        return None
+    return None if value == default else key
 
 
 def problems(node: object, prefix: str = "") -> Iterator[tuple[str, str]]:

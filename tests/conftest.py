@@ -28,6 +28,33 @@ def _ray_token() -> Path:
 RAY_TOKEN = _ray_token()
 
 
+def _recorded_instruction_set() -> None:
+    """The golden histories are bit-exact, and the kernels torch, oneDNN and NumPy pick
+    differ in their last bits between AVX2 and AVX-512 (summation order, vectorised exp).
+    They were recorded on AVX2 machines, so every process of the test run is capped at AVX2:
+    set before NumPy or torch is imported, and inherited by Ray's workers and by every
+    process the tests start. On an AVX2 machine this changes nothing."""
+    import os
+    import sys
+
+    if "numpy" in sys.modules or "torch" in sys.modules:
+        return  # a worker that unpickled a test's function: it inherited the settings
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    # NumPy warns about disabling what the machine lacks: name only what it has
+    avx512 = ["X86_V4", "AVX512_ICL"] if "avx512f" in flags else []
+    avx512 += ["AVX512_SPR"] if "avx512_fp16" in flags else []
+    if avx512:
+        os.environ.setdefault("NPY_DISABLE_CPU_FEATURES", " ".join(avx512))
+
+
+_recorded_instruction_set()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ray_token():
     """The test run's Ray token file, removed at the end."""

@@ -141,3 +141,74 @@ def test_a_broken_job_record_is_one_line_naming_the_file(project, capsys, conten
     for command in ("status", "logs", "cancel", "result"):
         err = _refused(capsys, [command, "local-x"], expected)
         assert str(folder / "job.json") in err
+
+
+# Overrides anywhere after the config (issue 21): an out-of-range value proves the override
+# was read as one, wherever it stands, for every command that takes them.
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "exp.yaml", "trainer.rounds=0"],
+        ["show", "exp.yaml", "--traceback", "trainer.rounds=0"],
+        ["run", "exp.yaml", "--quiet", "trainer.rounds=0", "--json"],
+        ["run", "exp.yaml", "trainer.lr=0.1", "--quiet", "trainer.rounds=0"],
+        ["sweep", "exp.yaml", "--space", "{space}", "--trials", "2", "trainer.rounds=0"],
+        ["sweep", "exp.yaml", "--space", "{space}", "trainer.rounds=0", "--trials", "2"],
+        ["submit", "exp.yaml", "--space", "{space}", "--trials", "2", "trainer.rounds=0"],
+        ["submit", "exp.yaml", "--parallel", "1", "trainer.rounds=0"],
+    ],
+    ids=lambda a: "-".join(x.strip("-") for x in a if not x.endswith(".yaml") and "=" not in x),
+)
+def test_overrides_are_taken_before_and_after_the_options(project, capsys, argv):
+    space = _space(project, "trainer.lr: {type: float, low: 0.01, high: 0.2}")
+    argv = [a.replace("{space}", space) for a in argv]
+    _refused(capsys, argv, "config error: trainer.rounds: must be >= 1, got 0")
+    assert not (project / "mlflow.db").exists() and not (project / ".fedsweep").exists()
+
+
+def test_an_override_after_the_options_takes_effect(project, capsys):
+    assert main(["show", "exp.yaml", "--traceback", "trainer.rounds=7", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "rounds: 7" in out and "seed: 3" in out
+
+
+def test_what_is_not_an_override_is_still_refused(project, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "exp.yaml", "--quiet", "--no-such-flag"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+# Every wait bounded (issue 21): a service that does not answer is one line within seconds,
+# before anything is created; MLflow's and Ray's own clients would retry for minutes.
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line(project, capsys):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    expected = f"config error: tracking.uri: no MLflow server answers at {uri} within 5 s"
+    _refused(capsys, ["run", "exp.yaml", f"tracking.uri={uri}", "--quiet"], expected)
+    space = _space(project, "trainer.lr: {type: float, low: 0.01, high: 0.2}")
+    _refused(capsys, ["sweep", "exp.yaml", "--space", space, f"tracking.uri={uri}"], expected)
+    assert not (project / "mlflow.db").exists()
+
+
+def test_a_ray_address_that_does_not_answer_is_one_line(project, capsys):
+    port = _closed_port()
+    _refused(
+        capsys,
+        ["run", "exp.yaml", "runtime.executor=ray", f"runtime.address=127.0.0.1:{port}"],
+        f"config error: runtime.address: no Ray answers at 127.0.0.1:{port} within 10 s",
+    )
+    space = _space(project, "trainer.lr: {type: float, low: 0.01, high: 0.2}")
+    _refused(
+        capsys,
+        ["sweep", "exp.yaml", "--space", space, "--address", f"ray://127.0.0.1:{port}"],
+        f"config error: --address: no Ray answers at ray://127.0.0.1:{port} within 10 s",
+    )
+    assert not (project / "mlflow.db").exists()

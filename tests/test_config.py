@@ -197,7 +197,7 @@ def test_configure_sets_typed_values_as_the_loader_would():
         "trainer.fedprox.mu": 1,  # an int where a float is asked: a float
         "trainer.optimizer": "adam",
         "model.hidden": [8, 4],
-        "trainer.distill.assistant": {"name": "mlp", "hidden": [4]},
+        "trainer.stragglers": {"deadline": 2.5, "mean": 1.0},
     }
     overrides = [
         "trainer.lr=1e-05",
@@ -207,13 +207,14 @@ def test_configure_sets_typed_values_as_the_loader_would():
         "trainer.fedprox.mu=1",
         "trainer.optimizer=adam",
         "model.hidden=[8, 4]",
-        "trainer.distill.assistant={name: mlp, hidden: [4]}",
+        "trainer.stragglers={deadline: 2.5, mean: 1.0}",
     ]
     made = configure(base, values)
     assert made == load_config(tiny(), overrides)
     assert made.trainer.fedprox.mu == 1.0 and isinstance(made.trainer.fedprox.mu, float)
     assert base.trainer.lr == tiny()["trainer"]["lr"]  # the base is not touched
-    assert configure(base, {"trainer.distill.assistant.name": "vit"}).trainer.distill.assistant
+    distill = load_config({"trainer": {"name": "distill"}})
+    assert configure(distill, {"trainer.distill.assistant.name": "vit"}).trainer.distill.assistant
     with pytest.raises(ConfigError, match="trainer.lr: wrong type"):
         configure(base, {"trainer.lr": "abc"})
     with pytest.raises(ConfigError, match="trainer.nope: unknown key"):

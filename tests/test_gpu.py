@@ -47,7 +47,8 @@ def test_gpu_shares_the_cluster_cannot_give_are_refused_with_the_numbers(
 ):
     with pytest.raises(
         ConfigError,
-        match=r"runtime.gpus_per_worker: 2 actors of 0.5 GPU need 1 GPUs; this Ray has 0",
+        match=r"runtime.gpus_per_worker: an actor of 0.5 GPU fits no node of this Ray "
+        r"\(the largest has 0\)",
     ):
         orchestrator.run(
             tiny(tracking={"enabled": True, "uri": tracking_uri}),
@@ -62,7 +63,8 @@ def test_gpu_shares_the_cluster_cannot_give_are_refused_with_the_numbers(
         }
     )
     with pytest.raises(
-        ConfigError, match=r"sweep.gpus_per_trial: a trial of 0.5 GPU needs 0.5; this Ray has 0"
+        ConfigError,
+        match=r"sweep.gpus_per_trial: a trial of 0.5 GPU fits no node of this Ray \(the largest has 0\)",
     ):
         orchestrator.sweep(
             tiny(tracking={"enabled": True, "uri": tracking_uri}, sweep={"gpus_per_trial": 0.5}),
@@ -70,3 +72,48 @@ def test_gpu_shares_the_cluster_cannot_give_are_refused_with_the_numbers(
             trials=1,
         )
     assert not (workdir / "mlflow.db").exists()  # refused before any run
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["runtime.num_workers=4"],
+            "runtime.num_workers: 4 actors of 1 CPU need 4 CPUs; this Ray has 2",
+        ),
+    ],
+)
+def test_actors_ray_could_never_place_are_refused_before_anything_starts(
+    ray_session, workdir, tracking_uri, overrides, message
+):
+    """Issue 21: ``runtime.num_cpus=2 runtime.num_workers=4`` waited forever, its MLflow run
+    RUNNING. Now one line, before the run exists."""
+    with pytest.raises(ConfigError, match=message):
+        orchestrator.run(
+            tiny(tracking={"enabled": True, "uri": tracking_uri}),
+            ["runtime.executor=ray", *overrides],
+        )
+    assert not (workdir / "mlflow.db").exists()
+
+
+@pytest.mark.ray
+def test_a_trial_larger_than_every_node_is_refused(ray_session, workdir, tracking_uri):
+    from search_spaces import parse_space
+
+    space = parse_space(
+        {
+            "objective": ["test_accuracy"],
+            "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}},
+        }
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"sweep.cpus_per_trial: a trial of 4 CPUs fits no node of this Ray \(the largest has 2\)",
+    ):
+        orchestrator.sweep(
+            tiny(tracking={"enabled": True, "uri": tracking_uri}, sweep={"cpus_per_trial": 4}),
+            space,
+            trials=1,
+        )
+    assert not (workdir / "mlflow.db").exists()

@@ -144,6 +144,7 @@ def test_a_sweep_spreads_over_the_nodes_and_its_models_load_anywhere(lab, projec
     # served artifacts: the workers wrote them through the server, not into a directory
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in children)
     nodes = {r.data.tags["fedsweep.node"] for r in children}
+    assert all(r.data.tags.get("fedsweep.worker") for r in children)  # the worker that ran it
     assert len(nodes) >= 2, nodes  # trials ran on several nodes
     assert all(lab.node_of(n) is not None for n in nodes)
     client = MlflowClient(lab.tracking_uri)
@@ -235,6 +236,8 @@ def test_two_drivers_on_one_study_cooperate(lab, project, sessions, staggered):
     assert len(counted) == 6
     versions = MlflowClient(lab.tracking_uri).search_model_versions(f"name = '{study}-best'")
     assert len(versions) == 1
+    states = [t.state for t in _study(lab, study).trials]
+    assert all(s.is_finished() for s in states), states  # no trial left RUNNING
 
 
 def test_parallel_trials_stay_within_postgres_connections(lab, project, sessions):

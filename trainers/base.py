@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from torch import nn
@@ -33,10 +33,16 @@ __all__ = [
     "RunState",
     "StopTraining",
     "TeacherRef",
+    "LOCAL_TRAINING",
     "TrainResult",
     "Trainer",
     "derive_seed",
 ]
+
+LOCAL_TRAINING = frozenset(
+    {"rounds", "local_epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay"}
+)
+"""The trainer keys of a party's local training, rounds of it (see :attr:`Trainer.reads`)."""
 
 BYTES_PER_VALUE = 4
 """Bytes one float32 value takes on the wire: what communication is counted in."""
@@ -218,9 +224,18 @@ class Trainer(abc.ABC, Generic[D, S]):
         self.teacher: nn.Module | None = None
         """A trained teacher handed over by the caller (see :meth:`teacher_uri`)."""
 
-    drops_parties = False
-    """Whether ``trainer.dropout`` and ``trainer.stragglers`` apply (parties asked to work
-    each round, that may not answer: horizontal, committee and decentralized trainers)."""
+    reads: ClassVar[frozenset[str]] = frozenset()
+    """The keys of the ``trainer`` section this trainer reads, besides ``name``. A value
+    other than the default anywhere else in the section is refused before anything runs:
+    a setting either takes effect or is an error (``trainer.dropout`` and
+    ``trainer.stragglers`` belong to the trainers whose parties are asked to work each
+    round and may not answer)."""
+    unused: ClassVar[Mapping[str, str]] = {}
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    """Where its parties' tensors and models can live (``runtime.device``): a trainer whose
+    work is NumPy, or not yet moved, refuses ``cuda`` rather than run on the CPU anyway."""
+    """Why the trainer does not read a key of its section, where a reason says more than
+    the names of the trainers that do."""
 
     @classmethod  # noqa: B027 - an optional hook: most trainers need no check of their own
     def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:

@@ -45,6 +45,7 @@ from trainers.attacks import Adversary, build_adversary, byzantine_parties
 from trainers.availability import Availability
 from trainers.base import (
     BYTES_PER_VALUE,
+    LOCAL_TRAINING,
     TRAINERS,
     FederatedData,
     Federation,
@@ -141,7 +142,13 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
         model: the model to train.
     """
 
-    drops_parties = True
+    reads = LOCAL_TRAINING | {"attack", "cmfl", "dropout", "stragglers"}
+    devices = ("cpu", "cuda")
+    unused = {
+        "aggregator": "its committee selects the updates",
+        "fraction": "trainer.cmfl.active_rate sets the parties that work each round",
+        "parties_per_round": "trainer.cmfl.active_rate sets the parties that work each round",
+    }
     metrics = (
         *FedAvg.metrics,
         "time_scoring_s",

@@ -9,6 +9,7 @@ enum), and the orchestrator checks it before anything runs.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -516,3 +517,10 @@ class TrainerConfig:
     """Settings of the vertical split-learning trainers (vlr, vhnn, vsnn)."""
     ssl: SSLConfig = field(default_factory=SSLConfig)
     """Settings of fedhssl and its baselines (fedgssl, fedcssl, vfl_supervised)."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """Settings that another one makes moot: refused rather than ignored."""
+        if self.momentum and self.optimizer is Optimizer.adam:
+            yield "momentum", "is SGD's: with optimizer=adam it would be ignored"
+        if self.parties_per_round is not None and self.fraction != 1.0:
+            yield "fraction", "would be ignored: parties_per_round is set and wins; set one"

@@ -409,7 +409,12 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
 
     step_cls: type[NodeStep] = DSPGStep
     """What each node computes per step."""
-    drops_parties = True
+    reads = frozenset({"decentralized", "dropout", "stragglers"})
+    unused = {
+        "rounds": "its budget is trainer.decentralized.epochs and max_steps",
+        "lr": "its steps are trainer.decentralized.a0 (dspg, dsgd) or alpha (dpsvrg)",
+        "batch_size": "set trainer.decentralized.batch_size",
+    }
     metrics = (
         "suboptimality",
         "objective",
@@ -534,7 +539,10 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
                 state.x = np.stack([u.x for u in updates])
             else:  # the absent keep their models; a model that is not finite is discarded
                 x = mixed.copy()
-                x[up] = [u.x if np.isfinite(u.x).all() else state.x[i] for i, u in zip(up, updates)]
+                if up:  # a step that no node answered in time leaves every model mixed only
+                    x[up] = [
+                        u.x if np.isfinite(u.x).all() else state.x[i] for i, u in zip(up, updates)
+                    ]
                 state.discarded += sum(not np.isfinite(u.x).all() for u in updates)
                 state.x = x
             state.dropped += answers.dropped

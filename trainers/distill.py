@@ -159,6 +159,11 @@ class Distillation(Trainer[FederatedData, "DistillState"]):
         model: the student's architecture.
     """
 
+    reads = frozenset({"distill"})
+    unused = {
+        key: "its schedule is trainer.distill (epochs, batch_size, lr)"
+        for key in ("rounds", "local_epochs", "batch_size", "lr", "weight_decay")
+    }
     metrics = (
         "test_accuracy",
         "test_loss",

@@ -33,6 +33,7 @@ from trainers.attacks import Adversary, LabelFlipping, build_adversary, byzantin
 from trainers.availability import AVAILABILITY_METRICS, Availability
 from trainers.base import (
     BYTES_PER_VALUE,
+    LOCAL_TRAINING,
     TRAINERS,
     FederatedData,
     Federation,
@@ -129,7 +130,16 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
     """Whether parties download and upload the model (False: bytes communicated stay 0)."""
     tracks_parties = True
     """Whether the Byzantine and participation metrics apply (not to a single pooled party)."""
-    drops_parties = True
+    reads = LOCAL_TRAINING | {
+        "fraction",
+        "parties_per_round",
+        "aggregator",
+        "attack",
+        "dropout",
+        "stragglers",
+    }
+    unused = {"fedprox": "set trainer.name=fedprox for the proximal term"}
+    devices = ("cpu", "cuda")
     metrics: tuple[str, ...] = (
         "train_loss",
         "test_accuracy",
@@ -323,6 +333,9 @@ class _FedAvgRun:
 class FedProx(FedAvg):
     """FedAvg with FedProx's proximal term in every party's local loss."""
 
+    reads = FedAvg.reads | {"fedprox"}
+    unused = {k: v for k, v in FedAvg.unused.items() if k != "fedprox"}
+
     def prox_mu(self) -> float:
         return self.config.fedprox.mu
 
@@ -332,7 +345,18 @@ class Centralized(FedAvg):
 
     communicates = False
     tracks_parties = False
-    drops_parties = False
+    reads = LOCAL_TRAINING
+    unused = {
+        key: "the centralized baseline is one party holding all the data"
+        for key in (
+            "fraction",
+            "parties_per_round",
+            "aggregator",
+            "attack",
+            "dropout",
+            "stragglers",
+        )
+    }
     metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS + AVAILABILITY_METRICS)
 
     @classmethod

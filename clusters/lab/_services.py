@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -91,10 +93,41 @@ def _ports() -> dict[str, int]:
         "node_manager", "object_manager", "agent_listen", "agent_grpc", "runtime_env",
         "metrics",
     )  # fmt: skip
-    ports = {name: free_port() for name in names}
-    low = free_port()
-    ports["min_worker"], ports["max_worker"] = low, low + 60
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in ports.values():  # the kernel may hand a closed port out again
+            port = free_port()
+        ports[name] = port
+    # Workers get a block below the kernel's ephemeral range, where every other port above
+    # comes from: taken from there, the block could cover one of them (Ray refuses that).
+    ports["min_worker"], ports["max_worker"] = _worker_block()
     return ports
+
+
+def _worker_block(span: int = 60) -> tuple[int, int]:
+    """A block of ``span + 1`` ports below 32768 that nobody listens on, a new one at each
+    call in this process (so the nodes of a lab never share one)."""
+    global _next_block
+    while _next_block + span < 32768:
+        low, _next_block = _next_block, _next_block + span + 1
+        if all(_free(p) for p in (low, low + span // 2, low + span)):
+            return low, low + span
+    raise LabError("no free block of ports for Ray's workers below 32768")
+
+
+_next_block = 20000 + 61 * (os.getpid() % 100)
+"""Where the next block of worker ports starts; per process, so two labs on one machine
+begin apart."""
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass

@@ -44,7 +44,13 @@ from orchestrator.sweeps._optuna import (
 )
 from orchestrator.sweeps._space import check_space
 from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_trial
-from orchestrator.tracking import MlflowTracker, RunStatus, resolve_tracking_uri, write_record
+from orchestrator.tracking import (
+    MlflowTracker,
+    RunStatus,
+    require_server,
+    resolve_tracking_uri,
+    write_record,
+)
 from search_spaces import Objective, Space, SpaceError, load_space
 
 __all__ = ["ProgressFn", "sweep"]
@@ -114,11 +120,11 @@ def sweep(
         else None
     )
     driver = _Driver(plan, st, tracker, progress)
-    driver.recover()
     # A trial with its own actor pool also needs a CPU for each of its actors.
     width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
     started = time.perf_counter()
     try:
+        driver.recover()
         driver.run(runner, width)
     except BaseException as exc:
         driver.stop(exc)
@@ -126,7 +132,13 @@ def sweep(
     trials_done = time.perf_counter()
     last_out = driver.leave()
     # Only the last driver out sums the study up; the others report it as it stands.
-    result = finish(st, plan.space, tracker if last_out else None, plan.base, plan.study)
+    try:
+        result = finish(st, plan.space, tracker if last_out else None, plan.base, plan.study)
+    except BaseException as exc:  # stopped (or failed) while summing up: the trials are told
+        if tracker is not None and last_out:
+            killed = isinstance(exc, KeyboardInterrupt)
+            tracker.end(RunStatus.KILLED if killed else RunStatus.FAILED, exc)
+        raise
     if tracker is not None:
         result.parent_run_id = tracker.run_id
         if last_out:
@@ -194,6 +206,7 @@ class _Plan:
         if grid is not None:
             target = min(target, grid)
         tracking_uri = _absolute_sqlite(resolve_tracking_uri(base.tracking.uri))
+        require_server(tracking_uri)
         searched = parsed.config_keys()
         values: dict[str, object] = {
             "tracking.uri": tracking_uri,
@@ -290,7 +303,11 @@ class _Driver:
             else:
                 dead = not self._alive(owner, now)
             others_alive |= owner != self.id and not dead
-            if dead and self.store.fail_interrupted(StudyStore.trial_id(t)):
+            if (
+                dead
+                and self.store.fail_interrupted(StudyStore.trial_id(t))
+                and "grid_id" not in t.system_attrs  # a grid gives its point again itself
+            ):
                 self.study.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
         if self.tracker is not None and not others_alive and not self.running:
             self.tracker.close_children(

@@ -90,8 +90,13 @@ class StudyStore:
     def fail_interrupted(self, trial_id: int) -> bool:
         """Marks an unfinished trial interrupted and FAIL; False when it had finished (another
         driver told it meanwhile)."""
-        if self._storage.get_trial(trial_id).state.is_finished():
+        trial = self._storage.get_trial(trial_id)
+        if trial.state.is_finished():
             return False
+        if "grid_id" in trial.system_attrs:
+            # Optuna's grid sampler counts the point of every finished trial of its search
+            # space as visited; taken out of that space, this point is given to a trial again
+            self._storage.set_trial_system_attr(trial_id, "search_space", {})
         self._storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         try:
             return bool(self._storage.set_trial_state_values(trial_id, TrialState.FAIL))

@@ -7,6 +7,7 @@ round's objective to the study for pruning, and answers with a :class:`TrialOutc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -98,7 +99,11 @@ class _Pruning:
         self.history.append(metrics)
         if self.trial is None:
             return
-        self.trial.report(self.objective.value(self.history), step)
+        with warnings.catch_warnings():
+            # a retried trial's resumed rounds, or rounds run again after a lost actor, were
+            # reported already: Optuna keeps the first value, which is the same
+            warnings.filterwarnings("ignore", message=r".*is already reported")
+            self.trial.report(self.objective.value(self.history), step)
         if self.trial.should_prune():
             raise StopTraining(f"pruned after round {step}")
 

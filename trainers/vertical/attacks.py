@@ -31,6 +31,7 @@ After training:
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,15 +66,18 @@ ATTACKS = (*LABEL_ATTACKS, "mc", "mi")
 
 @dataclass(frozen=True)
 class AttackKind:
-    """When an attack acts: during training, on the messages (label inference), or after."""
+    """When an attack acts: during training, on the messages (a label attack), or after."""
 
-    during_training: bool
+    label: LabelAttack | None = None
+    """The label attack, observing every batch's exchange; None: it acts after training."""
+
+    @property
+    def during_training(self) -> bool:
+        return self.label is not None
 
 
 VFL_ATTACKS: Registry[AttackKind] = Registry("vfl_attack")
 """Every attack a vertical run can name in ``trainer.vfl.attack.names``."""
-for _name in ATTACKS:
-    VFL_ATTACKS.register(_name)(AttackKind(_name in LABEL_ATTACKS))
 
 
 def auc(y: np.ndarray, scores: np.ndarray) -> float | None:
@@ -121,8 +125,11 @@ class LabelInference:
     def observe(self, exchange: Exchange) -> None:
         received = exchange.gradients[self.attacker].values
         rows = exchange.rows
+        grad = np.asarray(received, dtype=np.float64)
         for name in self.names:
-            value = label_scores(name, received, self.y[rows], self._rng, self.x[rows])
+            label = VFL_ATTACKS.get(name).label
+            assert label is not None
+            value = label.score(grad, self.y[rows], self._rng, self.x[rows])
             if value is not None:
                 self._batches[name].append(value)
 
@@ -132,44 +139,118 @@ class LabelInference:
         for name, values in self._batches.items():
             mean = float(np.mean(values)) if values else float("nan")
             self.series[name].append(mean)
-            out["dli_accuracy" if name == "dli" and not binary else f"{name}_auc"] = mean
+            label = VFL_ATTACKS.get(name).label
+            assert label is not None
+            out[label.metric(binary)] = mean
         return out
 
 
-def label_scores(
-    name: str, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
-) -> float | None:
-    """One batch's success of label attack ``name`` on binary labels (AUC), or of dli on
-    multi-class labels (accuracy).
+class LabelAttack(abc.ABC):
+    """A label-inference attack by a passive party on the gradients it receives: one
+    batch's success, and when it applies."""
 
-    Args:
-        name: ns, ds, dli or rr.
-        grad: the gradient message the attacker received (batch x dim).
-        y: the batch's true labels (for scoring only).
-        rng: picks ds's known positive sample.
-        x: the attacker's own features of the batch (rr).
-    """
-    grad = np.asarray(grad, dtype=np.float64)
-    if name == "ns":
+    name: str
+    binary_only = True
+    """Whether it scores binary labels only (an AUC)."""
+
+    @abc.abstractmethod
+    def score(
+        self, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+    ) -> float | None:
+        """One batch's success (None: the batch cannot be scored).
+
+        Args:
+            grad: the gradient message the attacker received (batch x dim), float64.
+            y: the batch's true labels (for scoring only).
+            rng: the attack's draws.
+            x: the attacker's own features of the batch.
+        """
+
+    def why_not(self, binary: bool, sum_logits: bool, passive_model: str) -> str:
+        """Why it does not apply to a federation ("" when it does)."""
+        return "binary labels only" if self.binary_only and not binary else ""
+
+    def metric(self, binary: bool) -> str:
+        """The name of its per-epoch metric."""
+        return f"{self.name}_auc"
+
+
+class NormScoring(LabelAttack):
+    """ns: positives receive larger gradients (Li et al.)."""
+
+    name = "ns"
+
+    def score(
+        self, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+    ) -> float | None:
         return auc(y, np.linalg.norm(grad, axis=1))
-    if name == "ds":
+
+
+class DirectionScoring(LabelAttack):
+    """ds: cosine similarity to the gradient of one known positive sample."""
+
+    name = "ds"
+
+    def score(
+        self, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+    ) -> float | None:
         positives = np.flatnonzero(y == 1)
         if len(positives) == 0:
             return None
         known = grad[rng.choice(positives)]
         norms = np.linalg.norm(grad, axis=1) * np.linalg.norm(known)
         return auc(y, grad @ known / np.maximum(norms, 1e-30))
-    if name == "dli":
+
+
+class DirectLabelInference(LabelAttack):
+    """dli: the gradient of the logits is negative at the true class only."""
+
+    name = "dli"
+    binary_only = False
+
+    def score(
+        self, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+    ) -> float | None:
         if grad.shape[1] > 2:
             return float((grad.argmin(axis=1) == y).mean())
         return auc(y, -grad[:, -1])
-    if name == "rr":
+
+    def why_not(self, binary: bool, sum_logits: bool, passive_model: str) -> str:
+        return "" if sum_logits else "the passive output is not the logit"
+
+    def metric(self, binary: bool) -> str:
+        return "dli_auc" if binary else "dli_accuracy"
+
+
+class ResidueReconstruction(LabelAttack):
+    """rr: the passive party of a VLR recovers the residues from its weight gradient."""
+
+    name = "rr"
+
+    def score(
+        self, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+    ) -> float | None:
         assert x is not None
         x = np.asarray(x, dtype=np.float64)
         weight_grad = x.T @ grad  # what the passive party computes itself
         residues = np.linalg.pinv(x.T) @ weight_grad
         return auc(y, -residues[:, -1])
-    raise ValueError(f"unknown label attack {name!r}")
+
+    def why_not(self, binary: bool, sum_logits: bool, passive_model: str) -> str:
+        return super().why_not(binary, sum_logits, passive_model) or (
+            "" if passive_model == "logreg" else "vlr only"
+        )
+
+
+def label_scores(
+    name: str, grad: np.ndarray, y: np.ndarray, rng: np.random.Generator, x: np.ndarray | None
+) -> float | None:
+    """One batch's success of label attack ``name`` (ns, ds, dli or rr): an AUC on binary
+    labels, dli's accuracy on many classes."""
+    attack = VFL_ATTACKS.get(name).label
+    if attack is None:
+        raise ValueError(f"{name!r} is not a label attack")
+    return attack.score(np.asarray(grad, dtype=np.float64), y, rng, x)
 
 
 def defense_score(aucs: list[float]) -> float:
@@ -281,3 +362,9 @@ def model_inversion(
         loss.backward()
         opt.step()
     return float(((guess.detach().numpy() - x_target) ** 2).mean())
+
+
+for _attack in (NormScoring(), DirectionScoring(), DirectLabelInference(), ResidueReconstruction()):
+    VFL_ATTACKS.register(_attack.name)(AttackKind(_attack))
+for _name in ("mc", "mi"):
+    VFL_ATTACKS.register(_name)(AttackKind())

@@ -356,6 +356,11 @@ class FedHSSL(Trainer[VerticalData, "FedHSSLState"]):
 
     vertical = True
     checkpointable = False
+    reads = frozenset({"ssl", "vfl"})
+    unused = {
+        key: "its schedule is trainer.ssl (pretrain_epochs, finetune_epochs and their lr)"
+        for key in ("rounds", "local_epochs", "batch_size", "lr")
+    }
     cross_ssl = True
     local_ssl = True
     aggregate = True

@@ -418,6 +418,10 @@ class SplitLearning(Trainer[VerticalData, "SplitState"]):
 
     vertical = True
     checkpointable = False
+    reads = frozenset(
+        {"rounds", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "vfl"}
+    )
+    unused = {"local_epochs": "trainer.rounds counts its epochs"}
     sum_logits = True
     """The passive bottoms output class logits and the active party sums them (no top)."""
     passive_model = "logreg"
@@ -486,14 +490,11 @@ class SplitLearning(Trainer[VerticalData, "SplitState"]):
         binary = data.n_classes == 2
         why = {}
         for name in self.config.vfl.attack.names:
-            reason = ""
-            if name in ("ns", "ds", "rr") and not binary:
-                reason = "binary labels only"
-            elif name == "dli" and not self.sum_logits:
-                reason = "the passive output is not the logit"
-            elif name == "rr" and self.passive_model != "logreg":
-                reason = "vlr only"
-            why[name] = reason
+            label = attacks.VFL_ATTACKS.get(name).label
+            if label is not None:
+                why[name] = label.why_not(binary, self.sum_logits, self.passive_model)
+            else:
+                why[name] = ""
         return why
 
     def begin(self, data: VerticalData, executor: Executor, seed: int) -> SplitState:
