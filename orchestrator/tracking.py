@@ -122,14 +122,27 @@ Once started, writes retry with MLflow's back-off (about two minutes) through an
 
 def require_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
     """For an http(s) tracking URI, checks that an MLflow server answers there, within
-    ``timeout`` seconds; MLflow's own client would retry for minutes first.
+    ``timeout`` seconds (MLflow's own client would retry for minutes first); for a SQLite
+    store, that its directory can be made and written.
 
     Raises:
         ConfigError: on ``tracking.uri``, naming the URI and why.
     """
+    from orchestrator.errors import ConfigError
+
+    if uri.startswith("sqlite:///"):  # a directory that cannot be made is one line too
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "tracking.uri", f"cannot open {uri}: {exc.strerror or exc} ({folder})"
+            ) from None
+        if not os.access(folder, os.W_OK):
+            raise ConfigError("tracking.uri", f"cannot open {uri}: {folder} is not writable")
+        return
     if not uri.startswith(("http://", "https://")):
         return
-    from orchestrator.errors import ConfigError
 
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:

@@ -162,6 +162,45 @@ class Sink:
         pass
 
 
+def spawn(argv: list[str], cwd, sessions: list[int], env=None):
+    """``argv`` in a process of its own session (recorded in ``sessions``, so that whatever
+    it leaves is killed after the test), its output captured as text."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sessions.append(proc.pid)
+    return proc
+
+
+def start_held(workdir, sessions: list[int], script: str, payload: list, what: str):
+    """Python ``script`` in a process of its own, which reads ``payload`` plus a marker
+    path from ``json.loads(sys.argv[1])`` and writes the marker where it holds (inside a
+    step, a phase); returns the process once it holds there."""
+    import json
+    import sys
+
+    marker = workdir / "held"
+    marker.unlink(missing_ok=True)
+    proc = spawn(
+        [sys.executable, "-c", script, json.dumps([*payload, str(marker)])], workdir, sessions
+    )
+
+    def held():
+        return "ended" if proc.poll() is not None else marker.exists()
+
+    if wait_for(held, 240, what, poll=0.05) == "ended":
+        raise AssertionError(f"ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+    return proc
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
     """Waits for ``predicate()`` to be truthy (an event: a file, a trial's state) and returns
     it; AssertionError naming ``what`` after ``timeout`` seconds. Exceptions count as not yet

@@ -212,3 +212,13 @@ def test_a_ray_address_that_does_not_answer_is_one_line(project, capsys):
         f"config error: --address: no Ray answers at ray://127.0.0.1:{port} within 10 s",
     )
     assert not (project / "mlflow.db").exists()
+
+
+def test_a_tracking_store_that_cannot_be_made_is_one_line(project, capsys):
+    (project / "afile").write_text("")
+    uri = f"sqlite:///{project}/afile/sub/mlflow.db"
+    _refused(
+        capsys,
+        ["run", "exp.yaml", f"tracking.uri={uri}", "--quiet"],
+        f"config error: tracking.uri: cannot open {uri}: Not a directory",
+    )

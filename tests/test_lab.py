@@ -15,8 +15,9 @@ import threading
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
-from .conftest import CONFIGS, kill_session, wait_for
+from .conftest import CONFIGS, kill_session, spawn, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -45,17 +46,7 @@ def _sweep_cmd(lab, study: str, trials: int, *extra: str, space: str = "space.ya
 
 
 def _start(cmd, cwd, lab, sessions) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=lab.process_env(),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sessions.append(proc.pid)
-    return proc
+    return spawn(cmd, cwd, sessions, env=lab.process_env())
 
 
 def _finish(proc, timeout=600) -> dict:
@@ -237,7 +228,7 @@ def test_two_drivers_on_one_study_cooperate(lab, project, sessions, staggered):
     versions = MlflowClient(lab.tracking_uri).search_model_versions(f"name = '{study}-best'")
     assert len(versions) == 1
     states = [t.state for t in _study(lab, study).trials]
-    assert all(s.is_finished() for s in states), states  # no trial left RUNNING
+    assert TrialState.RUNNING not in states, states  # (a handed-back surplus may wait)
 
 
 def test_parallel_trials_stay_within_postgres_connections(lab, project, sessions):

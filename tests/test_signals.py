@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.jobs import get_job, submit
 
-from .conftest import CONFIGS, kill_session, session_members, wait_for
+from .conftest import CONFIGS, kill_session, session_members, spawn, start_held, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -61,24 +61,7 @@ sys.exit(cli.main(argv))
 
 
 def _held(workdir, sessions, argv: list[str], phase: str) -> subprocess.Popen:
-    marker = workdir / "held"
-    marker.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HELD, json.dumps([argv, phase, str(marker)])],
-        cwd=workdir,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sessions.append(proc.pid)
-
-    def held():
-        return "ended" if proc.poll() is not None else marker.exists()
-
-    if wait_for(held, 240, f"the command to reach {phase}", poll=0.05) == "ended":
-        raise AssertionError(f"ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-    return proc
+    return start_held(workdir, sessions, _HELD, [argv, phase], f"the command to reach {phase}")
 
 
 def _runs(uri: str) -> list:
@@ -194,15 +177,9 @@ def test_a_stopped_sweep_leaves_every_run_and_trial_closed(
     trials = optuna.load_study(study_name="stopped", storage=storage).get_trials()
     assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
     if phase == "sweep-round" and sig == signal.SIGTERM:  # the same command resumes it
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *argv, "--quiet"],
-            cwd=workdir,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = spawn(
+            [sys.executable, "-m", "orchestrator.cli", *argv, "--quiet"], workdir, sessions
         )
-        sessions.append(proc.pid)
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
         done = optuna.load_study(study_name="stopped", storage=storage)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 
 import psutil
@@ -19,7 +18,7 @@ import orchestrator
 from orchestrator import RunFailed
 from orchestrator.cli import main
 
-from .conftest import wait_for
+from .conftest import start_held, wait_for
 from .golden import GOLDEN, case_overrides, comparable
 
 _GOLD = json.loads(GOLDEN.read_text())
@@ -75,24 +74,9 @@ def _hold(workdir, sessions, argv: list[str], stop_at: int) -> subprocess.Popen:
     """``fedsweep`` with ``argv`` in a process of its own, held inside its ``stop_at``-th
     progress step (the round before it is checkpointed); ``argv`` must show the progress
     bar (no ``--quiet``): the hold is in the bar."""
-    marker = workdir / "held"
-    marker.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HELD, json.dumps([argv, stop_at, str(marker)])],
-        cwd=workdir,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_held(
+        workdir, sessions, _HELD, [argv, stop_at], "the run to reach the step it is held at"
     )
-    sessions.append(proc.pid)
-
-    def held():
-        return "ended" if proc.poll() is not None else marker.exists()
-
-    if wait_for(held, 240, "the run to reach the step it is held at", poll=0.05) == "ended":
-        raise AssertionError(f"ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-    return proc
 
 
 def _only_run(uri: str):

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.sweeps import make_storage, sweep
 from search_spaces import parse_space
 
-from .conftest import CONFIGS, kill_session, tiny, wait_for
+from .conftest import CONFIGS, kill_session, spawn, tiny, wait_for
 
 SPACE = "objective: [test_accuracy]\nparams:\n  trainer.lr: {type: float, low: 0.01, high: 0.2}\nsampler: {name: random, seed: 0}\n"
 
@@ -56,19 +56,6 @@ def _cli(workdir, trials: int) -> list[str]:
     ]
 
 
-def _start(cmd, workdir) -> subprocess.Popen:
-    """The sweep's driver, in a session of its own: its Ray processes stay in that session,
-    and only they are killed at the end."""
-    return subprocess.Popen(
-        cmd,
-        cwd=workdir,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _complete(workdir) -> int:
     return sum(t.state.name == "COMPLETE" for t in _study(workdir).trials)
 
@@ -76,8 +63,7 @@ def _complete(workdir) -> int:
 @pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(workdir, sessions):
     cmd = _cli(workdir, trials=5)
-    driver = _start(cmd, workdir)
-    sessions.append(driver.pid)
+    driver = spawn(cmd, workdir, sessions)  # its Ray stays in its session, killed after
     wait_for(lambda: _complete(workdir) >= 2, 300, "two trials")
     kill_session(driver.pid)  # the driver and its Ray, at once, as a lost machine would
     driver.wait()
@@ -116,8 +102,7 @@ def test_killed_driver_resumes_without_duplicates(workdir, sessions):
 @pytest.mark.slow
 def test_ctrl_c_leaves_nothing_running(workdir, sessions):
     cmd = _cli(workdir, trials=20)
-    driver = _start(cmd, workdir)
-    sessions.append(driver.pid)
+    driver = spawn(cmd, workdir, sessions)  # its Ray stays in its session, killed after
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     # The first trial told: 19 are left, so the interrupt lands mid-sweep on any machine.
     wait_for(lambda: _complete(workdir) >= 1, 300, "a finished trial")
@@ -210,8 +195,7 @@ def test_two_drivers_in_a_fresh_directory_share_one_study(workdir, sessions):
     run per trial and one registered version."""
     cmd = _cli(workdir, trials=4)
     cmd[cmd.index("tracking.log_model=false")] = "trainer.rounds=5"
-    drivers = [_start(cmd, workdir) for _ in range(2)]
-    sessions.extend(d.pid for d in drivers)
+    drivers = [spawn(cmd, workdir, sessions) for _ in range(2)]
     outs = []
     for d in drivers:
         out, err = d.communicate(timeout=600)
