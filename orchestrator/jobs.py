@@ -200,10 +200,18 @@ def get_job(job_id: str, cluster: str | None = None) -> Job:
 _LAUNCHER = r"""
 import json, signal, subprocess, sys
 command, folder = json.loads(sys.argv[1])
-with open(folder + "/out.log", "wb") as out:
+child, early = None, []
+def forward(signum, frame):
+    if child is None:
+        early.append(signum)  # before the command started: it gets it once it has
+    else:
+        child.send_signal(signum)
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, forward)
+with open(folder + "/out.log", "wb") as out:  # the log exists: the signals are handed on
     child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    for signum in early:
+        child.send_signal(signum)
     code = child.wait()
 with open(folder + "/exit_code", "w") as f:
     f.write(str(128 - code if code < 0 else code))

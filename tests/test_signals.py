@@ -189,6 +189,28 @@ def test_a_stopped_sweep_leaves_every_run_and_trial_closed(
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_local_job_signalled_at_its_start_ends_stopped(sig, workdir, tracking_uri):
+    """The signal reaches the job's process as the command is only starting (before its
+    handlers, even): the job still ends STOPPED with 128 + the signal, no run left RUNNING."""
+    job = submit(
+        CONFIGS / "quickstart.yaml",
+        None,
+        [f"tracking.uri={tracking_uri}", "runtime.executor=local"],
+        None,
+    )
+    pid = json.loads((job.folder / "job.json").read_text())["pid"]
+    try:
+        wait_for(lambda: (job.folder / "out.log").exists(), 60, "the job's process to start")
+        psutil.Process(pid).send_signal(sig)
+        status = job.wait(timeout=120, poll=0.2)
+    finally:
+        kill_session(pid)
+    assert status.value == "STOPPED", job.logs()[-2000:]
+    assert (job.folder / "exit_code").read_text().strip() == str(128 + sig)
+    assert "RUNNING" not in [r.info.status for r in _runs(tracking_uri)]
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_a_local_job_signalled_ends_stopped_with_its_run_killed(
     sig, ray_session, workdir, tracking_uri
 ):
