@@ -14,6 +14,12 @@ Issue 14 added three metrics to the federated and decentralized trainers' rows (
 ``straggled``, ``discarded``: parties that did not answer or sent garbage). The file was
 re-recorded then by a script that checked, case by case, that every value recorded before
 held exactly and that the new metrics were all 0.
+
+The histories hold bit for bit on AVX2 machines, where they were recorded. On an AVX-512
+machine torch, oneDNN and NumPy pick other kernels, and 14 cases differed in their last
+bits; tests/conftest.py caps the test run's processes at AVX2 (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``, ``NPY_DISABLE_CPU_FEATURES``), and a recording made by hand
+(``--write``) should run under the same caps.
 """
 
 from __future__ import annotations
