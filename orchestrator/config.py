@@ -313,9 +313,14 @@ def load_config(
     else:
         base = _read_yaml(Path(source))
     for item in overrides:
-        key, sep, _ = item.partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(item, "an override must look like dotted.key=value")
+        try:  # OmegaConf reads the value as YAML: a broken one is the key's error
+            yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or "not valid YAML")
+            raise ConfigError(key.strip(), f"malformed value {value!r}: {problem}") from None
     try:
         merged = OmegaConf.merge(_schema(), base)
         cfg = OmegaConf.merge(merged, OmegaConf.from_dotlist([o.strip() for o in overrides]))

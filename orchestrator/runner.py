@@ -186,9 +186,9 @@ def run(
     else:
         cfg = load_config(config, list(overrides))
     if cfg.tracking.enabled and parent_run_id is None:  # a sweep's trial: its driver asked
-        from orchestrator.tracking import require_server, resolve_tracking_uri
+        from orchestrator.tracking import require_store, resolve_tracking_uri
 
-        require_server(resolve_tracking_uri(cfg.tracking.uri))
+        require_store(resolve_tracking_uri(cfg.tracking.uri))
     store, restored = _checkpoints(cfg, resume, checkpoints)
     trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
     lineage = _load_teacher(cfg, trainer)

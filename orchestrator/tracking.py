@@ -47,7 +47,7 @@ __all__ = [
     "RunStatus",
     "Tracker",
     "fetch_checkpoint",
-    "require_server",
+    "require_store",
     "resolve_tracking_uri",
     "write_record",
 ]
@@ -120,8 +120,9 @@ SERVER_TIMEOUT_S = 5.0
 Once started, writes retry with MLflow's back-off (about two minutes) through an outage."""
 
 
-def require_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
-    """For an http(s) tracking URI, checks that an MLflow server answers there, within
+def require_store(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """That the tracking store can be reached before a command starts anything. For an
+    http(s) tracking URI, checks that an MLflow server answers there, within
     ``timeout`` seconds (MLflow's own client would retry for minutes first); for a SQLite
     store, that its directory can be made and written.
 

@@ -52,13 +52,12 @@ def validate(cfg: ExperimentConfig) -> None:
             + ")",
         )
     unread = _unread(cfg.trainer, trainer.reads)
-    if unread is not None:
-        key = unread
-        section = key.split(".")[1]
+    if unread:
+        section = unread.split(".")[1]
         why = trainer.unused.get(section) or "read by " + ", ".join(
             n for n in TRAINERS.names() if section in TRAINERS.get(n).reads
         )
-        raise ConfigError(key, f"{cfg.trainer.name} does not use trainer.{section} ({why})")
+        raise ConfigError(unread, f"{cfg.trainer.name} does not use trainer.{section} ({why})")
     try:
         trainer.validate(cfg.trainer, cfg.model, Federation(cfg.partition.num_parties, vertical))
     except Invalid as exc:
@@ -70,7 +69,7 @@ def _unread(section: Any, reads: frozenset[str]) -> str | None:
     the trainer reads (``trainer.aggregator.name``), or None."""
     from trainers.config import TrainerConfig
 
-    default = TrainerConfig()
+    default = _default_trainer()
     for f in dataclasses.fields(TrainerConfig):
         if f.name != "name" and f.name not in reads:
             key = _difference(
@@ -79,6 +78,15 @@ def _unread(section: Any, reads: frozenset[str]) -> str | None:
             if key is not None:
                 return key
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _default_trainer() -> Any:
+    """The trainer section's defaults (read only), made once per process: every trial's
+    config is validated by its driver and its worker."""
+    from trainers.config import TrainerConfig
+
+    return TrainerConfig()
 
 
 def _difference(value: Any, default: Any, key: str) -> str | None:

@@ -222,3 +222,18 @@ def test_a_tracking_store_that_cannot_be_made_is_one_line(project, capsys):
         ["run", "exp.yaml", f"tracking.uri={uri}", "--quiet"],
         f"config error: tracking.uri: cannot open {uri}: Not a directory",
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.lr=[1,", "trainer.lr"),
+        ("trainer.name='fedavg", "trainer.name"),
+        ("seed={a", "seed"),
+    ],
+)
+def test_a_malformed_override_value_is_one_line_naming_its_key(project, capsys, override, key):
+    _refused(
+        capsys, ["run", "exp.yaml", override, "--quiet"], f"config error: {key}: malformed value"
+    )
+    _refused(capsys, ["show", "exp.yaml", override], f"config error: {key}: malformed value")

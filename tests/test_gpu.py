@@ -54,14 +54,7 @@ def test_gpu_shares_the_cluster_cannot_give_are_refused_with_the_numbers(
             tiny(tracking={"enabled": True, "uri": tracking_uri}),
             ["runtime.executor=ray", "runtime.num_workers=2", "runtime.gpus_per_worker=0.5"],
         )
-    from search_spaces import parse_space
-
-    space = parse_space(
-        {
-            "objective": ["test_accuracy"],
-            "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}},
-        }
-    )
+    space = _one_trial_space()
     with pytest.raises(
         ConfigError,
         match=r"sweep.gpus_per_trial: a trial of 0.5 GPU fits no node of this Ray \(the largest has 0\)",
@@ -99,14 +92,7 @@ def test_actors_ray_could_never_place_are_refused_before_anything_starts(
 
 @pytest.mark.ray
 def test_a_trial_larger_than_every_node_is_refused(ray_session, workdir, tracking_uri):
-    from search_spaces import parse_space
-
-    space = parse_space(
-        {
-            "objective": ["test_accuracy"],
-            "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}},
-        }
-    )
+    space = _one_trial_space()
     with pytest.raises(
         ConfigError,
         match=r"sweep.cpus_per_trial: a trial of 4 CPUs fits no node of this Ray \(the largest has 2\)",
@@ -117,3 +103,14 @@ def test_a_trial_larger_than_every_node_is_refused(ray_session, workdir, trackin
             trials=1,
         )
     assert not (workdir / "mlflow.db").exists()
+
+
+def _one_trial_space():
+    from search_spaces import parse_space
+
+    return parse_space(
+        {
+            "objective": ["test_accuracy"],
+            "params": {"trainer.lr": {"type": "categorical", "choices": [0.1]}},
+        }
+    )

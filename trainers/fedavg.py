@@ -348,14 +348,7 @@ class Centralized(FedAvg):
     reads = LOCAL_TRAINING
     unused = {
         key: "the centralized baseline is one party holding all the data"
-        for key in (
-            "fraction",
-            "parties_per_round",
-            "aggregator",
-            "attack",
-            "dropout",
-            "stragglers",
-        )
+        for key in FedAvg.reads - LOCAL_TRAINING
     }
     metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS + AVAILABILITY_METRICS)
 

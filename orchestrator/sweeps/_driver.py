@@ -47,7 +47,7 @@ from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_
 from orchestrator.tracking import (
     MlflowTracker,
     RunStatus,
-    require_server,
+    require_store,
     resolve_tracking_uri,
     write_record,
 )
@@ -206,7 +206,7 @@ class _Plan:
         if grid is not None:
             target = min(target, grid)
         tracking_uri = _absolute_sqlite(resolve_tracking_uri(base.tracking.uri))
-        require_server(tracking_uri)
+        require_store(tracking_uri)
         searched = parsed.config_keys()
         values: dict[str, object] = {
             "tracking.uri": tracking_uri,
