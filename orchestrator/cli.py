@@ -114,11 +114,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
-
     from orchestrator import signals
 
-    signals.handle()  # SIGTERM and SIGHUP stop as Ctrl-C does
+    try:
+        signals.handle()  # SIGTERM and SIGHUP stop as Ctrl-C does; one that waited comes now
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # outside a run's or a sweep's own handling
+        what = str(exc) if str(exc) and str(exc) != "interrupted" else "stopped by SIGINT"
+        print(f"interrupted ({what})", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    import os
+
     # MLflow's INFO lines (a new store's tables...) are its business; inherited by workers
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if "mlflow" in sys.modules:  # configured already, at its import

@@ -206,10 +206,15 @@ def forward(signum, frame):
         early.append(signum)  # before the command started: it gets it once it has
     else:
         child.send_signal(signum)
-for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+for sig in stops:
     signal.signal(sig, forward)
 with open(folder + "/out.log", "wb") as out:  # the log exists: the signals are handed on
+    # The command starts with the stop signals blocked (the mask is inherited) and unblocks
+    # them once its handlers are in: one handed on while it imports waits, it does not kill it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # any that came meanwhile: forward()
     for signum in early:
         child.send_signal(signum)
     code = child.wait()

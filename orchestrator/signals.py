@@ -2,7 +2,10 @@
 node sends) and SIGHUP end a run or a sweep as Ctrl-C does, closing every run as KILLED and
 leaving it resumable, and the command exits 128 + the signal's number.
 
-The command line installs the handlers (:func:`handle`); Ray replaces SIGTERM's with its own
+The command line installs the handlers (:func:`handle`) and then unblocks the three stop
+signals: a launcher (a local job's) starts the command with them blocked, so that one sent
+while Python is still starting waits for the handlers instead of killing the interpreter
+half-way through its imports. Ray replaces SIGTERM's with its own
 when it connects, so the runner and the sweep driver put them back once Ray is up
 (:func:`reinstall`). Library callers who install nothing keep their own handlers.
 """
@@ -13,9 +16,11 @@ import signal
 import threading
 from types import FrameType
 
-__all__ = ["Terminated", "handle", "reinstall"]
+__all__ = ["STOPS", "Terminated", "handle", "reinstall"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a command (SIGINT's handler is Python's own: KeyboardInterrupt)."""
 _active = False
 
 
@@ -40,6 +45,7 @@ def handle() -> None:
     global _active
     _active = True
     reinstall()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # one that waited is raised here
 
 
 def reinstall() -> None:
