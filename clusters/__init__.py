@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from clusters.base import Executor, PartyContext, ResourceError, assign_parties
+from clusters.base import (
+    Executor,
+    PartyContext,
+    ResourceError,
+    ServiceError,
+    assign_parties,
+    connect_timeout,
+)
 from clusters.inprocess import InProcessExecutor
 from clusters.tasks import InProcessTaskRunner, TaskHandle, TaskRunner, WorkerLost, where_am_i
 
@@ -20,6 +27,8 @@ __all__ = [
     "RayExecutor",
     "RayTaskRunner",
     "ResourceError",
+    "ServiceError",
+    "connect_timeout",
     "TaskHandle",
     "TaskRunner",
     "WorkerLost",

@@ -179,6 +179,43 @@ def run_parties(
     return acc
 
 
+class ServiceError(RuntimeError):
+    """A service a command needs does not answer: the tracking server, the Optuna storage,
+    the Ray cluster. One line, ``<service> error: <address>: <problem>``; exit 2 when it is
+    found before anything started (``started`` False), 1 when it went away during the work.
+
+    The address is shown as given: callers pass it with any password masked.
+    """
+
+    def __init__(self, service: str, address: str, problem: str, started: bool = False) -> None:
+        self.service, self.address, self.problem, self.started = service, address, problem, started
+        super().__init__(f"{service} error: {address}: {problem}")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.started else 2
+
+
+def connect_timeout() -> float:
+    """Seconds a command waits for each service it needs to answer before it starts
+    (``FEDSWEEP_CONNECT_TIMEOUT_S``, default 10): nothing answering is then one line, not a
+    hang in a client's retries."""
+    import os
+
+    raw = os.environ.get("FEDSWEEP_CONNECT_TIMEOUT_S", "")
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ServiceError(
+            "config",
+            "FEDSWEEP_CONNECT_TIMEOUT_S",
+            f"must be a positive number of seconds, got {raw!r}",
+        )
+    return value
+
+
 class ResourceError(ValueError):
     """A request for resources the cluster cannot satisfy (it would wait forever)."""
 

@@ -21,49 +21,47 @@ from clusters.base import (
     R,
     Reduce,
     ResourceError,
+    ServiceError,
     assign_parties,
+    connect_timeout,
 )
 from clusters.tasks import WorkerLost
 
 __all__ = ["RayExecutor", "ensure_ray"]
 
 
-CONNECT_TIMEOUT_S = 10.0
-"""How long joining a Ray cluster waits for its head to answer (Ray's own wait is minutes)."""
-
-
-def _reachable(address: str, key: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raises ResourceError on ``key`` when nothing listens at a ``host:port`` (or
-    ``ray://host:port``) Ray address within ``timeout``; ``auto`` and the like pass."""
+def _reachable(address: str, timeout: float | None = None) -> None:
+    """Raises ServiceError when nothing listens at a ``host:port`` (or ``ray://host:port``)
+    Ray address within ``timeout`` (default :func:`~clusters.base.connect_timeout`);
+    ``auto`` and the like pass."""
     import socket
 
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return
+    wait = connect_timeout() if timeout is None else timeout
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=wait).close()
     except OSError as exc:
-        raise ResourceError(
-            key, f"no Ray answers at {address} within {timeout:g} s ({exc.strerror or exc})"
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ServiceError(
+            "cluster", address, f"no Ray answers within {wait:g} s ({reason.lower()})"
         ) from None
 
 
-def ensure_ray(
-    address: str | None = None, num_cpus: int | None = None, key: str = "runtime.address"
-) -> bool:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Starts a local Ray, or joins a cluster, unless this process is already connected.
 
     Args:
         address: ``None`` for a new local Ray; ``"auto"`` or ``"ray://host:port"`` to join.
         num_cpus: CPUs for a new local Ray (default: all of this machine's).
-        key: the setting that named ``address``, for the error when nothing answers there.
 
     Returns:
         True when this call connected, False when Ray was already up.
     """
     if address:
-        _reachable(address, key)
+        _reachable(address)
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}

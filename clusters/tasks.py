@@ -130,7 +130,7 @@ class RayTaskRunner(TaskRunner):
         from clusters.ray_executor import ensure_ray
 
         self._ray = ray
-        ensure_ray(address, num_cpus, key="--address")
+        ensure_ray(address, num_cpus)
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
         # trials queue for each other, but one that fits no node would wait forever

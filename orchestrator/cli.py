@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, ServiceError
 from search_spaces.space import SpaceError
 
 if TYPE_CHECKING:
@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--traceback", action="store_true", help="on a failure, print its whole traceback"
         )
+    for command in (run, sw, sm, show):
+        command.add_argument(
+            "--allow-env",
+            action="store_true",
+            help="let the config read environment variables (${oc.env:NAME}); they are "
+            "logged as the interpolation, never as their values",
+        )
     for command in (run, sw, sm):
         command.add_argument(
             "--lab",
@@ -144,6 +151,19 @@ def _main(argv: Sequence[str] | None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    allowed = os.environ.get("FEDSWEEP_ALLOW_ENV")
+    if getattr(args, "allow_env", False):
+        os.environ["FEDSWEEP_ALLOW_ENV"] = "1"  # for load_config, for this command only
+    try:
+        return _command(args)
+    finally:
+        if allowed is None:
+            os.environ.pop("FEDSWEEP_ALLOW_ENV", None)
+        else:
+            os.environ["FEDSWEEP_ALLOW_ENV"] = allowed
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "lab":
             return _lab(args)
@@ -162,6 +182,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ConfigError, SpaceError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except ServiceError as exc:  # a service that does not answer: one line
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:  # a service or a bug: one line with the cause, unless asked
         if getattr(args, "traceback", False):
             raise
@@ -270,6 +293,13 @@ def _run(args: argparse.Namespace) -> int:
     except RunFailed as exc:
         if args.traceback:
             raise exc.cause from None
+        if isinstance(exc.cause, ServiceError) and exc.run_id:  # the tracking server went
+            print(
+                f"{exc.cause}; run {exc.run_id} stays as the server last saw it: once the "
+                f"server is back, continue it with --resume {exc.run_id}",
+                file=sys.stderr,
+            )
+            return exc.cause.exit_code
         print(f"run failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -334,6 +364,7 @@ def _jobs(args: argparse.Namespace) -> int:
                 parallel=args.parallel,
                 study=args.study,
                 storage=args.storage,
+                allow_env=args.allow_env,
             )
             print(job.job_id)
             return 0

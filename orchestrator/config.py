@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from orchestrator.errors import ConfigError
+from orchestrator.secrets import MASK, reads_environment, redact
 from orchestrator.validation import validate
 from trainers.config import TrainerConfig
 from trainers.models import ModelConfig
@@ -291,6 +292,8 @@ class ExperimentConfig:
 def load_config(
     source: str | os.PathLike[str] | ExperimentConfig | dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    *,
+    allow_env: bool | None = None,
 ) -> ExperimentConfig:
     """Builds a validated config from a YAML file (or a dict or config) plus overrides.
 
@@ -300,6 +303,9 @@ def load_config(
     Args:
         source: path of a YAML file, a nested dict, an ExperimentConfig, or None for defaults.
         overrides: ``dotted.key=value`` strings, applied in order.
+        allow_env: whether ``${oc.env:NAME}`` may read the environment (default: only when
+            ``FEDSWEEP_ALLOW_ENV=1``, which ``--allow-env`` sets); such values are logged as
+            the interpolation, never as what it read (see :mod:`orchestrator.secrets`).
 
     Raises:
         ConfigError: naming the offending key and the problem.
@@ -312,15 +318,31 @@ def load_config(
         base = {}
     else:
         base = _read_yaml(Path(source))
+    if isinstance(base, dict):
+        _screen(base, ExperimentConfig, "")
+    from_env: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(item, "an override must look like dotted.key=value")
         try:  # OmegaConf reads the value as YAML: a broken one is the key's error
-            yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             problem = str(getattr(exc, "problem", None) or "not valid YAML")
-            raise ConfigError(key.strip(), f"malformed value {value!r}: {problem}") from None
+            raise ConfigError(key, f"malformed value {value!r}: {problem}") from None
+        _screen_override(key, parsed)
+        if isinstance(parsed, str) and reads_environment(parsed):
+            from_env[key] = parsed
+    if isinstance(base, dict):
+        from_env.update(_environment_reads(base))
+    if from_env:
+        allowed = os.environ.get("FEDSWEEP_ALLOW_ENV") == "1" if allow_env is None else allow_env
+        if not allowed:
+            raise ConfigError(
+                next(iter(from_env)),
+                "reads an environment variable (${oc.env:...}); pass --allow-env to allow it",
+            )
     try:
         merged = OmegaConf.merge(_schema(), base)
         cfg = OmegaConf.merge(merged, OmegaConf.from_dotlist([o.strip() for o in overrides]))
@@ -330,7 +352,93 @@ def load_config(
     assert isinstance(obj, ExperimentConfig)
     _absolute_paths(obj)
     validate(obj)
+    if from_env:  # kept beside the fields (deep copies keep it): what to log instead
+        obj.__dict__["_from_env"] = from_env
     return obj
+
+
+def _environment_reads(raw: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted key -> the interpolation text, for every value of raw data that reads the
+    environment (a list holding one counts as a whole)."""
+    found: dict[str, str] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            found.update(_environment_reads(v, key + "."))
+        elif reads_environment(v):
+            found[key] = v if isinstance(v, str) else MASK
+    return found
+
+
+_INT64 = 2**63
+"""Integers are refused from this magnitude up: no setting needs one, and NumPy, PyTorch and
+Ray all fail on them, later and worse."""
+
+
+def _screen(raw: Any, hint: Any, key: str) -> None:
+    """Checks raw YAML data against the schema type ``hint`` where OmegaConf would take it
+    wrongly or fail with no key: a mapping or list where the other is asked (its merge
+    raises a bare TypeError), a bool field given anything but a bool (OmegaConf reads 2 as
+    true), and integers too large for any setting (a float field's merge overflows).
+    Everything else (strings to numbers, choices, interpolations) OmegaConf checks."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) >= _INT64:
+        raise ConfigError(key or "<config>", f"out of range: {raw} (integers must be below 2^63)")
+    if raw is None or (isinstance(raw, str) and "${" in raw):
+        return  # null where it is allowed, and interpolations, are OmegaConf's to check
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            _screen(raw, inner[0], key)
+        return
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                key or "<config>", f"wrong type: expected a mapping, got {_shown(raw)}"
+            )
+        hints = _hints(typing.cast(type, hint))
+        for name, value in raw.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"{key}.{name}" if key else str(name), "keys must be names")
+            if name in hints:
+                _screen(value, hints[name], f"{key}.{name}" if key else name)
+        return
+    if isinstance(raw, Mapping) or (isinstance(raw, list) and origin is not list):
+        raise ConfigError(key, f"wrong type: expected {_type_name(hint)}, got {_shown(raw)}")
+    if origin is list:
+        if not isinstance(raw, list):
+            raise ConfigError(key, f"wrong type: expected a list, got {_shown(raw)}")
+        for i, value in enumerate(raw):
+            _screen(value, args[0], f"{key}[{i}]")
+    elif hint is bool and not isinstance(raw, bool):
+        raise ConfigError(key, f"wrong type: expected true or false, got {_shown(raw)}")
+
+
+def _screen_override(key: str, raw: Any) -> None:
+    """:func:`_screen` for one ``dotted.key=value`` override, where its key is a field."""
+    hint: Any = ExperimentConfig
+    for part in key.split("."):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) is typing.Union and len(inner) == 1:
+            hint = inner[0]
+        hints = _hints(hint) if isinstance(hint, type) else {}
+        if part not in hints:
+            return  # an unknown key or an index: OmegaConf names it
+        hint = hints[part]
+    _screen(raw, hint, key)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "a name"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _shown(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def configure(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
@@ -518,18 +626,29 @@ def _field_type(owner: Any, name: Any) -> Any:
     return args[0] if len(args) == 1 else hint
 
 
-def to_yaml(cfg: ExperimentConfig) -> str:
+def to_yaml(cfg: ExperimentConfig, *, logged: bool = False) -> str:
     """The resolved config as YAML (libyaml's emitter where PyYAML has it: every run writes
-    its config.yaml, and the pure-Python emitter takes ~8 ms of a trial for it)."""
+    its config.yaml, and the pure-Python emitter takes ~8 ms of a trial for it); ``logged``:
+    as it may be logged (see :func:`to_dict`)."""
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(to_dict(cfg), Dumper=dumper, sort_keys=False)
+    return yaml.dump(to_dict(cfg, logged=logged), Dumper=dumper, sort_keys=False)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: Any, *, logged: bool = False) -> dict[str, Any]:
     """The resolved config as a plain nested dict: choices as their values, interpolations
-    resolved on loading."""
+    resolved on loading. ``logged``: fit to be logged, with what was read from the
+    environment as its interpolation and secrets masked (:func:`orchestrator.secrets.redact`)."""
     plain: dict[str, Any] = _plain(dataclasses.asdict(cfg))
-    return plain
+    if not logged:
+        return plain
+    for dotted, text in getattr(cfg, "_from_env", {}).items():
+        *parents, name = dotted.split(".")
+        node: Any = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node:
+            node[name] = text
+    return redact(plain)
 
 
 def _plain(value: Any) -> Any:

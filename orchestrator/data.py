@@ -157,6 +157,18 @@ def _parquet(cfg: DataConfig, seed: int) -> TableSource:
     return TableSource(table, cfg.label, features)
 
 
+def check_data(cfg: ExperimentConfig) -> None:
+    """Reads a user's data file (``data.name=parquet``) and checks every value a run would
+    use, so that a sweep or a job is refused before it starts anything rather than failing in
+    every trial; generated and bundled data sets need no check.
+
+    Raises:
+        ConfigError: naming the setting and the column.
+    """
+    if cfg.data.name == "parquet":
+        _to_arrays(load_table(cfg.data, cfg.seed))
+
+
 def load_table(cfg: DataConfig, seed: int) -> TableSource:
     """Loads the configured dataset as an Arrow table."""
     return DATASETS.get(cfg.name)(cfg, seed)
@@ -167,11 +179,16 @@ def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
     columns = []
     for name in src.features:
         col = table.column(name)
-        values = col.to_numpy(zero_copy_only=False).astype(np.float32)
-        if col.null_count or np.isnan(values).any():
+        wide = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        if col.null_count or np.isnan(wide).any():
             raise ConfigError("data.features", f"column {name!r} has missing values")
-        if not np.isfinite(values).all():
+        if not np.isfinite(wide).all():
             raise ConfigError("data.features", f"column {name!r} holds infinite values")
+        values = wide.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ConfigError(
+                "data.features", f"column {name!r} holds values beyond float32's range (3.4e38)"
+            )
         columns.append(values)
     x = np.column_stack(columns)
     labels = table.column(src.label)
@@ -191,8 +208,16 @@ def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
             "data.label", f"column {src.label!r} is {kind}: labels must be numbers or strings"
         )
     raw = labels.to_numpy(zero_copy_only=False)
-    if pa.types.is_floating(kind) and not np.isfinite(raw).all():
-        raise ConfigError("data.label", f"column {src.label!r} holds NaN or infinite labels")
+    if pa.types.is_floating(kind):
+        if not np.isfinite(raw).all():
+            raise ConfigError("data.label", f"column {src.label!r} holds NaN or infinite labels")
+        fractional = raw[raw != np.round(raw)]
+        if fractional.size:  # a regression target, not classes
+            raise ConfigError(
+                "data.label",
+                f"column {src.label!r} holds non-integer labels ({fractional[0]:g}): "
+                "a label names a class",
+            )
     classes, y = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
         raise ConfigError("data.label", "fewer than two distinct labels")

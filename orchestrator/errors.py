@@ -1,8 +1,10 @@
-"""The one error type for bad input."""
+"""The error types for bad input and for services that do not answer."""
 
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
+from clusters.base import ServiceError
+
+__all__ = ["ConfigError", "ServiceError"]
 
 
 class ConfigError(ValueError):

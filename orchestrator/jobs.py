@@ -140,6 +140,7 @@ def submit(
     study: str | None = None,
     storage: str | None = None,
     working_dir: str | os.PathLike = ".",
+    allow_env: bool | None = None,
 ) -> Job:
     """Starts ``fedsweep run`` (or ``sweep`` when a space is given) as a job.
 
@@ -151,6 +152,8 @@ def submit(
             submission; None runs the job in a local background process.
         trials, parallel, study, storage: the sweep's options.
         working_dir: shipped to the cluster as the job's runtime environment.
+        allow_env: let the config read environment variables (the job's command gets
+            ``--allow-env``); default: as ``FEDSWEEP_ALLOW_ENV`` says.
 
     Raises:
         ConfigError, SpaceError: the config or space is refused before anything is submitted.
@@ -158,11 +161,15 @@ def submit(
     """
     # Bad input fails here, in one line, rather than in a job somewhere else later.
     from orchestrator.config import load_config
+    from orchestrator.data import check_data
     from orchestrator.errors import ConfigError
     from orchestrator.sweeps import check_space
     from search_spaces import load_space
 
-    cfg = load_config(Path(working_dir) / config, list(overrides))
+    if allow_env is None:
+        allow_env = os.environ.get("FEDSWEEP_ALLOW_ENV") == "1"
+    cfg = load_config(Path(working_dir) / config, list(overrides), allow_env=allow_env)
+    check_data(cfg)
     for flag, count in (("--trials", trials), ("--parallel", parallel)):
         if count is not None and count < 1:
             raise ConfigError(flag, f"must be >= 1, got {count}")
@@ -177,6 +184,8 @@ def submit(
     ):
         if value is not None:
             flags += [name, str(value)]
+    if allow_env:
+        flags.append("--allow-env")
     args = _command(str(config), None if space is None else str(space), list(overrides), flags)
     if cluster:
         return RayJob.start(cluster, args, Path(working_dir))

@@ -192,12 +192,15 @@ def run(
     store, restored = _checkpoints(cfg, resume, checkpoints)
     trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
     lineage = _load_teacher(cfg, trainer)
+    # A user's data file is read (and refused, when bad) before anything starts; generated
+    # and bundled data load while the Ray actors warm up.
+    early = prepare(cfg) if cfg.data.name == "parquet" else None
     own_executor = executor is None
     if executor is None:
-        executor = make_executor(cfg.runtime)  # Ray actors warm up while the data loads
+        executor = make_executor(cfg.runtime)
         signals.reinstall()  # Ray took SIGTERM over
     try:
-        prepared = prepare(cfg)
+        prepared = early if early is not None else prepare(cfg)
         try:
             trainer.check(prepared.data)
         except Invalid as exc:
@@ -259,7 +262,7 @@ def _start_tracker(
         run_name=t.run_name,
         parent_run_id=parent_run_id,
     )
-    tracker.log_text(to_yaml(cfg), "config.yaml")
+    tracker.log_text(to_yaml(cfg, logged=True), "config.yaml")
     if t.partition:
         tracker.log_table(prepared.stats, "partition/stats.parquet")
         if t.plots and "label_0" in prepared.stats.column_names:
@@ -563,7 +566,7 @@ def _log_plots(
 
 
 def _params(cfg: ExperimentConfig) -> dict[str, Any]:
-    flat = flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg, logged=True))
     keys = cfg.tracking.params
     return flat if keys is None else {k: flat[k] for k in keys if k in flat}
 

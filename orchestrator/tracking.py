@@ -27,6 +27,13 @@ from typing import Any, Protocol, runtime_checkable
 # and its "View run at" links every sweep's stdout (whose last line is the JSON result).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# A tracking server that goes away during a run: MLflow retries each request with back-off,
+# by default 7 times up to two minutes apart, each waiting 120 s for an answer (a hang of
+# many minutes). Bounded here to 5 retries 0, 2, 4, 8 and 16 s apart (about half a minute),
+# each waiting 30 s, unless the user set MLflow's own variables.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 import mlflow  # noqa: E402
 import pyarrow as pa
@@ -36,6 +43,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from orchestrator.secrets import redact, redact_text
 from trainers.cache import CACHE
 
 __all__ = [
@@ -115,20 +123,17 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-SERVER_TIMEOUT_S = 5.0
-"""How long a command waits for a tracking server to answer before it starts anything.
-Once started, writes retry with MLflow's back-off (about two minutes) through an outage."""
-
-
-def require_store(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+def require_store(uri: str, timeout: float | None = None) -> None:
     """That the tracking store can be reached before a command starts anything. For an
-    http(s) tracking URI, checks that an MLflow server answers there, within
-    ``timeout`` seconds (MLflow's own client would retry for minutes first); for a SQLite
-    store, that its directory can be made and written.
+    http(s) tracking URI, checks that an MLflow server answers there, within ``timeout``
+    seconds (default :func:`clusters.connect_timeout`; MLflow's own client would retry for
+    minutes first); for a SQLite store, that its directory can be made and written.
 
     Raises:
-        ConfigError: on ``tracking.uri``, naming the URI and why.
+        ServiceError: no server answers at an http(s) URI (``tracking error: ...``).
+        ConfigError: on ``tracking.uri``, a SQLite store that cannot be made.
     """
+    from clusters import ServiceError, connect_timeout
     from orchestrator.errors import ConfigError
 
     if uri.startswith("sqlite:///"):  # a directory that cannot be made is one line too
@@ -144,9 +149,12 @@ def require_store(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
         return
     if not uri.startswith(("http://", "https://")):
         return
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+    wait = connect_timeout() if timeout is None else timeout
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    bare = parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+    try:  # the health endpoint needs no credentials: the probe sends none
+        with urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=wait) as answer:
             if answer.status == 200:
                 return
             problem = f"HTTP {answer.status}"
@@ -154,9 +162,11 @@ def require_store(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
         problem = f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        problem = str(reason) or type(reason).__name__
-    raise ConfigError(
-        "tracking.uri", f"no MLflow server answers at {uri} within {timeout:g} s ({problem})"
+        problem = (
+            getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        ).lower()
+    raise ServiceError(
+        "tracking", redact_text(uri), f"no MLflow server answers within {wait:g} s ({problem})"
     )
 
 
@@ -171,7 +181,7 @@ class MlflowTracker:
 
     def __init__(self, uri: str | None, experiment: str, flush_every: int = 20) -> None:
         self.uri = resolve_tracking_uri(uri)
-        self.client = _client(self.uri)
+        self.client: Any = _Watched(_client(self.uri), self.uri)
         self.experiment = experiment
         self.flush_every = flush_every
         self.run_id: str | None = None
@@ -187,12 +197,12 @@ class MlflowTracker:
     ) -> None:
         """Creates the run with its params and tags."""
         exp_id = _experiment_id(self.client, self.uri, self.experiment)
-        all_tags = dict(tags)
+        all_tags = redact(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(exp_id, tags=all_tags, run_name=run_name)
         self.run_id = run.info.run_id
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        items = [Param(k, _param_value(v)) for k, v in redact(params).items()]
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
 
@@ -278,10 +288,12 @@ class MlflowTracker:
         self._buffer, self._steps_buffered = [], 0
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self._run(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(
+            self._run(), tags=[RunTag(k, str(v)) for k, v in redact(tags).items()]
+        )
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self._run(), text, path)
+        self.client.log_text(self._run(), redact_text(text), path)
 
     def log_figure(self, fig: Figure, path: str) -> None:
         import matplotlib.pyplot as plt
@@ -364,8 +376,10 @@ class MlflowTracker:
     def end(
         self, status: RunStatus = RunStatus.FINISHED, error: BaseException | None = None
     ) -> None:
-        """Flushes and closes the run: FINISHED, FAILED (with the error) or KILLED."""
-        if self.run_id is None:
+        """Flushes and closes the run: FINISHED, FAILED (with the error) or KILLED. A
+        tracking server that stopped answering is not asked again: the run stays as the
+        server last saw it (RUNNING), to continue with ``--resume`` once it is back."""
+        if self.run_id is None or self.client.lost:
             return
         try:
             self.flush()
@@ -387,6 +401,60 @@ class MlflowTracker:
         return self.run_id
 
 
+def _lost(exc: BaseException) -> BaseException | None:
+    """The connection failure behind an MLflow client error (MLflow raises its own exception
+    while handling the one from ``requests``), or None for any other error."""
+    import requests
+    import urllib3
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _Watched:
+    """An MlflowClient whose calls, when the tracking server stops answering (MLflow's own
+    retries spent: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), raise one
+    :class:`~clusters.ServiceError` line; every call after that fails at once rather than
+    retrying again."""
+
+    def __init__(self, client: MlflowClient, uri: str) -> None:
+        self._client, self._uri, self.lost = client, uri, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from clusters import ServiceError
+
+            if self.lost:
+                raise ServiceError("tracking", redact_text(self._uri), "the server is gone", True)
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                cause = _lost(exc)
+                if cause is None or not self._uri.startswith(("http://", "https://")):
+                    raise
+                self.lost = True
+                retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+                reason = type(cause).__name__
+                raise ServiceError(
+                    "tracking",
+                    redact_text(self._uri),
+                    f"the server stopped answering ({reason}, after {retries} retries)",
+                    True,
+                ) from None
+
+        return call
+
+
 class RunFiles:
     """Files among a run's artifacts, under ``prefix`` (a :class:`orchestrator.checkpoints.Files`
     store: where a run's checkpoints go).
@@ -399,7 +467,7 @@ class RunFiles:
     """
 
     def __init__(self, uri: str, run_id: str, prefix: str = "checkpoints") -> None:
-        self.client = _client(resolve_tracking_uri(uri))
+        self.client: Any = _Watched(_client(resolve_tracking_uri(uri)), resolve_tracking_uri(uri))
         self.run_id, self.prefix = run_id, prefix
 
     def write(self, name: str, data: bytes) -> None:
@@ -456,8 +524,8 @@ class RecordingTracker:
         parent_run_id: str | None = None,
     ) -> None:
         r = self.record
-        r.params = {k: _param_value(v) for k, v in params.items()}
-        r.tags, r.run_name, r.parent_run_id = dict(tags), run_name, parent_run_id
+        r.params = {k: _param_value(v) for k, v in redact(params).items()}
+        r.tags, r.run_name, r.parent_run_id = redact(tags), run_name, parent_run_id
         r.start_ms = int(time.time() * 1000)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -468,10 +536,10 @@ class RecordingTracker:
         """Nothing to write yet: the record is written as a whole."""
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.record.tags.update({k: str(v) for k, v in tags.items()})
+        self.record.tags.update({k: str(v) for k, v in redact(tags).items()})
 
     def log_text(self, text: str, path: str) -> None:
-        self.record.files[path] = text.encode()
+        self.record.files[path] = redact_text(text).encode()
 
     def log_figure(self, fig: Figure, path: str) -> None:
         import io
@@ -498,9 +566,9 @@ class RecordingTracker:
         if error is not None:
             import traceback
 
-            self.record.tags["error"] = f"{type(error).__name__}: {error}"[:5000]
-            self.record.files["error.txt"] = "".join(
-                traceback.format_exception(type(error), error, error.__traceback__)
+            self.record.tags["error"] = redact_text(f"{type(error).__name__}: {error}")[:5000]
+            self.record.files["error.txt"] = redact_text(
+                "".join(traceback.format_exception(type(error), error, error.__traceback__))
             ).encode()
         self.record.status = status
         self.record.end_ms = int(time.time() * 1000)
@@ -594,7 +662,7 @@ def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | No
     uri = resolve_tracking_uri(uri)
     client = _client(uri)
     exp_id = _experiment_id(client, uri, record.experiment)
-    tags = {**record.tags, **(extra_tags or {})}
+    tags = redact({**record.tags, **(extra_tags or {})})
     if record.parent_run_id:
         tags["mlflow.parentRunId"] = record.parent_run_id
     info = client.create_run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,10 @@ def problems(node: object, prefix: str = "") -> Iterator[tuple[str, str]]:
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(value):
             yield from problems(value, f"{key}.")
+            continue
+        bad = _not_a_number(key, value)
+        if bad:
+            yield bad
         elif value is None or rule is None:
             continue
         elif isinstance(rule, Each):
@@ -127,6 +132,22 @@ def problems(node: object, prefix: str = "") -> Iterator[tuple[str, str]]:
     if check is not None:
         for name, problem in check():
             yield f"{prefix}{name}", problem
+
+
+def _not_a_number(key: str, value: Any) -> tuple[str, str] | None:
+    """Every number of every setting is finite and fits 64 bits: NaN passes every range
+    test, infinity every lower bound, and no setting means either."""
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = _not_a_number(f"{key}[{i}]", v)
+            if bad:
+                return bad
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, f"must be a finite number, got {value}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        return key, f"out of range: {value} (integers must be below 2^63)"
+    return None
 
 
 @functools.cache

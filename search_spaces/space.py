@@ -390,6 +390,8 @@ def _param(key: str, spec: Any, earlier: Mapping[str, Param]) -> Param:
             raise SpaceError(f"{where}.{name}", f"must be a number, got {v!r}")
         if not math.isfinite(v):
             raise SpaceError(f"{where}.{name}", f"must be a finite number, got {v!r}")
+        if abs(v) >= 2**63:  # no setting takes one; Optuna's samplers fail on them
+            raise SpaceError(f"{where}.{name}", f"out of range: {v!r} (must be below 2^63)")
         bounds.append(v)
     low, high = bounds
     if kind == "int" and (low != int(low) or high != int(high)):

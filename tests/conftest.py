@@ -259,3 +259,21 @@ def sessions():
     yield leaders
     for leader in leaders:
         kill_session(leader)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="run many more fuzz examples (tests/test_fuzz.py), drawn afresh each run",
+    )
+
+
+def pytest_configure(config):
+    from hypothesis import settings
+
+    # Default: a bounded, repeatable draw (the same examples every run); --fuzz-long: many
+    # more, random, with Hypothesis's database keeping what failed for the next run.
+    settings.register_profile("default-run", max_examples=25, derandomize=True, database=None)
+    settings.register_profile("fuzz-long", max_examples=3000)
+    settings.load_profile("fuzz-long" if config.getoption("--fuzz-long") else "default-run")

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from clusters import ResourceError, TaskHandle, TaskRunner, WorkerLost
 from orchestrator import signals
 from orchestrator.config import ExperimentConfig, TrialModels, configure, load_config
+from orchestrator.data import check_data
 from orchestrator.errors import ConfigError
 from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
 from orchestrator.sweeps._optuna import (
@@ -200,6 +201,7 @@ class _Plan:
         base = load_config(config, list(overrides))
         parsed = space if isinstance(space, Space) else load_space(space)
         check_space(parsed, base)
+        check_data(base)
         sc = base.sweep
         grid = parsed.grid_size() if parsed.sampler.name == "grid" else None
         target = trials or sc.trials or grid or _DEFAULT_TRIALS
@@ -225,15 +227,55 @@ class _Plan:
             # the next one trains. A tracking server serves the artifacts: each trial writes
             # its run there itself, so no checkpoint travels through the driver.
             values["tracking.deferred"] = not tracking_uri.startswith(("http://", "https://"))
+        storage_url = storage or sc.storage or _default_storage(tracking_uri)
+        require_storage(storage_url)
         return cls(
             base,
             configure(base, values),
             parsed,
             study or sc.study or _default_study_name(config, space),
-            storage or sc.storage or _default_storage(tracking_uri),
+            storage_url,
             tracking_uri,
             target,
         )
+
+
+_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+def require_storage(url: str, timeout: float | None = None) -> None:
+    """That an Optuna storage on a database server answers before the study is made: a
+    ``postgresql://`` or ``mysql://`` URL's host and port take a connection within
+    ``timeout`` seconds (default :func:`clusters.connect_timeout`); files need no check.
+
+    Raises:
+        ServiceError: ``storage error: <url, password masked>: no database answers ...``.
+    """
+    import socket
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from clusters import ServiceError, connect_timeout
+    from orchestrator.secrets import redact_text
+
+    if "://" not in url or url.startswith("sqlite:"):
+        return
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError("sweep.storage", f"not a storage URL: {exc}") from None
+    port = parsed.port or _PORTS.get(parsed.get_backend_name())
+    if not parsed.host or port is None:
+        return
+    wait = connect_timeout() if timeout is None else timeout
+    try:
+        socket.create_connection((parsed.host, port), timeout=wait).close()
+    except OSError as exc:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        raise ServiceError(
+            "storage", redact_text(url), f"no database answers within {wait:g} s ({reason})"
+        ) from None
 
 
 class _Driver:

@@ -109,7 +109,7 @@ def parent_run(
     if previous and tracker.resume(previous):
         return tracker
     tracker.start(
-        {**flatten(to_dict(base)), "sweep.storage_url": storage_url},
+        {**flatten(to_dict(base, logged=True)), "sweep.storage_url": storage_url},
         {
             "fedsweep.study": name,
             "fedsweep.kind": "sweep",
@@ -120,7 +120,7 @@ def parent_run(
     )
     assert tracker.run_id is not None
     study.set_user_attr(PARENT_ATTR, tracker.run_id)
-    tracker.log_text(to_yaml(base), "config.yaml")
+    tracker.log_text(to_yaml(base, logged=True), "config.yaml")
     tracker.log_text(_space_yaml(space), "space.yaml")
     return tracker
 
