@@ -29,9 +29,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # A tracking server that goes away during a run: MLflow retries each request with back-off,
 # by default 7 times up to two minutes apart, each waiting 120 s for an answer (a hang of
-# many minutes). Bounded here to 5 retries 0, 2, 4, 8 and 16 s apart (about half a minute),
-# each waiting 30 s, unless the user set MLflow's own variables.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+# many minutes). Bounded here to 6 retries 0, 2, 4, 8, 16 and 32 s apart (about a minute: a
+# server restarted after a short outage is back within it), each waiting 30 s, unless the
+# user set MLflow's own variables.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
