@@ -212,14 +212,14 @@ if __name__ == "__main__":
 
 def assert_agrees(history: list[dict], expected: list[dict]) -> None:
     """Asserts a history is the recorded one: counts and other non-floats exactly, floats to
-    1e-9 of their value (see tests/test_golden.py for why not to the last bit)."""
+    1e-12 of their value (see tests/test_golden.py for why not to the last bit)."""
     assert len(history) == len(expected), (len(history), len(expected))
     for i, (got, want) in enumerate(zip(history, expected, strict=True)):
         assert sorted(got) == sorted(want), (i, sorted(got), sorted(want))
         for key, value in want.items():
             actual = got[key]
             if isinstance(value, float) and isinstance(actual, float):
-                close = math.isclose(actual, value, rel_tol=1e-9, abs_tol=1e-12)
+                close = math.isclose(actual, value, rel_tol=1e-12, abs_tol=1e-15)
                 same = close or (math.isnan(actual) and math.isnan(value))
             else:
                 same = actual == value

@@ -1,7 +1,7 @@
 """Behaviour kept: every golden case ends with the recorded history, in-process and on Ray
 (see tests/golden.py for what is recorded and when).
 
-Counts and every other non-float are compared exactly, floats to 1e-9 of their value: the
+Counts and every other non-float are compared exactly, floats to 1e-12 of their value: the
 BLAS and LAPACK kernels NumPy and torch pick by CPU change the last bits of a few results
 (the spectral gap of a gossip matrix, an optimum found by FISTA differ in the 16th digit on an
 AMD EPYC with AVX-512 from the machine that recorded them). Any change of behaviour moves a
