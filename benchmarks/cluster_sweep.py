@@ -20,9 +20,13 @@ of the sweep times its concurrency, per trial, minus one plain trial), their rat
 one tracked trial costs the tracking server: every request goes through a counting proxy, so
 the requests and the server's milliseconds per trial are measured, not estimated.
 
-Ray Tune is part of the ``ray`` package fedsweep depends on (its ``tune`` extras are already
-installed), so it needs no environment of its own. Both ways connect to the lab's Ray before
-their clock starts.
+Ray Tune, the peer, is installed in a virtual environment of its own that the set-up makes
+(``ray[tune]`` at exactly the lab's Ray version, since a driver joins only a cluster of its own
+version; the venv sees the system's packages, so that Ray and PyTorch are those the lab's nodes
+run), and its driver runs from there. Both ways ask the same sampler for the same 60 points
+(Optuna's RandomSampler, seed 0), keep the same number of trials running, and connect to the
+lab's Ray before their clock starts. Tune reuses its trial actors (``reuse_actors=True``, its
+fastest setting for a function trainable).
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ import json, sys, time, ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+import optuna
 uri, address, trials, parallel, storage_path = sys.argv[1:6]
 ray.init(address=address, logging_level="ERROR")
 
@@ -136,8 +141,9 @@ tuner = tune.Tuner(
     tune.with_resources(trainable, {"cpu": 1}),
     param_space={"lr": tune.loguniform(0.01, 0.5)},
     tune_config=tune.TuneConfig(
-        search_alg=OptunaSearch(metric="test_accuracy", mode="max", seed=0),
-        num_samples=int(trials), max_concurrent_trials=int(parallel),
+        search_alg=OptunaSearch(metric="test_accuracy", mode="max",
+                                sampler=optuna.samplers.RandomSampler(seed=0)),
+        num_samples=int(trials), max_concurrent_trials=int(parallel), reuse_actors=True,
     ),
     run_config=tune.RunConfig(
         callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name="tune-bench",
@@ -174,9 +180,22 @@ def plain_loop(trials: int) -> float:
     return time.perf_counter() - start
 
 
-def _script(code: str, args: list[str], env: dict[str, str]) -> dict:
+def tune_venv(root: Path) -> str:
+    """A virtual environment with Ray Tune (the peer) at this Ray's exact version; its python."""
+    import ray
+
+    venv = root / "tune-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", f"ray[tune]=={ray.__version__}"], check=True
+    )
+    return python
+
+
+def _script(code: str, args: list[str], env: dict[str, str], python: str = sys.executable) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [python, "-c", code, *args],
         cwd=REPO,
         env={**env, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -200,6 +219,8 @@ def main() -> None:
     plain = plain_loop(n)
     root = Path(tempfile.mkdtemp(prefix="fedsweep-bench-"))
     root.chmod(0o755)
+    print(f"installing Ray Tune in {root / 'tune-venv'} ...", flush=True)
+    tune_python = tune_venv(root)
     print(f"starting a 3-node lab in {root} ...", flush=True)
     lab = Lab.up(root / "lab", nodes=3, cpus_per_node=1)
     try:
@@ -209,7 +230,9 @@ def main() -> None:
         before = proxy.snapshot()
         a = _script(FEDSWEEP, [uri, lab.storage_url, lab.ray_address, str(n), str(p)], env)
         mid = proxy.snapshot()
-        b = _script(TUNE, [uri, lab.ray_address, str(n), str(p), str(root / "tune")], env)
+        b = _script(
+            TUNE, [uri, lab.ray_address, str(n), str(p), str(root / "tune")], env, tune_python
+        )
         after = proxy.snapshot()
     finally:
         lab.down()

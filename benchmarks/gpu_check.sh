@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine that has one: a FedAvg run and a 4-trial sweep with
 # runtime.device=cuda, each beside the same on the CPU; prints the device the parties used
+# (the run's fedsweep.device tag, what the workers reported, not what was asked)
 # and the throughput. Run from a clone after `pip install -e .` (with a CUDA build of torch):
 #
 #   bash benchmarks/gpu_check.sh
@@ -20,12 +21,14 @@ for device in cpu cuda; do
   out=$(python -m orchestrator.cli run configs/cnn_digits_iid.yaml "trainer.rounds=$rounds" \
         "runtime.device=$device" runtime.gpus_per_worker=$([ $device = cuda ] && echo 0.25 || echo 0) \
         "tracking.uri=sqlite:///$work/mlflow.db" tracking.log_model=false --quiet --json | tail -n 1)
-  python - "$device" "$rounds" "$out" <<'PY'
+  python - "$device" "$rounds" "$out" "$work" <<'PY'
 import json, sys
-device, rounds, out = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+from mlflow.tracking import MlflowClient
+device, rounds, out, work = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 m = out["metrics"]
-print(f"run   device={device:4s} rounds/s={rounds / m['wall_time_s']:7.2f}  "
-      f"test_accuracy={m['test_accuracy']:.4f}  (requested: {device})")
+used = MlflowClient(f"sqlite:///{work}/mlflow.db").get_run(out["run_id"]).data.tags["fedsweep.device"]
+print(f"run   requested={device:4s} rounds/s={rounds / m['wall_time_s']:7.2f}  "
+      f"test_accuracy={m['test_accuracy']:.4f}  used: {used}")
 PY
 done
 cat > "$work/space.yaml" <<'YAML'
@@ -41,11 +44,18 @@ for device in cpu cuda; do
     sweep.gpus_per_trial=$([ $device = cuda ] && echo 0.25 || echo 0) \
     "tracking.uri=sqlite:///$work/mlflow.db" --quiet --json > "$work/sweep-$device.json"
   end=$(date +%s.%N)
-  python - "$device" "$start" "$end" "$work/sweep-$device.json" <<'PY'
+  python - "$device" "$start" "$end" "$work/sweep-$device.json" "$work" <<'PY'
 import json, sys
-device, start, end, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+from mlflow.tracking import MlflowClient
+device, start, end, path, work = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 out = json.loads(open(path).read().strip().splitlines()[-1])
-print(f"sweep device={device:4s} trials={out['n_complete']} wall={end - start:6.1f} s "
-      f"trials/min={60 * out['n_complete'] / (end - start):6.1f}")
+client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+trials = client.search_runs(
+    [client.get_run(out["parent_run_id"]).info.experiment_id],
+    f"tags.mlflow.parentRunId = '{out['parent_run_id']}'",
+)
+used = sorted({r.data.tags.get("fedsweep.device", "?") for r in trials})
+print(f"sweep requested={device:4s} trials={out['n_complete']} wall={end - start:6.1f} s "
+      f"trials/min={60 * out['n_complete'] / (end - start):6.1f}  used: {'; '.join(used)}")
 PY
 done

@@ -136,6 +136,12 @@ class Executor(abc.ABC):
     def restore_party_states(self, states: Mapping[int, dict[str, Any]]) -> None:
         """Puts the loaded parties back in these states (parties not named start afresh)."""
 
+    @abc.abstractmethod
+    def devices(self) -> list[str]:
+        """Where each worker's party tensors live, as :meth:`PartyHost.where` says (what a
+        run records: a ``cuda`` asked of a worker that has no GPU is refused, so this is the
+        device that was used)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Releases the workers."""
 
@@ -278,6 +284,19 @@ class PartyHost:
 
     def hosts(self, party_id: int) -> bool:
         return party_id in self._contexts
+
+    def where(self) -> str:
+        """This worker's device: ``cpu``, or ``cuda`` with the GPU's name, and the GPUs this
+        process was given (``CUDA_VISIBLE_DEVICES``, which Ray sets for a GPU share)."""
+        import os
+
+        given = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" [visible GPUs {given}]" if given else ""
+        if self.device != "cuda":
+            return f"cpu{shown}"
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(0)}){shown}"
 
     def run(
         self, fn: PartyFn[R], party_ids: Sequence[int], payload: Any, reduce: Reduce[R] | None

@@ -61,6 +61,9 @@ class InProcessExecutor(Executor):
 
         self._host.restore(copy.deepcopy(dict(states)))
 
+    def devices(self) -> list[str]:
+        return [self._host.where()]
+
     def close(self) -> None:
         self._host.clear()
 

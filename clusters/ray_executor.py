@@ -196,6 +196,10 @@ class RayExecutor(Executor):
             by_party.update(zip(groups[w], results))
         return [by_party[p] for p in party_ids]
 
+    def devices(self) -> list[str]:
+        self._settle()
+        return list(self._get([h.where.remote() for h in self._hosts]))
+
     def party_states(self) -> dict[int, dict[str, Any]]:
         self._settle()
         out: dict[int, dict[str, Any]] = {}

@@ -350,7 +350,7 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise _translate(exc) from None
     assert isinstance(obj, ExperimentConfig)
-    _absolute_paths(obj)
+    _resolve_paths(obj)
     validate(obj)
     if from_env:  # kept beside the fields (deep copies keep it): what to log instead
         obj.__dict__["_from_env"] = from_env
@@ -468,8 +468,8 @@ def configure(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentCon
         hints = _hints(_kind(node))
         if name not in hints:
             raise ConfigError(dotted, "unknown key")
-        setattr(node, name, _coerce(value, hints[name], dotted))
-    _absolute_paths(out)
+        setattr(node, name, _typed_value(value, hints[name], dotted))
+    _resolve_paths(out)
     validate(out)
     return out
 
@@ -492,18 +492,18 @@ def _dataclass_of(hint: Any) -> type:
     raise TypeError(f"{hint} is not a section")
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def _typed_value(value: Any, hint: Any, key: str) -> Any:
     """``value`` as a field of type ``hint`` holds it, or ConfigError."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        return _typed_value(value, inner, key)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"wrong type: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_typed_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return _member(hint, value, key)
     if dataclasses.is_dataclass(hint):
@@ -558,12 +558,12 @@ def _members(kind: type[enum.Enum]) -> str:
     return ", ".join(sorted(kind.__members__))
 
 
-def _absolute_paths(cfg: Any) -> None:
+def _resolve_paths(cfg: Any) -> None:
     """Makes every relative path field (``path()`` in its metadata) absolute, in place."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            _absolute_paths(value)
+            _resolve_paths(value)
         elif is_path(f.metadata) and isinstance(value, str) and value:
             if not Path(value).is_absolute():
                 setattr(cfg, f.name, str(Path(value).resolve()))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DATASETS",
     "PARTITIONERS",
+    "PARQUET",
     "VERTICAL",
     "Prepared",
     "TableSource",
@@ -43,6 +44,8 @@ _SPLIT_STREAM = 10
 _PARTITION_STREAM = 11
 _VERTICAL_STREAM = 12
 VERTICAL = "vertical"
+PARQUET = "parquet"
+"""The data set that is a user's own file: read and checked before anything starts."""
 """partition.name of a split across features instead of samples."""
 
 
@@ -124,7 +127,7 @@ def _synthetic_images(cfg: DataConfig, seed: int) -> TableSource:
     return _from_arrays(images.reshape(n, -1), y, [f"px{i}" for i in range(side * side)])
 
 
-@DATASETS.register("parquet")
+@DATASETS.register(PARQUET)
 def _parquet(cfg: DataConfig, seed: int) -> TableSource:
     try:
         table = pq.read_table(cfg.path)
@@ -165,7 +168,7 @@ def check_data(cfg: ExperimentConfig) -> None:
     Raises:
         ConfigError: naming the setting and the column.
     """
-    if cfg.data.name == "parquet":
+    if cfg.data.name == PARQUET:
         _to_arrays(load_table(cfg.data, cfg.seed))
 
 
@@ -447,7 +450,14 @@ def _prepare_vertical(
     aligned = order[:n_aligned]
     local = tuple(np.sort(part) for part in np.array_split(order[n_aligned:], k))
     data = VerticalData(
-        x_train, y_train, x_test, y_test, tuple(columns), aligned, local, len(classes)
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        columns=tuple(columns),
+        aligned=aligned,
+        local=local,
+        n_classes=len(classes),
     )
     stats = pa.table(
         {

@@ -29,7 +29,7 @@ from orchestrator.config import (
     to_dict,
     to_yaml,
 )
-from orchestrator.data import Prepared, prepare, write_partitions
+from orchestrator.data import PARQUET, Prepared, prepare, write_partitions
 from orchestrator.errors import ConfigError
 from orchestrator.validation import validate
 from trainers import TRAINERS
@@ -194,7 +194,7 @@ def run(
     lineage = _load_teacher(cfg, trainer)
     # A user's data file is read (and refused, when bad) before anything starts; generated
     # and bundled data load while the Ray actors warm up.
-    early = prepare(cfg) if cfg.data.name == "parquet" else None
+    early = prepare(cfg) if cfg.data.name == PARQUET else None
     own_executor = executor is None
     if executor is None:
         executor = make_executor(cfg.runtime)
@@ -454,7 +454,7 @@ def _run_tracked(
         store = Checkpoints(RunFiles(cfg.tracking.uri or "", tracker.run_id), fresh=True)
     if on_start is not None and tracker is not None and tracker.run_id is not None:
         on_start(tracker.run_id)
-    record = getattr(tracker, "record", None)
+    record = tracker.record if tracker is not None else None
     reporter = _Reporter(tracker, progress, seen)
     rounds = _Rounds(
         cfg, trainer, executor, reporter, store, tracker.flush if tracker else lambda: None
@@ -493,6 +493,8 @@ def _run_tracked(
     if tracker is not None:
         try:
             tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
+            # where the parties' tensors lived: the device used, not the one asked for
+            tracker.set_tags({"fedsweep.device": ", ".join(sorted(set(executor.devices())))})
             if cfg.tracking.plots:
                 _log_plots(tracker, cfg, trainer, result)
             if result.tables:

@@ -88,9 +88,14 @@ class Tracker(Protocol):
           (Parquet) or raw bytes.
         * :attr:`run_id` is the MLflow run's id once it exists (a recording has none until it
           is written).
+        * :attr:`record` is what a recording holds, for whoever writes it (None for a tracker
+          that writes as it goes).
     """
 
     run_id: str | None
+
+    @property
+    def record(self) -> RunRecord | None: ...
 
     def start(
         self,
@@ -186,6 +191,7 @@ class MlflowTracker:
         self.experiment = experiment
         self.flush_every = flush_every
         self.run_id: str | None = None
+        self.record: RunRecord | None = None  # written as it goes: nothing held back
         self._buffer: list[Metric] = []
         self._steps_buffered = 0
 
@@ -514,7 +520,7 @@ class RecordingTracker:
     """
 
     def __init__(self, experiment: str) -> None:
-        self.record = RunRecord(experiment)
+        self.record: RunRecord = RunRecord(experiment)
         self.run_id: str | None = None
 
     def start(

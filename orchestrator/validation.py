@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import ConfigError
 from trainers import TRAINERS
 from trainers.base import Federation, Invalid
+from trainers.cache import CACHE
 from trainers.rules import Each, field_rule, is_path
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, problem in problems(cfg):
         raise ConfigError(key, problem)
     trainer = TRAINERS.get(cfg.trainer.name)
-    vertical = cfg.partition.name == "vertical"
+    vertical = cfg.partition.name == "vertical"  # the partitioner of orchestrator.data.VERTICAL
     if trainer.vertical != vertical:
         if vertical:
             names = [n for n in TRAINERS.names() if TRAINERS.get(n).vertical]
@@ -81,13 +82,12 @@ def _unread(section: Any, reads: frozenset[str]) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def _default_trainer() -> Any:
     """The trainer section's defaults (read only), made once per process: every trial's
     config is validated by its driver and its worker."""
     from trainers.config import TrainerConfig
 
-    return TrainerConfig()
+    return CACHE.get("validation.default_trainer", None, TrainerConfig)
 
 
 def _difference(value: Any, default: Any, key: str) -> str | None:

@@ -29,8 +29,9 @@ RAY_TOKEN = _ray_token()
 
 
 def _recorded_instruction_set() -> None:
-    """The golden histories are bit-exact, and the kernels torch, oneDNN and NumPy pick
-    differ in their last bits between AVX2 and AVX-512 (summation order, vectorised exp).
+    """The golden histories are compared to the 16th digit, and the kernels torch, oneDNN
+    and NumPy pick differ in their last bits between AVX2 and AVX-512 (summation order,
+    vectorised exp).
     They were recorded on AVX2 machines, so every process of the test run is capped at AVX2:
     set before NumPy or torch is imported, and inherited by Ray's workers and by every
     process the tests start. On an AVX2 machine this changes nothing."""

@@ -1,5 +1,7 @@
 """Golden metrics: every shipped config (and a few variants that reach the other code paths)
-at its smoke-test budget, in-process and on Ray, recorded once and compared bit for bit.
+at its smoke-test budget, in-process and on Ray, recorded once and compared: to 1e-12 of each
+float against the recording (tests/test_golden.py says why not to the last bit across
+machines), and to the last bit between the executors of one test run.
 
 ``python -m tests.golden --write`` records ``tests/data/golden_metrics.json``;
 ``tests/test_golden.py`` reruns every case and asserts the same histories.

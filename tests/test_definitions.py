@@ -31,6 +31,9 @@ def test_launcher_configs_follow_rays_schema(name):
     jsonschema.validate(config, schema)
     setup = " ".join(config["setup_commands"])
     assert "torch==2.13.0" in setup and "RAY_AUTH_MODE=token" in setup
+    # the token every process names is copied to every node
+    token = "~/.ray/fedsweep_token"
+    assert f"RAY_AUTH_TOKEN_PATH={token}" in setup and token in config["file_mounts"]
     assert any("ray start --head" in c for c in config["head_start_ray_commands"])
 
 
@@ -76,6 +79,23 @@ def test_kuberay_rayjob_runs_a_fedsweep_sweep():
     assert args.storage.startswith("postgresql+psycopg://") and args.address == "auto"
     assert all("=" in e for e in extra)  # the rest are config overrides
     assert spec["shutdownAfterJobFinishes"] is True
+    if spec.get("submissionMode", "K8sJobMode") == "K8sJobMode":  # the submitter has the token
+        (submitter,) = spec["submitterPodTemplate"]["spec"]["containers"]
+        env = {e["name"]: e for e in submitter["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+
+
+def test_the_image_the_manifests_name_is_built_from_this_repository():
+    dockerfile = (DEFS / "Dockerfile").read_text()
+    base = next(line for line in dockerfile.splitlines() if line.startswith("ARG BASE="))
+    (cluster,) = _docs("kuberay-raycluster.yaml")
+    assert f"rayproject/ray:{cluster['spec']['rayVersion']}-py311" in base  # the manifests' Ray
+    assert "pip install --no-cache-dir -e ." in dockerfile
+    for package in ("orchestrator", "trainers", "search_spaces", "clusters", "configs"):
+        assert f"COPY --chown=ray:users {package} {package}" in dockerfile
+    for name in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
+        assert "clusters/definitions/Dockerfile" in (DEFS / name).read_text()
 
 
 def test_mlflow_postgres_deployment_serves_artifacts_on_postgresql():

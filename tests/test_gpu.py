@@ -4,6 +4,7 @@ this machine has no GPU; benchmarks/gpu_check.sh is the check for one that has).
 from __future__ import annotations
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 import orchestrator
 from orchestrator import ConfigError, load_config
@@ -24,10 +25,22 @@ def test_device_and_gpu_shares_are_settings():
         load_config(tiny(), ["sweep.gpus_per_trial=-1"])
 
 
-def test_auto_runs_on_the_cpu_here_exactly_as_cpu():
+def test_auto_runs_on_the_cpu_here_exactly_as_cpu(tracking_uri):
     cpu = orchestrator.run(tiny(), ["runtime.device=cpu"])
-    auto = orchestrator.run(tiny(), ["runtime.device=auto"])
+    tracking = {"enabled": True, "uri": tracking_uri, "experiment": "gpu", "log_model": False}
+    auto = orchestrator.run(tiny(tracking=tracking), ["runtime.device=auto"])
     assert comparable(auto.history) == comparable(cpu.history)
+    # the run records the device its parties used, not the one asked for
+    tags = MlflowClient(tracking_uri).get_run(auto.run_id).data.tags
+    assert tags["fedsweep.device"] == "cpu"
+
+
+@pytest.mark.ray
+def test_ray_actors_report_the_device_they_used(ray_session):
+    from clusters import RayExecutor
+
+    with RayExecutor(num_workers=2, device="auto") as executor:
+        assert executor.devices() == ["cpu", "cpu"]
 
 
 def test_cuda_where_no_gpu_is_visible_is_a_config_error():

@@ -290,7 +290,12 @@ def test_gpu_shares_are_requested_from_ray(lab, project, sessions):
         cwd=project, env=lab.process_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "test_accuracy" in json.loads(run.stdout.strip().splitlines()[-1])["metrics"]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "test_accuracy" in out["metrics"]
+    # each actor was given a GPU share by Ray (its CUDA_VISIBLE_DEVICES; the nodes' GPUs are
+    # logical here, so the parties trained on the CPU, as the tag says)
+    device = MlflowClient(lab.tracking_uri).get_run(out["run_id"]).data.tags["fedsweep.device"]
+    assert device.startswith("cpu [visible GPUs "), device
 
 
 def test_a_worker_node_lost_mid_sweep(lab, project, sessions):

@@ -311,6 +311,42 @@ def test_sweep_on_postgresql_storage(ray_session, tracking_uri, postgres_url):
     )
 
 
+def test_a_server_storage_never_holds_more_connections_than_its_pool(postgres_url):
+    """16 threads of one process at a PostgreSQL storage of 4 connections: every call gets
+    through, never more than 4 connections are out at once, and each is checked before use
+    (a restarted server is reconnected to)."""
+    import threading
+
+    storage = make_storage(postgres_url, connections=4)
+    engine = storage.engine
+    assert engine.pool.size() + engine.pool._max_overflow == 4  # noqa: SLF001 - the bound
+    assert engine.pool._pre_ping  # noqa: SLF001
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "pooled")
+    peak, errors, go = [0], [], threading.Barrier(16)
+    lock = threading.Lock()
+
+    def hammer():
+        go.wait()
+        try:
+            for _ in range(20):
+                trial_id = storage.create_new_trial(study_id)
+                storage.set_trial_user_attr(trial_id, "x", 1)
+                with lock:
+                    peak[0] = max(peak[0], engine.pool.checkedout())
+        except Exception as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    assert len(storage.get_all_trials(study_id)) == 16 * 20
+    assert 1 <= peak[0] <= 4, peak[0]
+    storage.delete_study(study_id)
+
+
 @pytest.mark.ray
 def test_trial_with_its_own_actor_pool(ray_session, tracking_uri):
     space = parse_space(

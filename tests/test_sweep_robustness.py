@@ -137,9 +137,14 @@ def test_killed_worker_is_detected_and_the_trial_retried_from_its_checkpoint(
 
     def kill_first_trial_worker():
         def trial_process():
-            for p in psutil.process_iter(["cmdline"]):
-                if any("run_trial" in part for part in (p.info["cmdline"] or [])):
-                    return p
+            # only this test run's processes: the session's Ray (and its workers) descend
+            # from it, and another test run's workers on the machine do not
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if any("run_trial" in part for part in p.cmdline()):
+                        return p
+                except psutil.Error:  # gone meanwhile
+                    continue
             return None
 
         proc = wait_for(trial_process, 120, "the trial's worker", poll=0.05)

@@ -174,15 +174,15 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
         roles = Roles.of(len(ids), ccfg)
         ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
         self._run = _CMFLRun(
-            data,
-            model,
-            layer_slices(model),
-            ids,
-            roles,
-            build_adversary(cfg.attack, seed),
-            local_task(cfg, spec, seed, ledger.byzantine),
-            weights.size * BYTES_PER_VALUE,
-            Availability(cfg, {pid: len(p) for pid, p in data.parties.items()}, seed),
+            data=data,
+            model=model,
+            layers=layer_slices(model),
+            ids=ids,
+            roles=roles,
+            adversary=build_adversary(cfg.attack, seed),
+            task=local_task(cfg, spec, seed, ledger.byzantine),
+            model_bytes=weights.size * BYTES_PER_VALUE,
+            availability=Availability(cfg, {pid: len(p) for pid, p in data.parties.items()}, seed),
         )
         rng = np.random.default_rng(derive_seed(seed, _ROLE_STREAM))
         committee = sorted(rng.choice(ids, size=roles.committee, replace=False).tolist())
@@ -302,7 +302,7 @@ class CMFLState(RunState):
     total_bytes: int = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _CMFLRun:
     """What stays the same for a whole run (rebuilt by :meth:`CMFL.begin`)."""
 

@@ -241,7 +241,15 @@ class Distillation(Trainer[FederatedData, "DistillState"]):
             [c.assistant, self.model_config] if c.assistant is not None else [self.model_config]
         )
         self._run = _DistillRun(
-            data, seed, x_train, y_train, x_distil, y_distil, x_test, y_test, stages
+            data=data,
+            seed=seed,
+            x_train=x_train,
+            y_train=y_train,
+            x_distil=x_distil,
+            y_distil=y_distil,
+            x_test=x_test,
+            y_test=y_test,
+            stages=stages,
         )
         return DistillState()
 
@@ -448,7 +456,7 @@ class DistillState(RunState):
     lineage: list[dict[str, object]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _DistillRun:
     """What stays the same for a whole run (rebuilt by :meth:`Distillation.begin`)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 import torch
@@ -89,6 +89,7 @@ class ModelSpec:
     n_features: int
     n_classes: int
     hidden: tuple[int, ...] = (128,)
+    _: KW_ONLY
     channels: tuple[int, ...] = (16, 32)
     dim: int = 32
     depth: int = 4
@@ -103,12 +104,12 @@ class ModelSpec:
             n_features,
             n_classes,
             tuple(cfg.hidden),
-            tuple(cfg.channels),
-            cfg.dim,
-            cfg.depth,
-            cfg.heads,
-            cfg.patch,
-            cfg.dropout,
+            channels=tuple(cfg.channels),
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            patch=cfg.patch,
+            dropout=cfg.dropout,
         )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import networkx as nx
 import numpy as np
@@ -108,6 +108,7 @@ class GraphSpec:
     """
 
     name: str
+    _: KW_ONLY
     p: float = 0.3
     k: int = 4
     varying: str = "none"
@@ -118,7 +119,15 @@ class GraphSpec:
     @classmethod
     def of(cls, cfg: DecentralizedConfig) -> GraphSpec:
         """The graph a decentralized config describes."""
-        return cls(str(cfg.topology), cfg.p, cfg.k, str(cfg.varying), cfg.q, cfg.b, cfg.lazy)
+        return cls(
+            str(cfg.topology),
+            p=cfg.p,
+            k=cfg.k,
+            varying=str(cfg.varying),
+            q=cfg.q,
+            b=cfg.b,
+            lazy=cfg.lazy,
+        )
 
 
 @dataclass

@@ -10,10 +10,14 @@ every process the lab starts gets ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_P
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
 import secrets
+import shutil
 import signal
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -110,7 +114,7 @@ class Lab:
             token.chmod(0o600)
         # Ray's Unix sockets must fit in 107 characters: its temp dir is short, outside root.
         ray_temp = Path(tempfile.mkdtemp(prefix="fslab-", dir="/tmp"))
-        pg = Postgres(root / "postgres", free_port(), max_connections)
+        pg = Postgres(_postgres_root(root), free_port(), max_connections)
         server = MlflowServer(pg.url("mlflow"), root / "artifacts", free_port())
         ray_nodes = [RayNode.head_node(cpus_per_node, gpus_per_node, object_store_mb << 20)]
         ray_nodes += [
@@ -218,7 +222,8 @@ class Lab:
         return any(self.status().values())
 
     def down(self) -> None:
-        """Stops every service the lab started (the worker nodes first), by their pids."""
+        """Stops every service the lab started (the worker nodes first), by their pids, and
+        removes Ray's temp dir (its sessions' sockets and logs)."""
         for node in reversed(self.nodes):
             node.stop()
         self.mlflow.stop()
@@ -226,6 +231,8 @@ class Lab:
             self.postgres.stop()
         except LabError:
             pass
+        if not any(n.leader is not None and session_alive(n.leader) for n in self.nodes):
+            shutil.rmtree(self.ray_temp, ignore_errors=True)
         if self.dir.exists():
             self.save()
 
@@ -279,3 +286,26 @@ class Lab:
         except OSError:
             return False
         return True
+
+
+def _postgres_root(root: Path) -> Path:
+    """Where the lab's PostgreSQL keeps its files: ``<root>/postgres``, unless the lab runs as
+    root in a directory the ``postgres`` user (the server's, as PostgreSQL refuses to run as
+    root) cannot reach, such as one under ``/root``. Then a directory of the ``postgres``
+    user's own, named after the lab's, so that the same lab finds it again."""
+    inside = root / "postgres"
+    if os.geteuid() != 0:
+        return inside
+    try:
+        home = Path(pwd.getpwnam("postgres").pw_dir)
+    except KeyError:  # no postgres user: the server is not installed, which init() says
+        return inside
+    reach = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "test", "-x", str(root)], check=False
+    )
+    if reach.returncode == 0:
+        return inside
+    away = home / "fedsweep-labs" / hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    away.parent.mkdir(parents=True, exist_ok=True)
+    shutil.chown(away.parent, "postgres", "postgres")
+    return away

@@ -3,6 +3,8 @@ study's run.
 
 - :mod:`._driver`: the driver (launch, collect, shut down) and :func:`sweep`;
 - :mod:`._trial`: one trial, what crosses to its worker and back, and what the worker does;
+- :mod:`._writer`: finished trials' runs written and told to Optuna, off the driver's loop;
+- :mod:`._peers`: the heartbeat of each driver on a study, and the trials of dead ones;
 - :mod:`._space`: a space checked against the experiment before anything runs;
 - :mod:`._finish`: the parent run and the study's finish (best trials, plots, registry);
 - :mod:`._optuna`: storages, samplers and pruners, and the one class that reaches past

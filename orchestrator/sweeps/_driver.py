@@ -19,10 +19,8 @@ per machine of a lab) share it:
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,18 +37,22 @@ from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run
 from orchestrator.sweeps._optuna import (
     INTERRUPTED,
     StudyStore,
+    absolute_sqlite,
+    default_storage,
     make_pruner,
     make_sampler,
     make_storage,
+    require_storage,
 )
+from orchestrator.sweeps._peers import Peers
 from orchestrator.sweeps._space import check_space
 from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_trial
+from orchestrator.sweeps._writer import Writer
 from orchestrator.tracking import (
     MlflowTracker,
     RunStatus,
     require_store,
     resolve_tracking_uri,
-    write_record,
 )
 from search_spaces import Objective, Space, SpaceError, load_space
 
@@ -59,13 +61,8 @@ __all__ = ["ProgressFn", "sweep"]
 ProgressFn = Callable[[Mapping[str, object]], None]
 _IDENTITY_PARAMS = ("trainer.name", "data.name", "model.name", "partition.name", "seed")
 _DEFAULT_TRIALS = 20
-HEARTBEAT_S = 3.0
-"""How often a driver marks itself alive in the study."""
-GRACE_S = 15.0
-"""A driver silent this long is dead: its RUNNING trials are failed and queued again."""
 _RECOVER_S = 5.0
 """How often a driver looks for dead drivers' trials."""
-_DRIVER_ATTR = "fedsweep_driver"
 _SURPLUS = "fedsweep_surplus"
 
 
@@ -131,7 +128,7 @@ def sweep(
         driver.stop(exc)
         raise
     trials_done = time.perf_counter()
-    last_out = driver.leave()
+    last_out = driver.peers.leave()
     # Only the last driver out sums the study up; the others report it as it stands.
     try:
         result = finish(st, plan.space, tracker if last_out else None, plan.base, plan.study)
@@ -207,7 +204,7 @@ class _Plan:
         target = trials or sc.trials or grid or _DEFAULT_TRIALS
         if grid is not None:
             target = min(target, grid)
-        tracking_uri = _absolute_sqlite(resolve_tracking_uri(base.tracking.uri))
+        tracking_uri = absolute_sqlite(resolve_tracking_uri(base.tracking.uri))
         require_store(tracking_uri)
         searched = parsed.config_keys()
         values: dict[str, object] = {
@@ -227,7 +224,7 @@ class _Plan:
             # the next one trains. A tracking server serves the artifacts: each trial writes
             # its run there itself, so no checkpoint travels through the driver.
             values["tracking.deferred"] = not tracking_uri.startswith(("http://", "https://"))
-        storage_url = storage or sc.storage or _default_storage(tracking_uri)
+        storage_url = storage or sc.storage or default_storage(tracking_uri)
         require_storage(storage_url)
         return cls(
             base,
@@ -238,44 +235,6 @@ class _Plan:
             tracking_uri,
             target,
         )
-
-
-_PORTS = {"postgresql": 5432, "mysql": 3306}
-
-
-def require_storage(url: str, timeout: float | None = None) -> None:
-    """That an Optuna storage on a database server answers before the study is made: a
-    ``postgresql://`` or ``mysql://`` URL's host and port take a connection within
-    ``timeout`` seconds (default :func:`clusters.connect_timeout`); files need no check.
-
-    Raises:
-        ServiceError: ``storage error: <url, password masked>: no database answers ...``.
-    """
-    import socket
-
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    from clusters import ServiceError, connect_timeout
-    from orchestrator.secrets import redact_text
-
-    if "://" not in url or url.startswith("sqlite:"):
-        return
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigError("sweep.storage", f"not a storage URL: {exc}") from None
-    port = parsed.port or _PORTS.get(parsed.get_backend_name())
-    if not parsed.host or port is None:
-        return
-    wait = connect_timeout() if timeout is None else timeout
-    try:
-        socket.create_connection((parsed.host, port), timeout=wait).close()
-    except OSError as exc:
-        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
-        raise ServiceError(
-            "storage", redact_text(url), f"no database answers within {wait:g} s ({reason})"
-        ) from None
 
 
 class _Driver:
@@ -290,8 +249,7 @@ class _Driver:
     ) -> None:
         self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
         self.store = StudyStore(study)
-        self.id = uuid.uuid4().hex[:12]
-        """This driver, as its heartbeat and its trials name it."""
+        self.peers = Peers(study, self.store)
         self.runner: TaskRunner | None = None
         self.running: dict[TaskHandle, TrialSpec] = {}
         self.asked: int | None = None
@@ -299,11 +257,8 @@ class _Driver:
         self.tallies: Tallies = tallies(study)
         self.best = _best_value(study)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._beating = threading.Thread(target=self._beat, name="fedsweep-heartbeat", daemon=True)
-        self._beating.start()
         self._recovered = 0.0
-        self.writer = _Writer(self.store, plan.tracking_uri, self._told)
+        self.writer = Writer(self.store, plan.tracking_uri, self._told)
         sp = plan.space
         self.summaries = (
             tuple(Objective(m, reduce=sp.report.reduce) for m in sp.report.metrics)
@@ -313,41 +268,16 @@ class _Driver:
 
     # ---------------------------------------------------------------- other drivers
 
-    def _beat(self) -> None:
-        key = f"fedsweep.driver.{self.id}"
-        while True:
-            try:
-                self.study.set_user_attr(key, time.time())
-            except Exception:  # noqa: BLE001 - a storage hiccup: the next beat retries
-                pass
-            if self._stopping.wait(HEARTBEAT_S):
-                return
-
-    def _alive(self, driver: object, now: float) -> bool:
-        if driver == self.id:
-            return True
-        beat = self.study.user_attrs.get(f"fedsweep.driver.{driver}")
-        return isinstance(beat, (int, float)) and now - beat < GRACE_S
-
     def recover(self) -> None:
         """Closes what dead drivers left: their RUNNING trials become FAIL (marked
         interrupted, so they do not count) and are queued again with the same parameters;
         with no other driver alive, child runs still RUNNING under the parent are closed as
         KILLED."""
         self._recovered = time.monotonic()
-        now = time.time()
-        others_alive = False
-        for t in self.store.trials(states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get(_DRIVER_ATTR)
-            if owner is None:  # asked by a driver that died before it could say so
-                started = t.datetime_start.timestamp() if t.datetime_start else 0.0
-                dead = now - started > GRACE_S
-            else:
-                dead = not self._alive(owner, now)
-            others_alive |= owner != self.id and not dead
+        dead, others_alive = self.peers.orphans()
+        for t in dead:
             if (
-                dead
-                and self.store.fail_interrupted(StudyStore.trial_id(t))
+                self.store.fail_interrupted(StudyStore.trial_id(t))
                 and "grid_id" not in t.system_attrs  # a grid gives its point again itself
             ):
                 self.study.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
@@ -355,19 +285,6 @@ class _Driver:
             self.tracker.close_children(
                 RunStatus.KILLED, "the sweep's driver stopped before this trial ended"
             )
-
-    def leave(self) -> bool:
-        """Stops this driver's heartbeat; whether it is the last driver out (no other
-        driver alive), which then finishes the study."""
-        self._stopping.set()
-        self._beating.join(timeout=5)
-        self.study.set_user_attr(f"fedsweep.driver.{self.id}", 0.0)
-        now = time.time()
-        return not any(
-            k.startswith("fedsweep.driver.") and k != f"fedsweep.driver.{self.id}"
-            and isinstance(v, (int, float)) and now - v < GRACE_S
-            for k, v in self.study.user_attrs.items()
-        )  # fmt: skip
 
     # ---------------------------------------------------------------- the loop
 
@@ -389,7 +306,7 @@ class _Driver:
             if tallies(self.study).finished >= target:
                 return
             # Another driver's trials make up the rest: wait for them (or for its death).
-            self._stopping.wait(1.0)
+            self.peers.wait(1.0)
 
     def _accounted(self) -> int:
         """Trials of the study that count toward its target: finished, or running here or in
@@ -401,7 +318,7 @@ class _Driver:
         at once with another driver's) and was handed back."""
         trial = self.study.ask()
         self.asked = StudyStore.trial_id(trial)  # RUNNING in the study until launched
-        trial.set_user_attr(_DRIVER_ATTR, self.id)
+        self.peers.claim(trial)
         rank = sum(1 for t in self.store.trials() if t.number < trial.number and _counts(t))
         if rank >= self.plan.target:
             self._hand_back(trial)
@@ -519,7 +436,7 @@ class _Driver:
             unfinished.append(self.asked)  # asked for, stopped before it was launched
         for trial_id in unfinished:
             self.store.fail_interrupted(trial_id)
-        last_out = self.leave()
+        last_out = self.peers.leave()
         if self.tracker is not None:
             killed = isinstance(exc, KeyboardInterrupt)
             status = RunStatus.KILLED if killed else RunStatus.FAILED
@@ -536,76 +453,6 @@ def _counts(t: optuna.trial.FrozenTrial) -> bool:
     if t.state == TrialState.WAITING or t.user_attrs.get(INTERRUPTED):
         return False
     return True
-
-
-class _Writer:
-    """Writes finished trials' recorded MLflow runs, then tells Optuna, on a thread of its own,
-    so the next trial trains meanwhile. A trial counts as finished in the study only once its
-    run is written: a driver killed in between leaves it RUNNING, to be re-run on resume."""
-
-    def __init__(
-        self, store: StudyStore, tracking_uri: str, told: Callable[[TrialOutcome], None]
-    ) -> None:
-        self.store, self.uri, self.told = store, tracking_uri, told
-        self.queue: queue.Queue[tuple[TrialSpec, TrialOutcome]] = queue.Queue()
-        self._lock = threading.Lock()
-        self.pending = 0
-        """Trials handed over and not yet told."""
-        # One thread: two writers on one SQLite store mostly wait on each other's locks.
-        threading.Thread(target=self._loop, name="fedsweep-writer", daemon=True).start()
-
-    def put(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
-        with self._lock:
-            self.pending += 1
-        self.queue.put((spec, outcome))
-
-    def join(self) -> None:
-        self.queue.join()
-
-    def _loop(self) -> None:
-        while True:
-            spec, outcome = self.queue.get()
-            try:
-                outcome = self._write(spec, outcome)
-                _tell(self.store, spec, outcome)
-                with self._lock:
-                    self.pending -= 1
-                self.told(outcome)
-            finally:
-                self.queue.task_done()
-
-    def _write(self, spec: TrialSpec, outcome: TrialOutcome) -> TrialOutcome:
-        if outcome.record is None:
-            return outcome
-        try:
-            run_id = write_record(outcome.record, self.uri)
-        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the sweep goes on
-            return TrialOutcome(
-                spec.number, TrialState.FAIL, error=f"writing its MLflow run failed: {exc}"
-            )
-        path = outcome.record.model_path
-        model_uri = f"runs:/{run_id}/{path}" if path else outcome.model_uri
-        return replace(outcome, run_id=run_id, model_uri=model_uri, record=None)
-
-
-def _tell(store: StudyStore, spec: TrialSpec, outcome: TrialOutcome) -> None:
-    # Each storage write is an append under a file lock (journal) or a transaction (RDB):
-    # only what is needed later is written.
-    attrs: dict[str, object] = {}
-    if outcome.run_id:
-        attrs["mlflow_run_id"] = outcome.run_id
-    if outcome.model_uri:
-        attrs["model_uri"] = outcome.model_uri
-    if outcome.error:
-        attrs["error"] = outcome.error[:2000]
-    if outcome.summary:
-        attrs["summary"] = dict(outcome.summary)
-    if outcome.series:
-        attrs["series"] = dict(outcome.series)
-    if spec.attempt:
-        attrs["attempts"] = spec.attempt + 1
-    store.set_attrs(spec.trial_id, attrs)
-    store.tell(spec.number, outcome.state, outcome.values or ())
 
 
 def _stop_running(runner: TaskRunner, running: Mapping[TaskHandle, TrialSpec]) -> None:
@@ -656,20 +503,6 @@ def _better(
     if best is None or isinstance(best, list):
         return value
     return max(best, value) if space.objectives[0].direction == "maximize" else min(best, value)
-
-
-def _absolute_sqlite(uri: str) -> str:
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return uri
-
-
-def _default_storage(tracking_uri: str) -> str:
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
-    else:
-        folder = Path.cwd()
-    return f"journal://{folder / 'optuna.journal'}"
 
 
 def _default_study_name(config: object, space: object) -> str:

@@ -1,18 +1,29 @@
-"""The Optuna glue: storages, samplers and pruners, and the one place that reaches past
-Optuna's public API."""
+"""The Optuna glue: storages (opened, probed, defaulted), samplers and pruners, and the one
+place that reaches past Optuna's public API."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import ConfigError
+from orchestrator.secrets import redact_text
 from search_spaces import PRUNERS, SAMPLERS, Space, SpaceError, Strategy
 
-__all__ = ["INTERRUPTED", "StudyStore", "make_pruner", "make_sampler", "make_storage"]
+__all__ = [
+    "INTERRUPTED",
+    "StudyStore",
+    "absolute_sqlite",
+    "default_storage",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "require_storage",
+]
 
 INTERRUPTED = "fedsweep_interrupted"
 """User attribute of a trial a stopped driver left unfinished: FAIL, and not counted."""
@@ -42,7 +53,9 @@ def make_storage(url: str, connections: int = 4) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many errors: one line, the URL named
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("--storage", f"cannot open {url!r}: {first}") from None
+        raise ConfigError(
+            "--storage", f"cannot open {redact_text(url)!r}: {redact_text(first)}"
+        ) from None
 
 
 def _build(kind: str, strategy: Strategy, build: Any) -> Any:
@@ -127,3 +140,54 @@ class StudyStore:
 
     def trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)
+
+
+_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+def require_storage(url: str, timeout: float | None = None) -> None:
+    """That an Optuna storage on a database server answers before the study is made: a
+    ``postgresql://`` or ``mysql://`` URL's host and port take a connection within
+    ``timeout`` seconds (default :func:`clusters.connect_timeout`); files need no check.
+
+    Raises:
+        ServiceError: ``storage error: <url, password masked>: no database answers ...``.
+    """
+    import socket
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from clusters import ServiceError, connect_timeout
+
+    if "://" not in url or url.startswith("sqlite:"):
+        return
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError("--storage", f"not a storage URL: {exc}") from None
+    port = parsed.port or _PORTS.get(parsed.get_backend_name())
+    if not parsed.host or port is None:
+        return
+    wait = connect_timeout() if timeout is None else timeout
+    try:
+        socket.create_connection((parsed.host, port), timeout=wait).close()
+    except OSError as exc:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        raise ServiceError(
+            "storage", redact_text(url), f"no database answers within {wait:g} s ({reason})"
+        ) from None
+
+
+def absolute_sqlite(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def default_storage(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    else:
+        folder = Path.cwd()
+    return f"journal://{folder / 'optuna.journal'}"

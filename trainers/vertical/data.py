@@ -37,7 +37,7 @@ class VerticalParty:
         return len(self.x_aligned) + len(self.x_local)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VerticalData:
     """The whole vertical federation, as the simulation (and its evaluator) sees it."""
 

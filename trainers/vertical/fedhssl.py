@@ -346,11 +346,6 @@ class _FreshBackbone:
         ctx.put(Pretrained(Backbone(nets)))
 
 
-def _backbone(models: dict[str, nn.Module]) -> nn.Module:
-    """A party's fine-tuned backbone among its exported models."""
-    return models["bottom"] if "bottom" in models else models["own"]
-
-
 class FedHSSL(Trainer[VerticalData, "FedHSSLState"]):
     """FedHSSL: cross-party SSL, local SSL and partial model aggregation, then fine-tuning."""
 
@@ -466,8 +461,8 @@ class FedHSSL(Trainer[VerticalData, "FedHSSLState"]):
     def end(self, state: FedHSSLState, executor: Executor, reporter: Reporter) -> TrainResult:
         run = self._run
         exported = executor.map(export_models, run.ids)
-        backbones = [_backbone(m) for m in exported]
-        head = exported[ACTIVE]["top"]
+        backbones = [m.backbone for m in exported]
+        head = exported[ACTIVE].top
         model = SplitModel(
             run.data.columns, dict(zip(run.passive, backbones[1:])), backbones[0], head
         )
@@ -541,7 +536,7 @@ class FedHSSL(Trainer[VerticalData, "FedHSSLState"]):
     ) -> float:
         a = self.config.vfl.attack
         attacker = min(a.attacker, data.n_parties - 1)
-        bottom = _backbone(executor.map(export_models, [attacker])[0])
+        bottom = executor.map(export_models, [attacker])[0].backbone
         return attacks.complete(bottom, width, data, attacker, a, derive_seed(seed, _ATTACK_STREAM))
 
 

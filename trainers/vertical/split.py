@@ -67,6 +67,7 @@ __all__ = [
     "ActiveParty",
     "ActiveState",
     "Embedding",
+    "Exported",
     "Gradient",
     "Optim",
     "PassiveParty",
@@ -303,17 +304,25 @@ def _tensor(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
     return t.requires_grad_(requires_grad) if requires_grad else t
 
 
-def export_models(ctx: PartyContext, payload: object) -> dict[str, nn.Module]:
-    """A party's trained models (copies), for the final model and the attacks: a passive
-    party's ``bottom``, the active party's ``own`` and ``top``."""
+@dataclass
+class Exported:
+    """A party's trained models (copies), for the final model and the attacks."""
+
+    backbone: nn.Module
+    """A passive party's bottom model, or the active party's own one."""
+    top: nn.Module | None = None
+    """The active party's top model (None for a passive party, or with no top)."""
+
+
+def export_models(ctx: PartyContext, payload: object) -> Exported:
+    """A party's trained models (copies): a passive party's bottom, the active party's own
+    model and top."""
     passive, active = ctx.get(PassiveState), ctx.get(ActiveState)
     if passive is not None:
-        return {"bottom": copy.deepcopy(passive.model)}
+        return Exported(copy.deepcopy(passive.model))
     assert active is not None, "the party never ran split learning"
-    out = {"own": copy.deepcopy(active.own)}
-    if active.top is not None:
-        out["top"] = copy.deepcopy(active.top)
-    return out
+    top = copy.deepcopy(active.top) if active.top is not None else None
+    return Exported(copy.deepcopy(active.own), top)
 
 
 class SplitModel(nn.Module):
@@ -596,9 +605,9 @@ class SplitLearning(Trainer[VerticalData, "SplitState"]):
         models = executor.map(export_models, list(range(run.data.n_parties)))
         model = SplitModel(
             run.data.columns,
-            {p: models[p]["bottom"] for p in run.passive_ids},
-            models[ACTIVE]["own"],
-            models[ACTIVE].get("top"),
+            {p: models[p].backbone for p in run.passive_ids},
+            models[ACTIVE].backbone,
+            models[ACTIVE].top,
         )
         return TrainResult(model.eval(), state.history, state.tables)
 
@@ -638,7 +647,7 @@ class SplitLearning(Trainer[VerticalData, "SplitState"]):
             out["label_leakage"] = 1.0 - out["defense_score"]
         bottoms, _, _ = self.specs(data)
         if "mc" in why and not why["mc"]:
-            bottom = executor.map(export_models, [attacker])[0]["bottom"]
+            bottom = executor.map(export_models, [attacker])[0].backbone
             out["mc_accuracy"] = attacks.complete(
                 bottom,
                 bottoms[attacker].n_classes,
