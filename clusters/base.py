@@ -136,6 +136,11 @@ class Executor(abc.ABC):
     def restore_party_states(self, states: Mapping[int, dict[str, Any]]) -> None:
         """Puts the loaded parties back in these states (parties not named start afresh)."""
 
+    def where(self) -> dict[str, str]:
+        """Where the executor runs, for a run's tags: ``executor`` (``local`` or ``ray``)
+        and, on Ray, the ``ray_address`` of the cluster joined."""
+        return {"executor": "local"}
+
     @abc.abstractmethod
     def devices(self) -> list[str]:
         """Where each worker's party tensors live, as :meth:`PartyHost.where` says (what a

@@ -9,10 +9,9 @@ start overlaps whatever the driver does next (loading and partitioning data).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import ray
 
 from clusters.base import (
     Executor,
@@ -25,7 +24,17 @@ from clusters.base import (
     assign_parties,
     connect_timeout,
 )
+from clusters.lab import LocalRay
 from clusters.tasks import WorkerLost
+
+# A Ray kept running here by `fedsweep ray up` is joined rather than a new one started. Ray
+# reads its token settings when it is imported, so they are set before: to that Ray's token,
+# unless this process names a Ray (RAY_ADDRESS) or a token of its own.
+_LOCAL = None if os.environ.get("RAY_ADDRESS") else LocalRay.find()
+if _LOCAL is not None and not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+    os.environ.update(_LOCAL.env)
+
+import ray  # noqa: E402
 
 __all__ = ["RayExecutor", "ensure_ray"]
 
@@ -54,7 +63,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Starts a local Ray, or joins a cluster, unless this process is already connected.
 
     Args:
-        address: ``None`` for a new local Ray; ``"auto"`` or ``"ray://host:port"`` to join.
+        address: ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` to join; ``None``: the
+            Ray already running here (``RAY_ADDRESS``, or ``fedsweep ray up``'s), else a new
+            local one.
         num_cpus: CPUs for a new local Ray (default: all of this machine's).
 
     Returns:
@@ -64,6 +75,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         _reachable(address)
     if ray.is_initialized():
         return False
+    if not address:
+        address = _running_local_ray()
+        if address:
+            _reachable(address)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
@@ -71,6 +86,17 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # A Ray of this machine alone: keep its traffic on the loopback interface.
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
     return True
+
+
+def _running_local_ray() -> str | None:
+    """A Ray already running on this machine to join rather than start one: the one Ray's
+    own ``RAY_ADDRESS`` names, else the one ``fedsweep ray up`` keeps, when this process
+    holds its token (see the module's import)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    if _LOCAL is None or os.environ.get("RAY_AUTH_TOKEN_PATH") != str(_LOCAL.token_path):
+        return None
+    return _LOCAL.address
 
 
 def refuse_unplaceable(
@@ -195,6 +221,9 @@ class RayExecutor(Executor):
         for w, results in zip(workers, replies):
             by_party.update(zip(groups[w], results))
         return [by_party[p] for p in party_ids]
+
+    def where(self) -> dict[str, str]:
+        return {"executor": "ray", "ray_address": ray.get_runtime_context().gcs_address}
 
     def devices(self) -> list[str]:
         self._settle()

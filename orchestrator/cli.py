@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
             help="let the config read environment variables (${oc.env:NAME}); they are "
             "logged as the interpolation, never as their values",
         )
+    for command in (run, sw):
+        command.add_argument(
+            "--profile",
+            action="store_true",
+            help="print where the time went, phase by phase (also logged as time.* metrics)",
+        )
     for command in (run, sw, sm):
         command.add_argument(
             "--lab",
@@ -117,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
             lp.add_argument(
                 "--max-connections", type=int, default=100, help="PostgreSQL's connection cap"
             )
+    rp = sub.add_parser(
+        "ray", help="a Ray kept running here, which runs and sweeps join instead of starting one"
+    )
+    ray_sub = rp.add_subparsers(dest="ray_command", required=True)
+    for name, text in (("up", "start it"), ("status", "is it up"), ("down", "stop it")):
+        r = ray_sub.add_parser(name, help=text)
+        r.add_argument("--dir", help="where it is described (default ~/.fedsweep/ray)")
+        if name == "up":
+            r.add_argument("--cpus", type=int, help="its CPUs (default: all)")
     return p
 
 
@@ -167,6 +182,8 @@ def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "lab":
             return _lab(args)
+        if args.command == "ray":
+            return _local_ray(args)
         if getattr(args, "lab", None):
             _use_lab(args)
         if args.command == "show":
@@ -234,6 +251,37 @@ def _lab(args: argparse.Namespace) -> int:
         return 2
 
 
+def _local_ray(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clusters.lab import LabError, LocalRay
+
+    where = Path(args.dir) if args.dir else None
+    try:
+        if args.ray_command == "up":
+            if args.cpus is not None and args.cpus < 1:
+                raise ConfigError("--cpus", f"must be >= 1, got {args.cpus}")
+            local = LocalRay.up(where, args.cpus)
+            print(
+                f"ray up at {local.address} ({local.node.num_cpus} CPUs), described in {local.dir}"
+            )
+            print("runs and sweeps on this machine join it; `fedsweep ray down` stops it")
+            return 0
+        found = LocalRay.find(where)
+        if args.ray_command == "status":
+            print(f"ray up at {found.address}" if found else "no ray up")
+            return 0 if found else 1
+        if found is None:
+            print("no ray up", file=sys.stderr)
+            return 1
+        found.down()
+        print(f"ray at {found.address} stopped")
+        return 0
+    except LabError as exc:
+        print(f"ray error: {exc}", file=sys.stderr)
+        return 2
+
+
 def _use_lab(args: argparse.Namespace) -> None:
     """Points the command at a lab: its environment (Ray's token), and its services as
     defaults that the command's own flags and overrides still win over."""
@@ -260,10 +308,14 @@ def _use_lab(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.runner import RunFailed, run
+    from orchestrator.timings import Timings, since_process_start
     from trainers import TRAINERS
 
-    cfg = load_config(args.config, args.overrides)  # fail fast, before Ray starts
-    budget = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model).budget()
+    timings = Timings()
+    timings.add("start and imports", since_process_start())
+    with timings.phase("config"):
+        cfg = load_config(args.config, args.overrides)  # fail fast, before Ray starts
+        budget = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model).budget()
     bar = None if args.quiet else _Bar(budget, cfg.trainer.name)
     try:
         result = run(
@@ -271,6 +323,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=bar,
             resume=args.resume,
             on_start=None if args.quiet or args.resume else _announce,
+            timings=timings,
         )
     except KeyboardInterrupt as exc:
         from orchestrator.runner import RunStopped
@@ -305,13 +358,16 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _release()
+    with timings.phase("leaving ray"):
+        _release()
     shown = "  ".join(
         f"{k}={result.metrics[k]:.4f}" for k in result.headline if k in result.metrics
     )
     print(
         f"run {result.run_id or '(not tracked)'}  {shown}  wall={result.metrics['wall_time_s']:.1f}s"
     )
+    if args.profile:
+        print(timings.table("where the time went"), file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json()))
     return 0
@@ -345,8 +401,16 @@ class _Bar:
         else:
             self.bar.update(min(round(metrics[b.counter], 2), self.bar.total) - self.bar.n)
 
+    def phase(self, name: str) -> None:
+        """What the run does after its rounds (plots, the model, closing the run)."""
+        if self.bar is not None:
+            self.bar.set_description(f"{self.name} ({name})")
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
+            if self.bar.desc != self.name:
+                self.bar.set_description(self.name, refresh=False)
             self.bar.close()
 
 
@@ -385,7 +449,10 @@ def _jobs(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from orchestrator.sweeps import sweep
+    from orchestrator.timings import Timings, since_process_start
 
+    timings = Timings()
+    timings.add("start and imports", since_process_start())
     for flag in ("trials", "parallel"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -428,6 +495,7 @@ def _sweep(args: argparse.Namespace) -> int:
             storage=args.storage,
             address=args.address,
             progress=progress,
+            timings=timings,
         )
     except KeyboardInterrupt as exc:
         if bar is not None:  # the bar's last line before the message, not after
@@ -441,7 +509,10 @@ def _sweep(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _release()
+    with timings.phase("leaving ray"):
+        _release()
+    if args.profile:
+        print(timings.table("where the time went"), file=sys.stderr)
     out = result.to_json()
     best = out["best"]
     line = f"study {out['study']}  complete={out['n_complete']} failed={out['n_failed']} pruned={out['n_pruned']}"

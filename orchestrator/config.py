@@ -76,6 +76,7 @@ class Device(Choice):
 class ExecutorKind(Choice):
     """Where the parties run."""
 
+    auto = "auto"
     local = "local"
     ray = "ray"
 
@@ -184,8 +185,11 @@ class PartitionConfig:
 class RuntimeConfig:
     """Where the parties run."""
 
-    executor: ExecutorKind = ExecutorKind.ray
-    """ray (an actor pool) or local (everything in this process)."""
+    executor: ExecutorKind = ExecutorKind.auto
+    """ray (an actor pool), local (everything in this process) or auto: local when the run's
+    work is small enough that starting Ray would dominate it (under about half a million
+    sample passes, some 20 s of training on 2 cores), else Ray; Ray whenever ``address``,
+    ``num_workers`` or ``gpus_per_worker`` asks for it."""
     address: Optional[str] = None  # noqa: UP045
     """Ray cluster to join: auto or ray://host:port. Default: start a local Ray."""
     num_workers: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
@@ -223,10 +227,12 @@ class TrackingConfig:
     """MLflow run name (default: MLflow picks one)."""
     log_model: bool = True
     """Log the final model with mlflow.pytorch.log_model."""
-    model_format: ModelFormat = ModelFormat.pt2
-    """How the model is logged: an MLflow model serialized as pt2 (a traced graph, safe to
-    load) or pickle (faster); or checkpoint, architecture and weights as one artifact
-    (checkpoint/model.pt, milliseconds to write: what sweep trials use by default)."""
+    model_format: ModelFormat = ModelFormat.checkpoint
+    """How the model is logged: checkpoint (the default), architecture and weights as one
+    artifact (checkpoint/model.pt, milliseconds to write; ``orchestrator.load_model``
+    loads it), or also as an MLflow model (``mlflow.pytorch.load_model``) serialized as pt2
+    (a traced graph, safe to load; seconds to export) or pickle. A trainer whose model has no
+    checkpoint form (the vertical ones) logs an MLflow pickle model for checkpoint."""
     flush_every: int = field(default=20, metadata=at_least(1))
     """Rounds of metrics buffered before one batched write."""
     plots: bool = True

@@ -31,6 +31,7 @@ __all__ = [
     "DATASETS",
     "PARTITIONERS",
     "PARQUET",
+    "training_rows",
     "VERTICAL",
     "Prepared",
     "TableSource",
@@ -79,6 +80,10 @@ def _bundled(loader_name: str) -> TableSource:
     sweep's worker loads it for every trial); Arrow tables are immutable, so sharing is safe."""
 
     def parse() -> TableSource:
+        if loader_name == "load_digits":
+            digits = _digits_without_sklearn()
+            if digits is not None:
+                return digits
         import sklearn.datasets
 
         bunch = getattr(sklearn.datasets, loader_name)()
@@ -86,6 +91,44 @@ def _bundled(loader_name: str) -> TableSource:
         return _from_arrays(bunch.data, bunch.target, names)
 
     return CACHE.get("data.bundled", loader_name, parse)
+
+
+def _digits_without_sklearn() -> TableSource | None:
+    """Digits read straight from the CSV scikit-learn ships, as ``load_digits`` reads it
+    (the same arrays), without importing scikit-learn (about a second); None where the file
+    is not where it has always been."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        return None
+    raw = np.loadtxt(path, delimiter=",")
+    names = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    return _from_arrays(raw[:, :-1], raw[:, -1].astype(int), names)
+
+
+_BUNDLED_ROWS = {"digits": 1797, "breast_cancer": 569, "wine": 178}
+
+
+def training_rows(cfg: ExperimentConfig) -> int | None:
+    """About how many training rows a config's data set has, without loading it (bundled
+    sizes, a generator's ``n_samples``, a Parquet file's footer); None when unknown."""
+    d = cfg.data
+    if d.name in _BUNDLED_ROWS:
+        rows: int | None = _BUNDLED_ROWS[d.name]
+    elif d.name in ("synthetic", "synthetic_images"):
+        rows = d.n_samples
+    elif d.name == PARQUET and d.path:
+        try:
+            rows = pq.ParquetFile(d.path).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            rows = None
+    else:
+        rows = None
+    return None if rows is None else int(rows * (1.0 - d.test_fraction))
 
 
 DATASETS.register("digits")(_sklearn("load_digits"))

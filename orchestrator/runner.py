@@ -29,8 +29,9 @@ from orchestrator.config import (
     to_dict,
     to_yaml,
 )
-from orchestrator.data import PARQUET, Prepared, prepare, write_partitions
+from orchestrator.data import PARQUET, Prepared, prepare, training_rows, write_partitions
 from orchestrator.errors import ConfigError
+from orchestrator.timings import Timings
 from orchestrator.validation import validate
 from trainers import TRAINERS
 from trainers.base import Invalid, StopTraining, Trainer, TrainResult
@@ -41,7 +42,16 @@ from trainers.models import ModelSpec, load_checkpoint, save_checkpoint
 if TYPE_CHECKING:
     from orchestrator.tracking import RunRecord, Tracker
 
-__all__ = ["ActorsLost", "RunFailed", "RunResult", "RunStopped", "make_executor", "run"]
+__all__ = [
+    "LOCAL_WORK",
+    "ActorsLost",
+    "RunFailed",
+    "RunResult",
+    "RunStopped",
+    "choose_executor",
+    "make_executor",
+    "run",
+]
 
 ProgressFn = Callable[[int, Mapping[str, float]], None]
 _CHECKPOINT = "checkpoint/model.pt"
@@ -74,6 +84,8 @@ class RunResult:
     """Checkpoints written."""
     restarts: int = 0
     """Actors that died and were replaced (their rounds run again from a checkpoint)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of the run (see :mod:`orchestrator.timings`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "metrics": self.metrics}
@@ -93,10 +105,30 @@ class RunFailed(Exception):
         super().__init__(f"{type(cause).__name__}: {cause}")
 
 
-def make_executor(runtime: RuntimeConfig) -> Executor:
-    """The executor the runtime config asks for; a Ray pool starts warming up at once."""
+LOCAL_WORK = 500_000
+"""The most sample passes (:meth:`trainers.Trainer.sample_steps`) a run with
+``runtime.executor: auto`` trains in this process: about 20 s of the quickstart's MLP on 2
+cores, which is where Ray's start (some 10 s here, with its workers' imports) and its second
+core start to pay."""
+
+
+def choose_executor(runtime: RuntimeConfig, work: float | None) -> ExecutorKind:
+    """Where a run's parties go: what ``runtime.executor`` says, or for ``auto``, Ray when an
+    address, actors or GPU shares are asked for, or the work (sample passes; None: unknown)
+    is more than :data:`LOCAL_WORK`; else this process."""
+    if runtime.executor != ExecutorKind.auto:
+        return runtime.executor
+    asks_ray = runtime.address or runtime.num_workers is not None or runtime.gpus_per_worker
+    if asks_ray or work is None or work > LOCAL_WORK:
+        return ExecutorKind.ray
+    return ExecutorKind.local
+
+
+def make_executor(runtime: RuntimeConfig, work: float | None = None) -> Executor:
+    """The executor the runtime config asks for (see :func:`choose_executor`); a Ray pool
+    starts warming up at once."""
     try:
-        if runtime.executor == ExecutorKind.local:
+        if choose_executor(runtime, work) == ExecutorKind.local:
             return InProcessExecutor(device=str(runtime.device))
         from clusters import RayExecutor
 
@@ -130,14 +162,22 @@ class _Reporter:
         self.progress = progress
         self.history: list[dict[str, float]] = []
         self.seen: set[int] = set(seen or ())
+        self.writing = 0.0
+        """Seconds spent handing metrics to the tracker (its batched writes included)."""
+        self.first: float | None = None
+        """When the first step was reported (perf_counter)."""
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
         if step in self.seen:
             return
         self.seen.add(step)
         self.history.append({"round": float(step), **metrics})
         if self.tracker is not None:
+            start = time.perf_counter()
             self.tracker.log_metrics(step, metrics)
+            self.writing += time.perf_counter() - start
         if self.progress is not None:
             self.progress(step, metrics)
 
@@ -153,6 +193,7 @@ def run(
     resume: str | None = None,
     checkpoints: Checkpoints | None = None,
     on_start: Callable[[str], None] | None = None,
+    timings: Timings | None = None,
 ) -> RunResult:
     """Runs one experiment and records it in MLflow.
 
@@ -174,39 +215,49 @@ def run(
             trial).
         on_start: called with the MLflow run's id once it exists (a command line prints it:
             what a run killed with SIGKILL is resumed by).
+        timings: where the phases' times go (``fedsweep run --profile`` passes one holding
+            the imports already); they are also in the result and the run's metrics.
 
     Raises:
         ConfigError: bad config or data, or a resume that cannot be; raised before any
             MLflow run exists (or is reopened).
         RunFailed: the run failed after it started (its MLflow run is FAILED).
     """
-    if isinstance(config, ExperimentConfig) and not overrides:
-        cfg = config
-        validate(cfg)
-    else:
-        cfg = load_config(config, list(overrides))
-    if cfg.tracking.enabled and parent_run_id is None:  # a sweep's trial: its driver asked
-        from orchestrator.tracking import require_store, resolve_tracking_uri
+    t = timings if timings is not None else Timings()
+    with t.phase("config"):
+        if isinstance(config, ExperimentConfig) and not overrides:
+            cfg = config
+            validate(cfg)
+        else:
+            cfg = load_config(config, list(overrides))
+        if cfg.tracking.enabled and parent_run_id is None:  # a sweep's trial: its driver asked
+            from orchestrator.tracking import require_store, resolve_tracking_uri
 
-        require_store(resolve_tracking_uri(cfg.tracking.uri))
-    store, restored = _checkpoints(cfg, resume, checkpoints)
-    trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
-    lineage = _load_teacher(cfg, trainer)
+            require_store(resolve_tracking_uri(cfg.tracking.uri))
+        store, restored = _checkpoints(cfg, resume, checkpoints)
+        trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
+        lineage = _load_teacher(cfg, trainer)
     # A user's data file is read (and refused, when bad) before anything starts; generated
     # and bundled data load while the Ray actors warm up.
-    early = prepare(cfg) if cfg.data.name == PARQUET else None
+    with t.phase("data"):
+        early = prepare(cfg) if cfg.data.name == PARQUET else None
     own_executor = executor is None
     if executor is None:
-        executor = make_executor(cfg.runtime)
-        signals.reinstall()  # Ray took SIGTERM over
+        with t.phase("executor start"):
+            rows = training_rows(cfg)
+            executor = make_executor(
+                cfg.runtime, None if rows is None else trainer.sample_steps(rows)
+            )
+            signals.reinstall()  # Ray took SIGTERM over
     try:
-        prepared = early if early is not None else prepare(cfg)
-        try:
-            trainer.check(prepared.data)
-        except Invalid as exc:
-            raise ConfigError(exc.key, exc.problem) from None
-        if cfg.partition.output_dir:
-            write_partitions(prepared, cfg.partition.output_dir)
+        with t.phase("data"):
+            prepared = early if early is not None else prepare(cfg)
+            try:
+                trainer.check(prepared.data)
+            except Invalid as exc:
+                raise ConfigError(exc.key, exc.problem) from None
+            if cfg.partition.output_dir:
+                write_partitions(prepared, cfg.partition.output_dir)
         return _run_tracked(
             cfg,
             trainer,
@@ -217,10 +268,12 @@ def run(
             parent_run_id,
             _Resume(resume, store, restored),
             on_start,
+            t,
         )
     finally:
         if own_executor:
-            executor.close()
+            with t.phase("executor close"):
+                executor.close()
 
 
 def _load_teacher(cfg: ExperimentConfig, trainer: Trainer[Any, Any]) -> dict[str, str]:
@@ -338,6 +391,8 @@ class _Rounds:
         self.snapshot = b""
         self.checkpoints = 0
         self.restarts = 0
+        self.saving = 0.0
+        """Seconds spent keeping snapshots and writing checkpoints."""
 
     def run(self, data: Any, resumed: Checkpoint | None) -> TrainResult:
         state = self.trainer.begin(data, self.executor, self.cfg.seed)
@@ -346,6 +401,7 @@ class _Rounds:
             self.executor.restore_party_states(resumed.parties)
         self._keep(state, durable=False)
         self.cost = 0.0  # that one waited for the actors to start: not what a checkpoint costs
+        self.saving = 0.0  # and is part of the first round
         while not self.trainer.done(state):
             try:
                 out = self.trainer.advance(state, self.executor)
@@ -376,6 +432,7 @@ class _Rounds:
             self.store.save(checkpoint)
             self.checkpoints += 1
         self.cost = time.perf_counter() - start
+        self.saving += self.cost
         self.saved_at = time.perf_counter()
 
     def _lost(self, exc: WorkerLost) -> Any:
@@ -426,12 +483,15 @@ def _run_tracked(
     extra_tags: Mapping[str, str],
     parent_run_id: str | None,
     resume: _Resume,
-    on_start: Callable[[str], None] | None = None,
+    on_start: Callable[[str], None] | None,
+    t: Timings,
 ) -> RunResult:
     from orchestrator.tracking import MlflowTracker, RunFiles, RunStatus
 
     tracker: Tracker | None = None
     seen: set[int] = set()
+    tracking = t.phase("tracking start")
+    tracking.__enter__()
     if resume.run_id is not None and cfg.tracking.enabled:  # back into the same MLflow run
         live = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
         live.resume(resume.run_id)
@@ -455,13 +515,17 @@ def _run_tracked(
     if on_start is not None and tracker is not None and tracker.run_id is not None:
         on_start(tracker.run_id)
     record = tracker.record if tracker is not None else None
+    tracking.__exit__(None, None, None)
     reporter = _Reporter(tracker, progress, seen)
     rounds = _Rounds(
         cfg, trainer, executor, reporter, store, tracker.flush if tracker else lambda: None
     )
     start = time.perf_counter()
     try:
-        result: TrainResult = rounds.run(prepared.data, resume.checkpoint)
+        try:
+            result: TrainResult = rounds.run(prepared.data, resume.checkpoint)
+        finally:
+            _time_rounds(t, start, reporter, rounds)
     except StopTraining as exc:  # stopped on purpose (a pruned trial): not a failure
         reason = str(exc) or "stopped"
         if tracker is not None:
@@ -493,25 +557,39 @@ def _run_tracked(
     if tracker is not None:
         try:
             tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
-            # where the parties' tensors lived: the device used, not the one asked for
-            tracker.set_tags({"fedsweep.device": ", ".join(sorted(set(executor.devices())))})
+            # where the parties ran, and the device their tensors lived on (what was used,
+            # not what was asked for)
+            tracker.set_tags(
+                {
+                    **{f"fedsweep.{k}": v for k, v in executor.where().items()},
+                    "fedsweep.device": ", ".join(sorted(set(executor.devices()))),
+                }
+            )
             if cfg.tracking.plots:
-                _log_plots(tracker, cfg, trainer, result)
+                with t.phase("plots"):
+                    _phase(progress, "plots")
+                    _log_plots(tracker, cfg, trainer, result)
             if result.tables:
                 import pyarrow as pa
 
-                for name, rows in result.tables.items():
-                    if rows:
-                        tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
+                with t.phase("tables"):
+                    for name, rows in result.tables.items():
+                        if rows:
+                            tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
             if cfg.tracking.log_model:
-                model_uri, model_path = _log_model(tracker, cfg, trainer, result, prepared)
+                with t.phase("model"):
+                    _phase(progress, "model")
+                    model_uri, model_path = _log_model(tracker, cfg, trainer, result, prepared)
+            _phase(progress, "closing the run")
+            with t.phase("run end"):
+                tracker.log_metrics(len(result.history), t.metrics())
+                tracker.end(RunStatus.FINISHED)
         except Exception as exc:
             tracker.end(RunStatus.FAILED, exc)
             raise RunFailed(exc, tracker.run_id, record) from exc
         except BaseException as exc:
             tracker.end(RunStatus.KILLED, exc)
             raise
-        tracker.end(RunStatus.FINISHED)
     return RunResult(
         tracker.run_id if tracker else None,
         metrics,
@@ -523,7 +601,26 @@ def _run_tracked(
         resumed_from=resume.checkpoint.round if resume.checkpoint is not None else None,
         checkpoints=rounds.checkpoints,
         restarts=rounds.restarts,
+        timings=t.phases,
     )
+
+
+def _time_rounds(t: Timings, start: float, reporter: _Reporter, rounds: _Rounds) -> None:
+    """Splits the round loop's time: the first round (it waits for the workers to start),
+    the metrics handed to the tracker, the checkpoints, and the rest."""
+    total = time.perf_counter() - start
+    first = (reporter.first - start) if reporter.first is not None else total
+    t.add("first round", first)
+    t.add("metric writes", reporter.writing)
+    t.add("checkpoints", rounds.saving)
+    t.add("rounds", max(0.0, total - first - reporter.writing - rounds.saving))
+
+
+def _phase(progress: ProgressFn | None, name: str) -> None:
+    """Tells a progress display that has a ``phase`` hook what the run does after its rounds."""
+    hook = getattr(progress, "phase", None)
+    if callable(hook):
+        hook(name)
 
 
 def _log_model(
@@ -541,16 +638,16 @@ def _log_model(
         # The architecture and weights (milliseconds), so that any run's model can be
         # reloaded as a fedsweep module, e.g. as a distillation teacher (run:<id>).
         tracker.log_bytes(save_checkpoint(result.model, spec), path)
+    serialization = str(cfg.tracking.model_format)
     if cfg.tracking.model_format == ModelFormat.checkpoint:
-        if path is None or tracker.run_id is None:
-            return None, path
-        return f"runs:/{tracker.run_id}/{path}", path
+        if path is not None or tracker.record is not None:
+            # a recorded run's checkpoint has its URI once the run is written
+            return (f"runs:/{tracker.run_id}/{path}" if tracker.run_id else None), path
+        serialization = "pickle"  # no checkpoint form: an MLflow model, the faster kind
     from orchestrator.tracking import MlflowTracker
 
     assert isinstance(tracker, MlflowTracker), "an MLflow model needs a live run"
-    uri = tracker.log_model(
-        result.model, prepared.data.x_test[:5], serialization=str(cfg.tracking.model_format)
-    )
+    uri = tracker.log_model(result.model, prepared.data.x_test[:5], serialization=serialization)
     return uri, path
 
 

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 # MLflow's per-download progress bars would fill every trial's log (teachers, checkpoints),
 # and its "View run at" links every sweep's stdout (whose last line is the JSON result).
@@ -39,13 +39,15 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 import mlflow  # noqa: E402
 import pyarrow as pa
 import pyarrow.parquet as pq
-from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.secrets import redact, redact_text
 from trainers.cache import CACHE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -56,6 +58,7 @@ __all__ = [
     "RunStatus",
     "Tracker",
     "fetch_checkpoint",
+    "load_model",
     "require_store",
     "resolve_tracking_uri",
     "write_record",
@@ -620,6 +623,25 @@ def _store_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_model(ref: str, uri: str | None = None) -> Any:
+    """A fedsweep run's model as a torch module, in eval mode: what ``tracking.model_format:
+    checkpoint`` (the default) logs, and every run logs beside an MLflow model.
+
+    Args:
+        ref: ``run:<run id>``, ``runs:/<run id>/checkpoint/model.pt``, ``models:/<name>/<version>``
+            or ``models:/<model id>`` (see :func:`fetch_checkpoint`).
+        uri: the tracking URI (default: $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``).
+
+    Raises:
+        ValueError: the reference is malformed or points at nothing loadable.
+    """
+    from trainers.models import load_checkpoint
+
+    data, _ = fetch_checkpoint(ref, uri)
+    model, _ = load_checkpoint(data)
+    return model.eval()
 
 
 def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str, str]]:

@@ -73,7 +73,12 @@ def _get(url: str):
 def test_mlflow_ui_shows_the_run(workdir, tracking_uri):
     result = run(
         CONFIGS / "quickstart.yaml",
-        ["trainer.rounds=3", "runtime.executor=local", f"tracking.uri={tracking_uri}"],
+        [
+            "trainer.rounds=3",
+            "runtime.executor=local",
+            f"tracking.uri={tracking_uri}",
+            "tracking.model_format=pickle",  # also an MLflow model (the default: a checkpoint)
+        ],
     )
     port = free_port()
     server = subprocess.Popen(
@@ -117,7 +122,7 @@ def test_mlflow_ui_shows_the_run(workdir, tracking_uri):
             f["path"]
             for f in _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={result.run_id}")["files"]
         }
-        assert {"config.yaml", "learning_curve.png", "partition"} <= files
+        assert {"config.yaml", "learning_curve.png", "partition", "checkpoint"} <= files
         # MLflow 3 keeps the model as a LoggedModel, shown on the run as one of its outputs
         (output,) = got["outputs"]["model_outputs"]
         model = _get(f"{base}/api/2.0/mlflow/logged-models/{output['model_id']}")["model"]

@@ -65,7 +65,7 @@ def test_interpolation_resolves(tmp_path):
         ),
         (["model.name=resnet"], "model.name", "valid: cnn, logreg, mlp"),
         (["partition.name=zipf"], "partition.name", "valid: dirichlet, iid, shards"),
-        (["runtime.executor=dask"], "runtime.executor", "valid: local, ray"),
+        (["runtime.executor=dask"], "runtime.executor", "valid: auto, local, ray"),
         (["data.name=parquet"], "data.path", "required"),
         (["data.name=parquet", "data.path=/nonexistent/x.parquet"], "data.path", "no such file"),
         (["trainer.rounds"], "trainer.rounds", "key=value"),

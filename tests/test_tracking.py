@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clusters import InProcessExecutor
-from orchestrator import load_config, run
+from orchestrator import load_config, load_model, run
 from orchestrator.data import prepare
 from orchestrator.runner import RunFailed
 from trainers import FedAvg
@@ -59,9 +59,25 @@ def test_run_is_recorded_completely(tracking_uri, workdir):
     ]  # 1438 training rows
     config_text = open(client.download_artifacts(result.run_id, "config.yaml", str(workdir))).read()
     assert load_config(None, []).trainer.rounds != 4 and "rounds: 4" in config_text
-    # the logged model reproduces the final test accuracy
+    # the logged model (by default, a checkpoint: milliseconds to write) reproduces the
+    # final test accuracy
+    assert result.model_uri == f"runs:/{result.run_id}/checkpoint/model.pt"
+    model = load_model(result.model_uri, tracking_uri)
+    data = prepare(load_config(cfg)).data
+    acc_loaded, _ = evaluate(model, data.x_test, data.y_test)
+    assert acc_loaded == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)
+    # every run records where the time went, as metrics
+    times = {k for k in r.data.metrics if k.startswith("time.")}
+    assert {"time.config_s", "time.data_s", "time.first_round_s", "time.rounds_s"} <= times
+    assert set(result.timings) >= {"config", "data", "tracking start", "rounds", "model"}
+
+
+def test_an_mlflow_model_when_asked(tracking_uri, workdir):
+    """pt2 (a traced graph) or pickle: an MLflow model that mlflow.pytorch and pyfunc load."""
     import mlflow.pytorch
 
+    cfg = tracked(tracking_uri, {"model_format": "pt2"}, trainer__rounds=2)
+    result = run(cfg)
     assert result.model_uri.startswith("models:/")
     model = mlflow.pytorch.load_model(result.model_uri)
     data = prepare(load_config(cfg)).data
@@ -135,10 +151,16 @@ def test_metrics_are_written_in_batches(tracking_uri, monkeypatch):
         return real(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
 
     monkeypatch.setattr(tracking.MlflowClient, "log_batch", spy)
-    run(tracked(tracking_uri, trainer__rounds=10, tracking={"flush_every": 4, "log_model": False}))
-    # every metric of every round: rounds 0-3, 4-7, then 8-9 plus the final wall time
+    result = run(
+        tracked(tracking_uri, trainer__rounds=10, tracking={"flush_every": 4, "log_model": False})
+    )
+    # every metric of every round: rounds 0-3, 4-7, then 8-9 plus the final wall time and
+    # the run's phase times
     n = len(FedAvg.metrics)
-    assert batches == [4 * n, 4 * n, 2 * n + 1]
+    logged = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    phases = len([k for k in logged if k.startswith("time.")])
+    assert phases >= 8
+    assert batches == [4 * n, 4 * n, 2 * n + 1 + phases]
 
 
 def test_nested_under_parent(tracking_uri):

@@ -258,6 +258,16 @@ class Trainer(abc.ABC, Generic[D, S]):
         """How far a run goes (rounds by default)."""
         return Budget(self.config.rounds)
 
+    def sample_steps(self, n_train: int) -> float:
+        """About how many times a run passes a training sample through its model, for
+        ``n_train`` training rows: what ``runtime.executor: auto`` weighs against Ray's start.
+        By default, each step of the budget is a pass over the share of the data its parties
+        hold (``fraction``; all of it with ``parties_per_round``, whose share is unknown here)
+        for ``local_epochs`` epochs."""
+        c = self.config
+        share = c.fraction if c.parties_per_round is None else 1.0
+        return self.budget().total * c.local_epochs * share * n_train
+
     def teacher_uri(self) -> TeacherRef | None:
         """A teacher to fetch before :meth:`fit`, which the caller hands over as
         :attr:`teacher`; None: no teacher needed."""

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusters.lab._local import LocalRay
 from clusters.lab._postgres import Postgres, postgres_bin
 from clusters.lab._procs import LabError, free_port, session_alive, wait_until
 from clusters.lab._services import MlflowServer, RayNode
 
-__all__ = ["Lab", "LabError", "Postgres", "postgres_bin"]
+__all__ = ["Lab", "LabError", "LocalRay", "Postgres", "postgres_bin"]
 
 _FILE = "lab.json"
 RAY_HEALTH = {

@@ -141,6 +141,8 @@ class RayNode:
     object_store_bytes: int = 200 * 1024 * 1024
     ports: dict[str, int] = field(default_factory=_ports)
     leader: int | None = None
+    dashboard: bool = True
+    """A head's dashboard and job server (a lab's are its job API)."""
 
     @classmethod
     def head_node(cls, num_cpus: int, num_gpus: int, object_store_bytes: int) -> RayNode:
@@ -158,7 +160,6 @@ class RayNode:
             "--node-ip-address=127.0.0.1",
             f"--num-cpus={self.num_cpus}",
             f"--num-gpus={self.num_gpus}",
-            f"--object-store-memory={self.object_store_bytes}",
             f"--node-manager-port={p['node_manager']}",
             f"--object-manager-port={p['object_manager']}",
             f"--min-worker-port={p['min_worker']}",
@@ -170,17 +171,19 @@ class RayNode:
             "--disable-usage-stats",
             f"--temp-dir={temp_dir / f'n{self.index}'}",
         ]  # fmt: skip
-        if self.head:
-            return [
-                *cmd,
-                "--head",
-                f"--port={p['gcs']}",
-                "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={p['dashboard']}",
-                f"--ray-client-server-port={p['client']}",
-            ]
-        return [*cmd, f"--address={gcs}"]
+        if self.object_store_bytes:  # else Ray's default share of the memory
+            cmd.append(f"--object-store-memory={self.object_store_bytes}")
+        if not self.head:
+            return [*cmd, f"--address={gcs}"]
+        cmd += ["--head", f"--port={p['gcs']}", f"--ray-client-server-port={p['client']}"]
+        if not self.dashboard:
+            return [*cmd, "--include-dashboard=false"]
+        return [
+            *cmd,
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={p['dashboard']}",
+        ]
 
     def start(self, gcs: str, temp_dir: Path, log: Path, env: Mapping[str, str]) -> None:
         proc = spawn(self.command(gcs, temp_dir), log, env)

@@ -48,6 +48,7 @@ from orchestrator.sweeps._peers import Peers
 from orchestrator.sweeps._space import check_space
 from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_trial
 from orchestrator.sweeps._writer import Writer
+from orchestrator.timings import Timings
 from orchestrator.tracking import (
     MlflowTracker,
     RunStatus,
@@ -78,6 +79,7 @@ def sweep(
     address: str | None = None,
     runner: TaskRunner | None = None,
     progress: ProgressFn | None = None,
+    timings: Timings | None = None,
 ) -> SweepResult:
     """Runs (or resumes) an Optuna study over ``space`` and returns its outcome.
 
@@ -93,30 +95,39 @@ def sweep(
         address: Ray address to join; None starts or reuses a local Ray.
         runner: where trials run (default: Ray tasks); tests may pass an in-process runner.
         progress: called with the tallies after every finished trial.
+        timings: where the phases' times go (start, first trial, the rest, the finish); they
+            are also in the result and the parent run's metrics.
 
     Raises:
         ConfigError, SpaceError: before any trial or MLflow run exists.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    plan = _Plan.make(config, space, overrides, trials, study, storage)
-    opened = make_storage(plan.storage)  # an unreachable storage is refused first
+    t = timings if timings is not None else Timings()
+    with t.phase("config and space"):
+        plan = _Plan.make(config, space, overrides, trials, study, storage)
+    with t.phase("storage"):
+        opened = make_storage(plan.storage)  # an unreachable storage is refused first
     sc = plan.base.sweep
     if runner is None:  # then Ray: a request it cannot satisfy is refused before any run
         from clusters import RayTaskRunner
 
-        try:
-            runner = RayTaskRunner(
-                address, cpus_per_task=sc.cpus_per_trial, gpus_per_task=sc.gpus_per_trial
+        with t.phase("ray start"):
+            try:
+                runner = RayTaskRunner(
+                    address, cpus_per_task=sc.cpus_per_trial, gpus_per_task=sc.gpus_per_trial
+                )
+            except ResourceError as exc:
+                raise ConfigError(exc.key, exc.problem) from None
+            signals.reinstall()  # Ray took SIGTERM over
+    with t.phase("study and parent run"):
+        st, founder = _open_study(plan, opened)
+        tracker = (
+            parent_run(
+                st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder
             )
-        except ResourceError as exc:
-            raise ConfigError(exc.key, exc.problem) from None
-        signals.reinstall()  # Ray took SIGTERM over
-    st, founder = _open_study(plan, opened)
-    tracker = (
-        parent_run(st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder)
-        if plan.base.tracking.enabled
-        else None
-    )
+            if plan.base.tracking.enabled
+            else None
+        )
     driver = _Driver(plan, st, tracker, progress)
     # A trial with its own actor pool also needs a CPU for each of its actors.
     width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
@@ -128,6 +139,9 @@ def sweep(
         driver.stop(exc)
         raise
     trials_done = time.perf_counter()
+    first = driver.first_told if driver.first_told is not None else trials_done
+    t.add("first trial", first - started)
+    t.add("trials", trials_done - first)
     last_out = driver.peers.leave()
     # Only the last driver out sums the study up; the others report it as it stands.
     try:
@@ -137,11 +151,14 @@ def sweep(
             killed = isinstance(exc, KeyboardInterrupt)
             tracker.end(RunStatus.KILLED if killed else RunStatus.FAILED, exc)
         raise
+    t.add("finish", time.perf_counter() - trials_done)
     if tracker is not None:
         result.parent_run_id = tracker.run_id
         if last_out:
+            tracker.log_metrics(0, t.metrics())
             tracker.end(RunStatus.FINISHED)
     result.timings = {
+        **t.phases,
         "trials_s": trials_done - started,
         "finish_s": time.perf_counter() - trials_done,
     }
@@ -257,6 +274,8 @@ class _Driver:
         self.tallies: Tallies = tallies(study)
         self.best = _best_value(study)
         self._lock = threading.Lock()
+        self.first_told: float | None = None
+        """When this driver's first trial was told (perf_counter)."""
         self._recovered = 0.0
         self.writer = Writer(self.store, plan.tracking_uri, self._told)
         sp = plan.space
@@ -400,6 +419,8 @@ class _Driver:
 
     def _told(self, outcome: TrialOutcome) -> None:
         """On the writer's thread, once a trial is told to the study."""
+        if self.first_told is None:
+            self.first_told = time.perf_counter()
         with self._lock:
             self.tallies = tallies(self.study)  # every driver's trials
             if outcome.state == TrialState.COMPLETE and outcome.values:

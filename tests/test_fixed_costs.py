@@ -1,0 +1,152 @@
+"""What a command costs besides its training: where the time goes (``--profile``, the
+``time.*`` metrics), the executor that chooses itself, a Ray kept running between commands,
+and the steps after the last round."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from clusters.lab._procs import session_members
+from orchestrator import load_config, run
+from orchestrator.config import ExecutorKind
+from orchestrator.data import training_rows
+from orchestrator.runner import LOCAL_WORK, choose_executor
+from trainers import TRAINERS
+
+from .conftest import CONFIGS, REPO, tiny
+
+
+def _work(cfg) -> float:
+    trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
+    return trainer.sample_steps(training_rows(cfg))
+
+
+def test_auto_runs_small_work_here_and_large_work_on_ray():
+    quick = load_config(CONFIGS / "quickstart.yaml")
+    assert quick.runtime.executor == ExecutorKind.auto  # the default
+    # 30 rounds x 2 epochs x half of the parties x 1437 training rows
+    assert _work(quick) == pytest.approx(30 * 2 * 0.5 * 1437)
+    assert choose_executor(quick.runtime, _work(quick)) == ExecutorKind.local
+    big = load_config(CONFIGS / "quickstart.yaml", ["trainer.rounds=1000"])
+    assert _work(big) > LOCAL_WORK
+    assert choose_executor(big.runtime, _work(big)) == ExecutorKind.ray
+    # asked for: an address, actors, GPU shares, or an unknown amount of work
+    for extra in ("runtime.address=auto", "runtime.num_workers=2", "runtime.gpus_per_worker=0.5"):
+        cfg = load_config(CONFIGS / "quickstart.yaml", [extra])
+        assert choose_executor(cfg.runtime, _work(cfg)) == ExecutorKind.ray, extra
+    assert choose_executor(quick.runtime, None) == ExecutorKind.ray
+    # and what is said is done
+    local = load_config(
+        CONFIGS / "quickstart.yaml", ["runtime.executor=local", "trainer.rounds=999"]
+    )
+    assert choose_executor(local.runtime, _work(local)) == ExecutorKind.local
+
+
+def test_a_parquet_files_rows_are_read_from_its_footer(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"a": rng.normal(size=500), "label": rng.integers(0, 2, 500)}), path)
+    cfg = load_config(tiny(data={"name": "parquet", "path": str(path), "label": "label"}))
+    assert training_rows(cfg) == 400  # 500 rows, a fifth held out
+
+
+def test_the_digits_read_without_scikit_learn_are_scikit_learns():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from orchestrator.data import _digits_without_sklearn
+
+    fast = _digits_without_sklearn()
+    assert fast is not None
+    bunch = load_digits()
+    table = fast.table
+    x = np.stack([table.column(n).to_numpy() for n in fast.features], axis=1)
+    assert fast.features == [n for n in bunch.feature_names]
+    np.testing.assert_array_equal(x, bunch.data.astype(np.float32))
+    np.testing.assert_array_equal(table.column("label").to_numpy(), bunch.target)
+
+
+def test_a_small_run_stays_in_this_process_and_says_so(tracking_uri):
+    cfg = tiny(
+        runtime={"executor": "auto"},
+        tracking={"enabled": True, "uri": tracking_uri, "experiment": "auto"},
+    )
+    result = run(cfg)
+    tags = MlflowClient(tracking_uri).get_run(result.run_id).data.tags
+    assert tags["fedsweep.executor"] == "local" and "fedsweep.ray_address" not in tags
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_profile_prints_every_phase_and_the_bar_names_the_steps_after_the_rounds(tmp_path):
+    out = _cli(
+        ["run", str(CONFIGS / "quickstart.yaml"), "--profile", "trainer.rounds=3"],
+        tmp_path,
+        dict(os.environ),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    err = out.stderr
+    table = err[err.index("where the time went:") :]
+    for phase in (
+        "start and imports", "config", "data", "executor start", "tracking start",
+        "first round", "rounds", "plots", "model", "run end", "total",
+    ):  # fmt: skip
+        assert f"\n  {phase} " in table, phase
+    assert "fedavg (plots)" in err and "fedavg (closing the run)" in err
+    assert "ray" not in table.split("leaving ray")[0].lower().replace("tray", "")
+
+
+@pytest.mark.slow
+def test_a_ray_kept_up_is_joined_by_runs_and_stopped_by_its_pids(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)  # its description goes to ~/.fedsweep/ray
+    up = _cli(["ray", "up", "--cpus", "2"], tmp_path, env)
+    assert up.returncode == 0, up.stderr[-2000:]
+    described = json.loads((home / ".fedsweep" / "ray" / "ray.json").read_text())
+    leader = described["node"]["leader"]
+    assert session_members(leader)  # its raylet and GCS
+    try:
+        again = _cli(["ray", "up"], tmp_path, env)
+        assert again.returncode == 2 and "a Ray runs at" in again.stderr
+        assert _cli(["ray", "status"], tmp_path, env).returncode == 0
+        result = _cli(
+            [
+                "run", str(CONFIGS / "quickstart.yaml"), "--quiet", "--json", "trainer.rounds=2",
+                "runtime.executor=ray", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+            ],
+            tmp_path,
+            env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        run_id = json.loads(result.stdout.strip().splitlines()[-1])["run_id"]
+        tags = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").get_run(run_id).data.tags
+        assert tags["fedsweep.executor"] == "ray"
+        port = described["node"]["ports"]["gcs"]
+        assert tags["fedsweep.ray_address"].endswith(f":{port}")  # joined, not started
+    finally:
+        down = _cli(["ray", "down"], tmp_path, env)
+    assert down.returncode == 0, down.stderr
+    assert not (home / ".fedsweep" / "ray" / "ray.json").exists()
+    assert not session_members(leader)  # every process it started is gone
+    assert _cli(["ray", "status"], tmp_path, env).returncode == 1
