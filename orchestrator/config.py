@@ -256,6 +256,12 @@ class SweepConfig:
     (default: the whole grid for a grid sampler, else 20)."""
     parallel: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
     """Trials running at once (default: as many as the CPUs allow)."""
+    executor: ExecutorKind = ExecutorKind.auto
+    """Where trials run: ray (Ray tasks, ``parallel`` at once), local (one at a time, in
+    this process), or auto: local when the whole study's work is small (what
+    ``runtime.executor: auto`` runs here, for every trial together) and nothing asks for Ray
+    (an address or ``RAY_ADDRESS``, ``parallel`` above 1, ``trial_actors``,
+    ``gpus_per_trial``); else Ray."""
     study: Optional[str] = None  # noqa: UP045
     """Optuna study name (default: <config file>-<space file>)."""
     storage: Optional[str] = None  # noqa: UP045

@@ -150,3 +150,35 @@ def test_a_ray_kept_up_is_joined_by_runs_and_stopped_by_its_pids(tmp_path):
     assert not (home / ".fedsweep" / "ray" / "ray.json").exists()
     assert not session_members(leader)  # every process it started is gone
     assert _cli(["ray", "status"], tmp_path, env).returncode == 1
+
+
+def test_a_small_sweep_runs_its_trials_here_and_profiles_its_phases(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "objective: [test_accuracy]\n"
+        "params:\n  trainer.lr: {type: float, low: 0.01, high: 0.2, log: true}\n"
+        "sampler: {name: random, seed: 0}\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = _cli(
+        [
+            "sweep", str(CONFIGS / "quickstart.yaml"), "--space", str(space), "--trials", "3",
+            "--profile", "--json", "trainer.rounds=2", f"tracking.uri={uri}",
+        ],
+        tmp_path,
+        {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["n_complete"] == 3
+    table = out.stderr[out.stderr.index("where the time went:") :]
+    for phase in ("config and space", "storage", "study and parent run", "first trial", "finish"):
+        assert f"\n  {phase} " in table, phase
+    assert "ray start" not in table  # the trials ran in this process
+    client = MlflowClient(uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert {"time.first_trial_s", "time.trials_s", "time.finish_s"} <= set(parent.data.metrics)
+    trials = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['parent_run_id']}'"
+    )
+    assert len(trials) == 3 and {r.data.tags["fedsweep.node"] for r in trials} == {"local"}

@@ -45,6 +45,7 @@ def _cli(workdir, trials: int) -> list[str]:
         str(CONFIGS / "quickstart.yaml"),
         "trainer.rounds=25",
         "tracking.log_model=false",
+        "sweep.executor=ray",  # what these tests stop and kill: trials in Ray workers
         "--space",
         "space.yaml",
         "--trials",
@@ -131,6 +132,7 @@ def test_killed_worker_is_detected_and_the_trial_retried_from_its_checkpoint(
     cfg = tiny(
         trainer__rounds=400,
         runtime__checkpoint_every=50,
+        sweep={"executor": "ray"},
         tracking={"enabled": True, "uri": tracking_uri, "experiment": "k", "log_model": False},
     )
     killed = []

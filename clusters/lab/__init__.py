@@ -14,11 +14,9 @@ import hashlib
 import json
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -27,7 +25,14 @@ from typing import Any
 
 from clusters.lab._local import LocalRay
 from clusters.lab._postgres import Postgres, postgres_bin
-from clusters.lab._procs import LabError, free_port, session_alive, wait_until
+from clusters.lab._procs import (
+    LabError,
+    free_port,
+    ray_temp,
+    ray_token,
+    session_alive,
+    wait_until,
+)
 from clusters.lab._services import MlflowServer, RayNode
 
 __all__ = ["Lab", "LabError", "LocalRay", "Postgres", "postgres_bin"]
@@ -108,13 +113,8 @@ class Lab:
             raise LabError(f"a lab is running in {root}; `fedsweep lab down --dir {root}` first")
         if nodes < 1:
             raise LabError(f"--nodes must be >= 1, got {nodes}")
-        root.mkdir(parents=True, exist_ok=True)
-        token = root / "ray_token"
-        if not token.exists():
-            token.write_text(secrets.token_hex(32))
-            token.chmod(0o600)
-        # Ray's Unix sockets must fit in 107 characters: its temp dir is short, outside root.
-        ray_temp = Path(tempfile.mkdtemp(prefix="fslab-", dir="/tmp"))
+        token = ray_token(root)
+        temp = ray_temp("fslab-")
         pg = Postgres(_postgres_root(root), free_port(), max_connections)
         server = MlflowServer(pg.url("mlflow"), root / "artifacts", free_port())
         ray_nodes = [RayNode.head_node(cpus_per_node, gpus_per_node, object_store_mb << 20)]
@@ -122,7 +122,7 @@ class Lab:
             RayNode(i, False, cpus_per_node, gpus_per_node, object_store_mb << 20)
             for i in range(1, nodes)
         ]
-        lab = cls(root, pg, server, ray_nodes, ray_temp, gpus_per_node)
+        lab = cls(root, pg, server, ray_nodes, temp, gpus_per_node)
         lab.env = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(token),
@@ -139,7 +139,7 @@ class Lab:
             for node in ray_nodes:
                 node.start(
                     lab.ray_address,
-                    ray_temp,
+                    temp,
                     root / "logs" / f"ray-node-{node.index}.log",
                     lab.process_env(ray=True),
                 )

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusters.lab._procs import LabError, session_alive
+from clusters.lab._procs import LabError, ray_temp, ray_token, session_alive
 from clusters.lab._services import RayNode
 
 __all__ = ["LocalRay", "default_dir"]
@@ -62,13 +60,8 @@ class LocalRay:
         found = cls.find(root)
         if found is not None:
             raise LabError(f"a Ray runs at {found.address} already ({root}); `fedsweep ray down`")
-        root.mkdir(parents=True, exist_ok=True)
-        token = root / "ray_token"
-        if not token.exists():
-            token.write_text(secrets.token_hex(32))
-            token.chmod(0o600)
-        # Ray's Unix sockets must fit in 107 characters: its temp dir is short, under /tmp.
-        temp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))
+        ray_token(root)
+        temp = ray_temp("fsray-")
         node = RayNode.head_node(cpus or os.cpu_count() or 1, 0, 0)  # Ray's object store size
         node.dashboard = False  # processes and a second of start that runs and sweeps never use
         local = cls(root, node, temp)

@@ -10,11 +10,40 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["LabError", "free_port", "session_alive", "spawn", "stop_session", "wait_until"]
+__all__ = [
+    "LabError",
+    "free_port",
+    "ray_temp",
+    "ray_token",
+    "session_alive",
+    "spawn",
+    "stop_session",
+    "wait_until",
+]
 
 
 class LabError(RuntimeError):
     """A lab that cannot start, or a service of it that does not answer: one line."""
+
+
+def ray_token(root: Path) -> Path:
+    """``<root>/ray_token``, made (a random token, readable by its owner only) if missing."""
+    import secrets
+
+    root.mkdir(parents=True, exist_ok=True)
+    token = root / "ray_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+    return token
+
+
+def ray_temp(prefix: str) -> Path:
+    """A new temp dir for Ray: short and under /tmp, as Ray's Unix sockets must fit in 107
+    characters."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 def free_port() -> int:

@@ -28,9 +28,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from clusters import ResourceError, TaskHandle, TaskRunner, WorkerLost
+from clusters import InProcessTaskRunner, ResourceError, TaskHandle, TaskRunner, WorkerLost
 from orchestrator import signals
-from orchestrator.config import ExperimentConfig, TrialModels, configure, load_config
+from orchestrator.config import (
+    ExecutorKind,
+    ExperimentConfig,
+    TrialModels,
+    configure,
+    load_config,
+)
 from orchestrator.data import check_data
 from orchestrator.errors import ConfigError
 from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
@@ -92,8 +98,9 @@ def sweep(
         parallel: trials at once (default ``sweep.parallel``, else what the CPUs allow).
         study: study name (default ``sweep.study``, else ``<config>-<space>``).
         storage: Optuna storage URL (default: ``<dir of the MLflow store>/optuna.journal``).
-        address: Ray address to join; None starts or reuses a local Ray.
-        runner: where trials run (default: Ray tasks); tests may pass an in-process runner.
+        address: Ray address to join; None: the trials run where ``sweep.executor`` says
+            (auto: here when the study is small, else on the Ray running here or a new one).
+        runner: where trials run (default: as ``sweep.executor`` says); tests may pass one.
         progress: called with the tallies after every finished trial.
         timings: where the phases' times go (start, first trial, the rest, the finish); they
             are also in the result and the parent run's metrics.
@@ -108,6 +115,8 @@ def sweep(
     with t.phase("storage"):
         opened = make_storage(plan.storage)  # an unreachable storage is refused first
     sc = plan.base.sweep
+    if runner is None and _trials_here(plan, address, parallel):
+        runner = InProcessTaskRunner()
     if runner is None:  # then Ray: a request it cannot satisfy is refused before any run
         from clusters import RayTaskRunner
 
@@ -163,6 +172,28 @@ def sweep(
         "finish_s": time.perf_counter() - trials_done,
     }
     return result
+
+
+def _trials_here(plan: _Plan, address: str | None, parallel: int | None) -> bool:
+    """Whether the trials run in this process (see ``sweep.executor``)."""
+    from orchestrator.data import training_rows
+    from orchestrator.runner import LOCAL_WORK
+    from trainers import TRAINERS
+
+    sc = plan.base.sweep
+    if sc.executor != ExecutorKind.auto:
+        return sc.executor == ExecutorKind.local
+    # RAY_ADDRESS: Ray's own way to name a cluster (a Ray job's entrypoint runs with it)
+    wants_ray = bool(address or os.environ.get("RAY_ADDRESS") or sc.trial_actors)
+    wants_ray |= (parallel or sc.parallel or 1) > 1
+    if wants_ray or sc.gpus_per_trial:
+        return False
+    cfg = plan.trial_base
+    rows = training_rows(cfg)
+    if rows is None:
+        return False
+    trainer = TRAINERS.get(cfg.trainer.name)(cfg.trainer, cfg.model)
+    return plan.target * trainer.sample_steps(rows) <= LOCAL_WORK
 
 
 def _open_study(plan: _Plan, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
