@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -241,14 +241,25 @@ class MlflowTracker:
             steps.update(m.step for m in self.client.get_metric_history(self._run(), key))
         return steps
 
-    def close_children(self, status: RunStatus, reason: str, trial: int | None = None) -> list[str]:
-        """Ends this run's child runs that are still RUNNING (of one trial, or all of them)."""
+    def close_children(
+        self,
+        status: RunStatus,
+        reason: str,
+        trial: int | None = None,
+        keep: Collection[int] = (),
+    ) -> list[str]:
+        """Ends this run's child runs that are still RUNNING (of one trial, or all of them but
+        those of the trials in ``keep``)."""
         query = f"tags.mlflow.parentRunId = '{self._run()}' and attributes.status = 'RUNNING'"
         if trial is not None:
             query += f" and tags.`fedsweep.trial` = '{trial}'"
         exp_id = self.client.get_run(self._run()).info.experiment_id
         closed = []
         for r in self.client.search_runs([exp_id], query, max_results=1000):
+            if r.data.tags.get("fedsweep.trial", "").isdigit() and int(
+                r.data.tags["fedsweep.trial"]
+            ) in set(keep):
+                continue
             self.client.set_tag(r.info.run_id, "error", reason)
             self.client.set_terminated(r.info.run_id, status=RunStatus(status).value)
             closed.append(r.info.run_id)

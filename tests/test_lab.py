@@ -94,7 +94,10 @@ def _assert_one_run_per_trial(lab, study: str, n: int):
     by_trial = {}
     for r in finished:
         by_trial.setdefault(int(r.data.tags["fedsweep.trial"]), []).append(r)
-    seen = sorted((r.data.tags["fedsweep.trial"], r.info.status) for r in _children(runs))
+    seen = sorted(  # each run: its trial, status, and what closed it
+        (r.data.tags["fedsweep.trial"], r.info.status, r.data.tags.get("error", "")[:120])
+        for r in _children(runs)
+    )
     assert sorted(by_trial) == sorted(t.number for t in complete), seen
     assert all(len(v) == 1 for v in by_trial.values()), by_trial
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in finished)

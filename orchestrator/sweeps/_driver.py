@@ -332,8 +332,13 @@ class _Driver:
             ):
                 self.study.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
         if self.tracker is not None and not others_alive and not self.running:
+            # A trial told finished has a worker that ended (or is ending) its run itself:
+            # only what a dead driver's trials left open is closed.
+            ended = [
+                t.number for t in self.store.trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+            ]
             self.tracker.close_children(
-                RunStatus.KILLED, "the sweep's driver stopped before this trial ended"
+                RunStatus.KILLED, "the sweep's driver stopped before this trial ended", keep=ended
             )
 
     # ---------------------------------------------------------------- the loop
