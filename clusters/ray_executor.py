@@ -31,7 +31,9 @@ from clusters.tasks import WorkerLost
 # reads its token settings when it is imported, so they are set before: to that Ray's token,
 # unless this process names a Ray (RAY_ADDRESS) or a token of its own.
 _LOCAL = None if os.environ.get("RAY_ADDRESS") else LocalRay.find()
-if _LOCAL is not None and not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+if _LOCAL is not None and not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(
+    os.environ
+):
     os.environ.update(_LOCAL.env)
 
 import ray  # noqa: E402

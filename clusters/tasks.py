@@ -125,10 +125,11 @@ class RayTaskRunner(TaskRunner):
         num_cpus: int | None = None,
         gpus_per_task: float = 0.0,
     ) -> None:
-        import ray
-
+        # through ray_executor, which names the token of a Ray kept up here before Ray loads
+        from clusters import ray_executor
         from clusters.ray_executor import ensure_ray
 
+        ray = ray_executor.ray
         self._ray = ray
         ensure_ray(address, num_cpus)
         self.cpus_per_task = cpus_per_task

@@ -266,6 +266,10 @@ def _local_ray(args: argparse.Namespace) -> int:
                 f"ray up at {local.address} ({local.node.num_cpus} CPUs), described in {local.dir}"
             )
             print("runs and sweeps on this machine join it; `fedsweep ray down` stops it")
+            if args.dir:  # runs look in ~/.fedsweep/ray: this one they join when told
+                print("elsewhere than ~/.fedsweep/ray, runs join it with:")
+                for key, value in {"RAY_ADDRESS": local.address, **local.env}.items():
+                    print(f"  export {key}={value}")
             return 0
         found = LocalRay.find(where)
         if args.ray_command == "status":

@@ -232,7 +232,8 @@ class TrackingConfig:
     artifact (checkpoint/model.pt, milliseconds to write; ``orchestrator.load_model``
     loads it), or also as an MLflow model (``mlflow.pytorch.load_model``) serialized as pt2
     (a traced graph, safe to load; seconds to export) or pickle. A trainer whose model has no
-    checkpoint form (the vertical ones) logs an MLflow pickle model for checkpoint."""
+    checkpoint form (the vertical ones) logs an MLflow pickle model for checkpoint, in a run
+    that writes as it goes (a sweep trial's recorded run then logs no model)."""
     flush_every: int = field(default=20, metadata=at_least(1))
     """Rounds of metrics buffered before one batched write."""
     plots: bool = True
@@ -261,7 +262,7 @@ class SweepConfig:
     this process), or auto: local when the whole study's work is small (what
     ``runtime.executor: auto`` runs here, for every trial together) and nothing asks for Ray
     (an address or ``RAY_ADDRESS``, ``parallel`` above 1, ``trial_actors``,
-    ``gpus_per_trial``); else Ray."""
+    ``gpus_per_trial``, ``cpus_per_trial`` other than 1); else Ray."""
     study: Optional[str] = None  # noqa: UP045
     """Optuna study name (default: <config file>-<space file>)."""
     storage: Optional[str] = None  # noqa: UP045
@@ -282,8 +283,8 @@ class SweepConfig:
     trial_models: TrialModels = TrialModels.checkpoint
     """checkpoint: each trial records its run, with checkpoint/model.pt, for the driver to
     write when it ends, and only the best trials become MLflow models (in their own runs) and
-    are registered; mlflow: every trial writes its run live and logs an MLflow model in
-    tracking.model_format."""
+    are registered; mlflow: every trial writes its run live and logs its model as
+    tracking.model_format says (pt2 or pickle for an MLflow model)."""
 
 
 @dataclass

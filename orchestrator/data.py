@@ -45,9 +45,9 @@ _SPLIT_STREAM = 10
 _PARTITION_STREAM = 11
 _VERTICAL_STREAM = 12
 VERTICAL = "vertical"
+"""partition.name of a split across features instead of samples."""
 PARQUET = "parquet"
 """The data set that is a user's own file: read and checked before anything starts."""
-"""partition.name of a split across features instead of samples."""
 
 
 @dataclass(frozen=True)

@@ -486,12 +486,113 @@ def _run_tracked(
     on_start: Callable[[str], None] | None,
     t: Timings,
 ) -> RunResult:
-    from orchestrator.tracking import MlflowTracker, RunFiles, RunStatus
+    from orchestrator.tracking import RunStatus
+
+    with t.phase("tracking start"):
+        tracker, seen, store = _open_run(cfg, prepared, extra_tags, parent_run_id, resume)
+    if on_start is not None and tracker is not None and tracker.run_id is not None:
+        on_start(tracker.run_id)
+    record = tracker.record if tracker is not None else None
+    reporter = _Reporter(tracker, progress, seen)
+    rounds = _Rounds(
+        cfg, trainer, executor, reporter, store, tracker.flush if tracker else lambda: None
+    )
+    start = time.perf_counter()
+    try:
+        try:
+            result: TrainResult = rounds.run(prepared.data, resume.checkpoint)
+        finally:
+            _time_rounds(t, start, reporter, rounds)
+    except StopTraining as exc:  # stopped on purpose (a pruned trial): not a failure
+        reason = str(exc) or "stopped"
+        if tracker is not None:
+            tracker.set_tags({"stopped_early": reason, **_where(executor)})
+            tracker.log_metrics(len(reporter.history), t.metrics())
+            tracker.end(RunStatus.FINISHED)
+        last = reporter.history[-1] if reporter.history else {}
+        return RunResult(
+            tracker.run_id if tracker else None,
+            {k: v for k, v in last.items() if k != "round"},
+            reporter.history,
+            record=record,
+            stopped=reason,
+            headline=trainer.headline,
+            resumed_from=resume.checkpoint.round if resume.checkpoint is not None else None,
+            checkpoints=rounds.checkpoints,
+            restarts=rounds.restarts,
+            timings=t.phases,
+        )
+    except Exception as exc:
+        if tracker is not None:
+            tracker.end(RunStatus.FAILED, exc)
+        raise RunFailed(exc, tracker.run_id if tracker else None, record) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, a signal: the run was killed
+        if tracker is not None:
+            tracker.end(RunStatus.KILLED, exc)
+        raise RunStopped(exc, tracker.run_id if tracker else None) from exc
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.end(RunStatus.KILLED, exc)
+        raise
+    metrics = {**result.final_metrics, "wall_time_s": time.perf_counter() - start}
+    model_uri = model_path = None
+    if tracker is not None:
+        try:
+            tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
+            tracker.set_tags(_where(executor))
+            if cfg.tracking.plots:
+                with t.phase("plots"):
+                    _phase(progress, "plots")
+                    _log_plots(tracker, cfg, trainer, result)
+            if result.tables:
+                import pyarrow as pa
+
+                with t.phase("tables"):
+                    for name, rows in result.tables.items():
+                        if rows:
+                            tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
+            if cfg.tracking.log_model:
+                with t.phase("model"):
+                    _phase(progress, "model")
+                    model_uri, model_path = _log_model(tracker, cfg, trainer, result, prepared)
+            _phase(progress, "closing the run")
+            tracker.log_metrics(len(result.history), t.metrics())
+        except Exception as exc:
+            tracker.end(RunStatus.FAILED, exc)
+            raise RunFailed(exc, tracker.run_id, record) from exc
+        except BaseException as exc:
+            tracker.end(RunStatus.KILLED, exc)
+            raise
+        with t.phase("run end"):
+            tracker.end(RunStatus.FINISHED)
+    return RunResult(
+        tracker.run_id if tracker else None,
+        metrics,
+        result.history,
+        model_uri,
+        record,
+        model_path,
+        headline=trainer.headline,
+        resumed_from=resume.checkpoint.round if resume.checkpoint is not None else None,
+        checkpoints=rounds.checkpoints,
+        restarts=rounds.restarts,
+        timings=t.phases,
+    )
+
+
+def _open_run(
+    cfg: ExperimentConfig,
+    prepared: Prepared,
+    extra_tags: Mapping[str, str],
+    parent_run_id: str | None,
+    resume: _Resume,
+) -> tuple[Tracker | None, set[int], Checkpoints | None]:
+    """The run's tracker (a new MLflow run, or the one resumed), the steps it has logged
+    already, and where its checkpoints go."""
+    from orchestrator.tracking import MlflowTracker, RunFiles
 
     tracker: Tracker | None = None
     seen: set[int] = set()
-    tracking = t.phase("tracking start")
-    tracking.__enter__()
     if resume.run_id is not None and cfg.tracking.enabled:  # back into the same MLflow run
         live = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.flush_every)
         live.resume(resume.run_id)
@@ -512,97 +613,18 @@ def _run_tracked(
     if store is None and isinstance(tracker, MlflowTracker) and cfg.runtime.checkpoint_every != 0:
         assert tracker.run_id is not None
         store = Checkpoints(RunFiles(cfg.tracking.uri or "", tracker.run_id), fresh=True)
-    if on_start is not None and tracker is not None and tracker.run_id is not None:
-        on_start(tracker.run_id)
-    record = tracker.record if tracker is not None else None
-    tracking.__exit__(None, None, None)
-    reporter = _Reporter(tracker, progress, seen)
-    rounds = _Rounds(
-        cfg, trainer, executor, reporter, store, tracker.flush if tracker else lambda: None
-    )
-    start = time.perf_counter()
-    try:
-        try:
-            result: TrainResult = rounds.run(prepared.data, resume.checkpoint)
-        finally:
-            _time_rounds(t, start, reporter, rounds)
-    except StopTraining as exc:  # stopped on purpose (a pruned trial): not a failure
-        reason = str(exc) or "stopped"
-        if tracker is not None:
-            tracker.set_tags({"stopped_early": reason})
-            tracker.end(RunStatus.FINISHED)
-        last = reporter.history[-1] if reporter.history else {}
-        return RunResult(
-            tracker.run_id if tracker else None,
-            {k: v for k, v in last.items() if k != "round"},
-            reporter.history,
-            record=record,
-            stopped=reason,
-            headline=trainer.headline,
-        )
-    except Exception as exc:
-        if tracker is not None:
-            tracker.end(RunStatus.FAILED, exc)
-        raise RunFailed(exc, tracker.run_id if tracker else None, record) from exc
-    except KeyboardInterrupt as exc:  # Ctrl-C, a signal: the run was killed
-        if tracker is not None:
-            tracker.end(RunStatus.KILLED, exc)
-        raise RunStopped(exc, tracker.run_id if tracker else None) from exc
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.end(RunStatus.KILLED, exc)
-        raise
-    metrics = {**result.final_metrics, "wall_time_s": time.perf_counter() - start}
-    model_uri = model_path = None
-    if tracker is not None:
-        try:
-            tracker.log_metrics(len(result.history), {"wall_time_s": metrics["wall_time_s"]})
-            # where the parties ran, and the device their tensors lived on (what was used,
-            # not what was asked for)
-            tracker.set_tags(
-                {
-                    **{f"fedsweep.{k}": v for k, v in executor.where().items()},
-                    "fedsweep.device": ", ".join(sorted(set(executor.devices()))),
-                }
-            )
-            if cfg.tracking.plots:
-                with t.phase("plots"):
-                    _phase(progress, "plots")
-                    _log_plots(tracker, cfg, trainer, result)
-            if result.tables:
-                import pyarrow as pa
+    return tracker, seen, store
 
-                with t.phase("tables"):
-                    for name, rows in result.tables.items():
-                        if rows:
-                            tracker.log_table(pa.Table.from_pylist(rows), f"tables/{name}.parquet")
-            if cfg.tracking.log_model:
-                with t.phase("model"):
-                    _phase(progress, "model")
-                    model_uri, model_path = _log_model(tracker, cfg, trainer, result, prepared)
-            _phase(progress, "closing the run")
-            with t.phase("run end"):
-                tracker.log_metrics(len(result.history), t.metrics())
-                tracker.end(RunStatus.FINISHED)
-        except Exception as exc:
-            tracker.end(RunStatus.FAILED, exc)
-            raise RunFailed(exc, tracker.run_id, record) from exc
-        except BaseException as exc:
-            tracker.end(RunStatus.KILLED, exc)
-            raise
-    return RunResult(
-        tracker.run_id if tracker else None,
-        metrics,
-        result.history,
-        model_uri,
-        record,
-        model_path,
-        headline=trainer.headline,
-        resumed_from=resume.checkpoint.round if resume.checkpoint is not None else None,
-        checkpoints=rounds.checkpoints,
-        restarts=rounds.restarts,
-        timings=t.phases,
-    )
+
+def _where(executor: Executor) -> dict[str, str]:
+    """Tags saying where the parties ran and the device their tensors lived on (what was
+    used, not what was asked for); none when the workers cannot say (an actor lost after
+    the last round must not fail a finished run)."""
+    try:
+        where = {f"fedsweep.{k}": v for k, v in executor.where().items()}
+        return {**where, "fedsweep.device": ", ".join(sorted(set(executor.devices())))}
+    except Exception:  # noqa: BLE001 - best effort: the run's results stand without them
+        return {}
 
 
 def _time_rounds(t: Timings, start: float, reporter: _Reporter, rounds: _Rounds) -> None:

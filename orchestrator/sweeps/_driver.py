@@ -186,7 +186,8 @@ def _trials_here(plan: _Plan, address: str | None, parallel: int | None) -> bool
     # RAY_ADDRESS: Ray's own way to name a cluster (a Ray job's entrypoint runs with it)
     wants_ray = bool(address or os.environ.get("RAY_ADDRESS") or sc.trial_actors)
     wants_ray |= (parallel or sc.parallel or 1) > 1
-    if wants_ray or sc.gpus_per_trial:
+    # a trial's resources are asked of Ray (and refused there when no node has them)
+    if wants_ray or sc.gpus_per_trial or sc.cpus_per_trial != 1.0:
         return False
     cfg = plan.trial_base
     rows = training_rows(cfg)
@@ -331,7 +332,8 @@ class _Driver:
                 and "grid_id" not in t.system_attrs  # a grid gives its point again itself
             ):
                 self.study.enqueue_trial(t.params, user_attrs={"fedsweep_rerun_of": t.number})
-        if self.tracker is not None and not others_alive and not self.running:
+        idle = not self.running and not self.writer.pending  # (a run being written is RUNNING)
+        if self.tracker is not None and not others_alive and idle:
             # A trial told finished has a worker that ended (or is ending) its run itself:
             # only what a dead driver's trials left open is closed.
             ended = [

@@ -40,7 +40,7 @@ class Peers:
         self._beating.start()
 
     def _beat(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 self.study.set_user_attr(_BEAT + self.id, time.time())
             except Exception:  # noqa: BLE001 - a storage hiccup: the next beat retries
