@@ -143,7 +143,7 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def devices(self) -> list[str]:
-        """Where each worker's party tensors live, as :meth:`PartyHost.where` says (what a
+        """Where each worker's party tensors live, as :meth:`PartyHost.device_name` says (what a
         run records: a ``cuda`` asked of a worker that has no GPU is refused, so this is the
         device that was used)."""
 
@@ -290,7 +290,7 @@ class PartyHost:
     def hosts(self, party_id: int) -> bool:
         return party_id in self._contexts
 
-    def where(self) -> str:
+    def device_name(self) -> str:
         """This worker's device: ``cpu``, or ``cuda`` with the GPU's name, and the GPUs this
         process was given (``CUDA_VISIBLE_DEVICES``, which Ray sets for a GPU share)."""
         import os

@@ -62,7 +62,7 @@ class InProcessExecutor(Executor):
         self._host.restore(copy.deepcopy(dict(states)))
 
     def devices(self) -> list[str]:
-        return [self._host.where()]
+        return [self._host.device_name()]
 
     def close(self) -> None:
         self._host.clear()

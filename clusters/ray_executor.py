@@ -229,7 +229,7 @@ class RayExecutor(Executor):
 
     def devices(self) -> list[str]:
         self._settle()
-        return list(self._get([h.where.remote() for h in self._hosts]))
+        return list(self._get([h.device_name.remote() for h in self._hosts]))
 
     def party_states(self) -> dict[int, dict[str, Any]]:
         self._settle()

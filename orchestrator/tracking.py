@@ -254,11 +254,10 @@ class MlflowTracker:
         if trial is not None:
             query += f" and tags.`fedsweep.trial` = '{trial}'"
         exp_id = self.client.get_run(self._run()).info.experiment_id
+        kept = {str(n) for n in keep}
         closed = []
         for r in self.client.search_runs([exp_id], query, max_results=1000):
-            if r.data.tags.get("fedsweep.trial", "").isdigit() and int(
-                r.data.tags["fedsweep.trial"]
-            ) in set(keep):
+            if r.data.tags.get("fedsweep.trial") in kept:
                 continue
             self.client.set_tag(r.info.run_id, "error", reason)
             self.client.set_terminated(r.info.run_id, status=RunStatus(status).value)
