@@ -11,9 +11,12 @@ costs one call per worker, not one per party.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
+
+import numpy as np
 
 R = TypeVar("R")
 S = TypeVar("S")
@@ -23,9 +26,11 @@ __all__ = [
     "PartyContext",
     "PartyFn",
     "PartyHost",
+    "PartyTable",
     "Reduce",
     "ResourceError",
     "assign_parties",
+    "assign_workers",
     "resolve_device",
     "run_parties",
 ]
@@ -67,6 +72,48 @@ class PartyContext:
 
 PartyFn = Callable[[PartyContext, Any], R]
 Reduce = Callable[[R, R], R]
+
+
+class PartyTable(Mapping[int, Any]):
+    """Many parties' data held as slices of one shared table: a mapping from party id to
+    that party's data which an executor ships whole, once, rather than party by party (Ray:
+    one object in the store that every actor reads without a copy), and whose parties'
+    records are made only when asked for.
+
+    Subclasses give :attr:`ids` and make one party's record (:meth:`__getitem__`)."""
+
+    ids: np.ndarray
+    """Every party's id, ascending (int64)."""
+
+    @abc.abstractmethod
+    def sizes(self) -> np.ndarray:
+        """Each party's sample count, aligned with :attr:`ids`."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids.tolist())
+
+    def __contains__(self, party_id: object) -> bool:
+        return isinstance(party_id, (int, np.integer)) and _position(self.ids, party_id) >= 0
+
+    def position(self, party_id: int) -> int:
+        """The party's row in :attr:`ids`.
+
+        Raises:
+            KeyError: no such party.
+        """
+        i = _position(self.ids, party_id)
+        if i < 0:
+            raise KeyError(party_id)
+        return i
+
+
+def _position(ids: np.ndarray, party_id: Any) -> int:
+    """Where ``party_id`` sits in the ascending ``ids`` (-1: absent)."""
+    i = int(np.searchsorted(ids, party_id))
+    return i if i < len(ids) and ids[i] == party_id else -1
 
 
 class Executor(abc.ABC):
@@ -162,12 +209,32 @@ def assign_parties(sizes: Mapping[int, int], num_workers: int) -> dict[int, int]
 
     Deterministic: ties break by party id and worker index.
     """
-    loads = [0] * num_workers
-    owner: dict[int, int] = {}
-    for pid in sorted(sizes, key=lambda p: (-sizes[p], p)):
-        w = min(range(num_workers), key=lambda i: (loads[i], i))
-        owner[pid] = w
-        loads[w] += max(1, sizes[pid])
+    ids = np.fromiter(sizes, dtype=np.int64, count=len(sizes))
+    work = np.fromiter(sizes.values(), dtype=np.int64, count=len(sizes))
+    return dict(zip(ids.tolist(), assign_workers(ids, work, num_workers).tolist()))
+
+
+def assign_workers(ids: np.ndarray, sizes: np.ndarray, num_workers: int) -> np.ndarray:
+    """:func:`assign_parties` on arrays: the worker of each party, aligned with ``ids``.
+
+    Parties of equal size (the common case) are dealt round-robin in id order, which is what
+    the greedy rule does with them, without a loop over a million parties.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    work = np.maximum(1, sizes)  # what a party adds to its worker's load
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.lexsort((ids, -sizes))  # largest first, ties by party id
+    owner = np.empty(len(ids), dtype=np.int64)
+    if len(ids) == 0:
+        return owner
+    if sizes.min() == sizes.max():
+        owner[order] = np.arange(len(ids)) % num_workers
+        return owner
+    heap = [(0, w) for w in range(num_workers)]  # (load, worker): least loaded, lowest index
+    for i, size in zip(order.tolist(), work[order].tolist()):
+        load, w = heap[0]
+        owner[i] = w
+        heapq.heapreplace(heap, (load + size, w))
     return owner
 
 
@@ -257,38 +324,62 @@ class PartyHost:
     state) and runs their work. Both executors are made of these: one in-process, one inside
     each Ray actor.
 
+    A party exists here as a record (:class:`PartyContext`) only from its first work on: a
+    million hosted parties cost nothing until they are sampled. Once more than ``max_live``
+    records are held, those without state are dropped after each call (their scratch is
+    rebuilt when they are sampled again); a party's state is never dropped.
+
     Args:
         worker_init: run once, before the first party's work (imports, warm-up).
         device: ``cpu``, ``cuda``, or ``auto`` (cuda when this worker sees a GPU).
+        max_live: party records kept between calls before the stateless ones are dropped.
     """
 
-    def __init__(self, worker_init: Callable[[], None] | None = None, device: str = "cpu") -> None:
-        self._contexts: dict[int, PartyContext] = {}
+    def __init__(
+        self,
+        worker_init: Callable[[], None] | None = None,
+        device: str = "cpu",
+        max_live: int = 10_000,
+    ) -> None:
+        self._data: Mapping[int, Any] = {}
+        self._hosted: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._live: dict[int, PartyContext] = {}
         self._cache: dict[Any, Any] = {}
+        self._max_live = max_live
         self.device = resolve_device(device)
         if worker_init is not None:
             worker_init()
 
-    def load(self, parties: Mapping[int, Any]) -> int:
-        """Hosts these parties from now on, with fresh state; returns how many."""
-        self._contexts.clear()
-        for pid, data in parties.items():
-            self._contexts[pid] = PartyContext(pid, data, {}, self._cache, self.device)
-        return len(self._contexts)
+    def load(self, parties: Mapping[int, Any], ids: Sequence[int] | None = None) -> int:
+        """Hosts these parties from now on (with ``ids``: only those of ``parties``), with
+        fresh state; returns how many."""
+        self._data = parties
+        hosted = parties.ids if ids is None and isinstance(parties, PartyTable) else ids
+        if hosted is None:
+            hosted = np.fromiter(parties, dtype=np.int64, count=len(parties))
+        self._hosted = np.sort(np.asarray(hosted, dtype=np.int64))
+        self._live.clear()
+        return len(self._hosted)
+
+    @property
+    def live(self) -> int:
+        """How many party records this worker holds now (see the class docstring)."""
+        return len(self._live)
 
     def states(self, party_ids: Sequence[int] | None = None) -> dict[int, dict[str, Any]]:
         """The hosted parties' own state (those that have any), by party id."""
-        ids = self._contexts if party_ids is None else party_ids
-        return {p: self._contexts[p].state for p in ids if self._contexts[p].state}
+        ids = self._live if party_ids is None else party_ids
+        return {p: self._live[p].state for p in ids if p in self._live and self._live[p].state}
 
     def restore(self, states: Mapping[int, dict[str, Any]]) -> None:
         """Gives the hosted parties these states (the others start afresh)."""
-        for pid, ctx in self._contexts.items():
-            ctx.state = dict(states.get(pid, {}))
-            ctx.scratch.clear()
+        self._live.clear()
+        for pid, state in states.items():
+            if state and self.hosts(pid):
+                self._context(pid).state = dict(state)
 
     def hosts(self, party_id: int) -> bool:
-        return party_id in self._contexts
+        return _position(self._hosted, party_id) >= 0
 
     def device_name(self) -> str:
         """This worker's device: ``cpu``, or ``cuda`` with the GPU's name, and the GPUs this
@@ -307,11 +398,25 @@ class PartyHost:
         self, fn: PartyFn[R], party_ids: Sequence[int], payload: Any, reduce: Reduce[R] | None
     ) -> list[R] | R | None:
         """Runs ``fn`` for the given hosted parties (see :func:`run_parties`)."""
-        missing = [p for p in party_ids if p not in self._contexts]
+        missing = [p for p in party_ids if not self.hosts(p)]
         if missing:
             raise KeyError(f"parties never loaded: {missing[:5]}")
-        return run_parties(fn, (self._contexts[p] for p in party_ids), payload, reduce)
+        try:
+            return run_parties(fn, (self._context(p) for p in party_ids), payload, reduce)
+        finally:
+            if len(self._live) > self._max_live:
+                keep = set(party_ids)
+                self._live = {p: c for p, c in self._live.items() if c.state or p in keep}
+
+    def _context(self, party_id: int) -> PartyContext:
+        """The party's record, made on its first use."""
+        ctx = self._live.get(party_id)
+        if ctx is None:
+            data = self._data[party_id]
+            ctx = self._live[party_id] = PartyContext(party_id, data, {}, self._cache, self.device)
+        return ctx
 
     def clear(self) -> None:
-        self._contexts.clear()
+        self._data, self._hosted = {}, np.zeros(0, dtype=np.int64)
+        self._live.clear()
         self._cache.clear()

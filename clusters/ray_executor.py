@@ -17,11 +17,12 @@ from clusters.base import (
     Executor,
     PartyFn,
     PartyHost,
+    PartyTable,
     R,
     Reduce,
     ResourceError,
     ServiceError,
-    assign_parties,
+    assign_workers,
     connect_timeout,
 )
 from clusters.lab import LocalRay
@@ -36,6 +37,7 @@ if _LOCAL is not None and not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKE
 ):
     os.environ.update(_LOCAL.env)
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 __all__ = ["RayExecutor", "ensure_ray"]
@@ -173,9 +175,10 @@ class RayExecutor(Executor):
         self._hosts: list[Any] = [
             self._host_cls.remote(*self._host_args) for _ in range(num_workers)
         ]
-        self._batches: list[Any] = []
-        """Each actor's parties' data, in the object store: what a replacement is shipped."""
-        self._owner: dict[int, int] = {}
+        self._loads: list[tuple[Any, ...]] = []
+        """Each actor's arguments to :meth:`PartyHost.load` (its parties' data, in the object
+        store): what a replacement is shipped."""
+        self._owner = _Owners(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         self._pending: list[ray.ObjectRef] = []
 
     @property
@@ -183,15 +186,23 @@ class RayExecutor(Executor):
         return len(self._hosts)
 
     def load(self, parties: Mapping[int, Any], sizes: Mapping[int, int] | None = None) -> None:
-        sizes = sizes if sizes is not None else {pid: 1 for pid in parties}
-        self._owner = assign_parties({p: sizes.get(p, 1) for p in parties}, self.num_workers)
-        batches: list[dict[int, Any]] = [{} for _ in self._hosts]
-        for pid, data in parties.items():
-            batches[self._owner[pid]][pid] = data
-        self._batches = [ray.put(b) for b in batches]
+        if isinstance(parties, PartyTable):
+            # one object in the store, read in place by every actor; each hosts its share
+            ids, work = parties.ids, parties.sizes()
+            self._owner = _Owners(ids, assign_workers(ids, work, self.num_workers))
+            table = ray.put(parties)
+            self._loads = [(table, self._owner.hosted_by(w)) for w in range(self.num_workers)]
+        else:
+            ids = np.fromiter(parties, dtype=np.int64, count=len(parties))
+            work = np.array([1 if sizes is None else sizes.get(p, 1) for p in ids.tolist()])
+            self._owner = _Owners(ids, assign_workers(ids, work, self.num_workers))
+            batches: list[dict[int, Any]] = [{} for _ in self._hosts]
+            for pid, data in parties.items():
+                batches[self._owner[pid]][pid] = data
+            self._loads = [(ray.put(b),) for b in batches]
         # Not awaited here: actor calls run in order, so the next map() sees the data, and the
         # driver goes on while the actors start. Every host loads, so old parties are dropped.
-        self._pending += [h.load.remote(b) for h, b in zip(self._hosts, self._batches)]
+        self._pending += [h.load.remote(*args) for h, args in zip(self._hosts, self._loads)]
 
     def _run(
         self,
@@ -203,12 +214,7 @@ class RayExecutor(Executor):
         self._settle()
         if not party_ids:
             return None if reduce is not None else []
-        missing = [p for p in party_ids if p not in self._owner]
-        if missing:
-            raise KeyError(f"parties never loaded: {missing[:5]}")
-        groups: dict[int, list[int]] = {}
-        for pid in party_ids:
-            groups.setdefault(self._owner[pid], []).append(pid)
+        groups = self._owner.groups(party_ids)
         payload_ref = ray.put(payload)
         workers = sorted(groups)
         replies = self._get(
@@ -274,9 +280,7 @@ class RayExecutor(Executor):
                 pass
             self._hosts[i] = self._host_cls.remote(*self._host_args)
         # what was pending went to the dead or is done; the replacements load their parties
-        self._pending = [
-            self._hosts[i].load.remote(self._batches[i]) for i in dead if self._batches
-        ]
+        self._pending = [self._hosts[i].load.remote(*self._loads[i]) for i in dead if self._loads]
         return dead
 
     def _settle(self) -> None:
@@ -288,3 +292,37 @@ class RayExecutor(Executor):
         for h in self._hosts:
             ray.kill(h)
         self._hosts = []
+
+
+class _Owners:
+    """Which actor hosts each party: two aligned arrays, ``ids`` ascending (a million
+    parties cost two arrays, not a dict)."""
+
+    def __init__(self, ids: np.ndarray, workers: np.ndarray) -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids, self.workers = ids[order], workers[order]
+
+    def __getitem__(self, party_id: int) -> int:
+        i = int(np.searchsorted(self.ids, party_id))
+        if i == len(self.ids) or self.ids[i] != party_id:
+            raise KeyError(f"parties never loaded: [{party_id}]")
+        return int(self.workers[i])
+
+    def hosted_by(self, worker: int) -> np.ndarray:
+        return self.ids[self.workers == worker]
+
+    def groups(self, party_ids: Sequence[int]) -> dict[int, list[int]]:
+        """The given parties by the actor that hosts them, each in the order given.
+
+        Raises:
+            KeyError: parties never loaded.
+        """
+        asked = np.asarray(party_ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ids, asked), max(0, len(self.ids) - 1))
+        found = (self.ids[at] == asked) if len(self.ids) else np.zeros(len(asked), dtype=bool)
+        if not found.all():
+            raise KeyError(f"parties never loaded: {asked[~found][:5].tolist()}")
+        groups: dict[int, list[int]] = {}
+        for pid, w in zip(asked.tolist(), self.workers[at].tolist()):
+            groups.setdefault(w, []).append(pid)
+        return groups

@@ -9,7 +9,7 @@ derives from the run's seed, so the same config gives the same parties.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import ConfigError
-from trainers.base import FederatedData, PartyData, derive_seed
+from trainers.base import FederatedData, PartyData, PartyRows, derive_seed
 from trainers.cache import CACHE
 from trainers.registry import Registry
 from trainers.vertical.data import VerticalData
@@ -272,14 +272,42 @@ def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
 
 # ---------------------------------------------------------------- partitioners
 
-Partitioner = Callable[[np.ndarray, "PartitionConfig", int, np.random.Generator], list[np.ndarray]]
+Partitioner = Callable[
+    [np.ndarray, "PartitionConfig", int, np.random.Generator], Sequence[np.ndarray]
+]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 
 
 @PARTITIONERS.register("iid")
 def _iid(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
     """Shuffle and cut into equal parts."""
-    return [np.sort(p) for p in np.array_split(rng.permutation(len(y)), cfg.num_parties)]
+    perm = rng.permutation(len(y))
+    n, k = len(y), cfg.num_parties
+    sizes = np.full(k, n // k, dtype=np.int64)  # np.array_split's cut
+    sizes[: n % k] += 1
+    # each part sorted, all parts at once: by (part, row) as one integer key
+    key = np.repeat(np.arange(k, dtype=np.int64), sizes) * n + perm
+    key.sort()
+    return Cut(key % n, sizes)
+
+
+class Cut(Sequence[np.ndarray]):
+    """Parts given as consecutive runs of one array of rows: ``sizes[i]`` rows for part
+    ``i``. What a partitioner of a million parties returns, so nothing makes a million
+    arrays; it reads as the usual list of index arrays."""
+
+    def __init__(self, rows: np.ndarray, sizes: np.ndarray) -> None:
+        self.rows, self.sizes = rows, sizes
+        self._starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i):  # ints only
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self.rows[self._starts[i] : self._starts[i + 1]]
 
 
 @PARTITIONERS.register("dirichlet")
@@ -387,7 +415,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0)
         std[std == 0] = 1.0
-        x_train = (x_train - mean) / std
+        x_train -= mean  # in place: x_train is this function's own copy
+        x_train /= std
         x_test = (x_test - mean) / std
     if cfg.partition.name == VERTICAL:
         return _prepare_vertical(cfg, x_train, y_train, x_test, y_test, src.features, classes)
@@ -398,15 +427,17 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         )
     rng = np.random.default_rng(derive_seed(cfg.seed, _PARTITION_STREAM))
     parts = PARTITIONERS.get(cfg.partition.name)(y_train, cfg.partition, len(classes), rng)
-    parties = {
-        pid: PartyData(np.ascontiguousarray(x_train[idx]), y_train[idx])
-        for pid, idx in enumerate(parts)
-        if len(idx)
-    }
-    if not parties:
+    n_features, features = x.shape[1], src.features
+    del x, y, src  # the rows below are the last copy of the training data
+    if isinstance(parts, Cut):
+        parties = PartyRows.cut(x_train, y_train, parts.rows, parts.sizes)
+    else:
+        parties = PartyRows.gather(x_train, y_train, parts)
+    del x_train, parts
+    if not len(parties):
         raise ConfigError("partition", "every party came out empty")
-    data = FederatedData(parties, x_test, y_test, x.shape[1], len(classes))
-    return Prepared(data, src.features, classes, partition_stats(parties, len(classes)))
+    data = FederatedData(parties, x_test, y_test, n_features, len(classes))
+    return Prepared(data, features, classes, partition_stats(parties, len(classes)))
 
 
 def feature_split(
@@ -515,10 +546,17 @@ def _prepare_vertical(
     return Prepared(data, names, classes, stats)
 
 
-def partition_stats(parties: dict[int, PartyData], n_classes: int) -> pa.Table:
+def partition_stats(parties: Mapping[int, PartyData], n_classes: int) -> pa.Table:
     """Per-party sample counts and label histogram."""
-    ids = sorted(parties)
-    counts = np.stack([np.bincount(parties[p].y, minlength=n_classes) for p in ids])
+    if isinstance(parties, PartyRows):
+        ids = parties.ids
+        owner = np.repeat(np.arange(len(ids)), parties.sizes())
+        counts = np.bincount(owner * n_classes + parties.y, minlength=len(ids) * n_classes).reshape(
+            len(ids), n_classes
+        )
+    else:
+        ids = np.array(sorted(parties), dtype=np.int64)
+        counts = np.stack([np.bincount(parties[p].y, minlength=n_classes) for p in ids.tolist()])
     cols: dict[str, pa.Array] = {
         "party": pa.array(ids, pa.int64()),
         "n_samples": pa.array(counts.sum(axis=1), pa.int64()),

@@ -382,7 +382,7 @@ def test_fedhssl_aggregates_the_local_tops_only():
         def map(self, fn, party_ids, payload=None, reduce=None):
             out = super().map(fn, party_ids, payload, reduce)
             if getattr(payload, "step", None) is fedhssl.Step.SET_SHARED:
-                nets = [self._host._contexts[p].get(fedhssl.PretrainState).nets for p in party_ids]
+                nets = [self._host._live[p].get(fedhssl.PretrainState).nets for p in party_ids]
                 seen["top"] = [n.local_top[0].weight.detach().clone() for n in nets]
                 seen["bottom"] = [n.local_bottom[0].weight.detach().clone() for n in nets]
             return out

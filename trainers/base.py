@@ -7,7 +7,7 @@ a seed, an executor for per-party work and a reporter for metrics, and return a 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from clusters import Executor
+from clusters.base import PartyTable
 from trainers.registry import Registry
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "FederatedData",
     "Invalid",
     "PartyData",
+    "PartyRows",
     "Reporter",
     "RunState",
     "StopTraining",
@@ -37,6 +39,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "derive_seed",
+    "party_sizes",
 ]
 
 LOCAL_TRAINING = frozenset(
@@ -59,11 +62,55 @@ class PartyData:
         return len(self.y)
 
 
+class PartyRows(PartyTable):
+    """Every party's samples as consecutive rows of one pair of arrays: party ``ids[i]``
+    holds rows ``offsets[i]:offsets[i + 1]``. A party's :class:`PartyData` is a view of its
+    rows, made when asked for; the arrays are shipped to workers once, whole (the layout of
+    an Arrow table's slices, and what Ray's object store hands to every actor without a copy).
+
+    Args:
+        x: features, float32, one row per sample, C-contiguous.
+        y: integer labels, aligned with ``x``.
+        offsets: ``len(ids) + 1`` row boundaries, ascending, from 0 to ``len(y)``.
+        ids: the parties' ids, ascending.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, offsets: np.ndarray, ids: np.ndarray) -> None:
+        self.x, self.y = x, y
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    @classmethod
+    def gather(cls, x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]) -> PartyRows:
+        """The parties holding ``x[parts[i]]`` (party id ``i``; empty parts hold nothing and
+        are left out), their rows copied once into party order."""
+        sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        rows = np.concatenate(parts) if len(parts) else np.zeros(0, dtype=np.int64)
+        return cls.cut(x, y, rows, sizes)
+
+    @classmethod
+    def cut(cls, x: np.ndarray, y: np.ndarray, rows: np.ndarray, sizes: np.ndarray) -> PartyRows:
+        """:meth:`gather` of parts given as consecutive runs of ``rows``, ``sizes[i]`` for
+        party ``i``."""
+        ids = np.flatnonzero(sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes[ids])]).astype(np.int64)
+        return cls(np.ascontiguousarray(x[rows]), y[rows], offsets, ids)
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, party_id: int) -> PartyData:
+        i = self.position(party_id)
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return PartyData(self.x[a:b], self.y[a:b])
+
+
 @dataclass(frozen=True)
 class FederatedData:
     """The partitioned training data and the held-out test split."""
 
-    parties: dict[int, PartyData]
+    parties: Mapping[int, PartyData]
+    """Each party's samples by id: a :class:`PartyRows` when prepared from a data set."""
     x_test: np.ndarray
     y_test: np.ndarray
     n_features: int
@@ -71,11 +118,21 @@ class FederatedData:
 
     def pooled(self) -> PartyData:
         """All parties' samples in one, in party-id order (the centralized baseline's data)."""
+        if isinstance(self.parties, PartyRows):
+            return PartyData(self.parties.x, self.parties.y)
         ids = sorted(self.parties)
         return PartyData(
             np.concatenate([self.parties[i].x for i in ids]),
             np.concatenate([self.parties[i].y for i in ids]),
         )
+
+
+def party_sizes(parties: Mapping[int, PartyData]) -> dict[int, int]:
+    """Each party's sample count, by id (of a :class:`PartyTable` without making a record of
+    every party)."""
+    if isinstance(parties, PartyTable):
+        return dict(zip(parties.ids.tolist(), parties.sizes().tolist()))
+    return {pid: len(p) for pid, p in parties.items()}
 
 
 class Reporter(Protocol):

@@ -55,6 +55,7 @@ from trainers.base import (
     Trainer,
     TrainResult,
     derive_seed,
+    party_sizes,
 )
 from trainers.config import CMFLConfig, TrainerConfig
 from trainers.fedavg import FedAvg, evaluate, local_task, stack_uploads
@@ -170,7 +171,7 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
         weights = get_flat(model)
         ids = sorted(data.parties)
-        executor.load(data.parties, sizes={pid: len(p) for pid, p in data.parties.items()})
+        executor.load(data.parties, sizes=party_sizes(data.parties))
         roles = Roles.of(len(ids), ccfg)
         ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
         self._run = _CMFLRun(
@@ -182,7 +183,7 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
             adversary=build_adversary(cfg.attack, seed),
             task=local_task(cfg, spec, seed, ledger.byzantine),
             model_bytes=weights.size * BYTES_PER_VALUE,
-            availability=Availability(cfg, {pid: len(p) for pid, p in data.parties.items()}, seed),
+            availability=Availability(cfg, party_sizes(data.parties), seed),
         )
         rng = np.random.default_rng(derive_seed(seed, _ROLE_STREAM))
         committee = sorted(rng.choice(ids, size=roles.committee, replace=False).tolist())

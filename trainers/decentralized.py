@@ -56,6 +56,7 @@ from trainers.base import (
     RunState,
     Trainer,
     TrainResult,
+    party_sizes,
 )
 from trainers.cache import CACHE
 from trainers.config import Graph, Loss, TrainerConfig
@@ -489,7 +490,7 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
         topology = Topology(GraphSpec.of(c), len(ids), seed=seed)
         x0 = problem.initial(data.n_features, seed)
         _, f_star = solve_reference(problem, nodes, c.cache_dir, start=x0)
-        executor.load(data.parties, sizes={i: len(d) for i, d in data.parties.items()})
+        executor.load(data.parties, sizes=party_sizes(data.parties))
         total = sum(len(d) for d in nodes)
         self._run = _DecentralizedRun(
             data=data,
@@ -503,9 +504,7 @@ class Decentralized(Trainer[FederatedData, "DecentralizedState"]):
             total=total,
             inner=c.inner_steps or max(1, math.ceil(total / len(nodes) / c.batch_size)),
             test_design=_design(data.x_test),
-            availability=Availability(
-                self.config, {i: len(d) for i, d in data.parties.items()}, seed
-            ),
+            availability=Availability(self.config, party_sizes(data.parties), seed),
         )
         return DecentralizedState(x=np.tile(x0, (len(ids), 1)))
 

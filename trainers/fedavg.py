@@ -19,6 +19,7 @@ reply per worker per round); otherwise every upload comes back to be attacked an
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ from trainers.base import (
     Trainer,
     TrainResult,
     derive_seed,
+    party_sizes,
 )
 from trainers.config import FedProxConfig, TrainerConfig
 from trainers.ledger import ROBUSTNESS_METRICS, Ledger
@@ -175,7 +177,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         """Weight of the proximal term in the local loss (0: plain FedAvg)."""
         return 0.0
 
-    def parties(self, data: FederatedData) -> dict[int, PartyData]:
+    def parties(self, data: FederatedData) -> Mapping[int, PartyData]:
         """The parties that take part in training."""
         return data.parties
 
@@ -194,7 +196,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
         parties = self.parties(data)
-        sizes = {pid: len(p) for pid, p in parties.items()}
+        sizes = party_sizes(parties)
         executor.load(parties, sizes=sizes)
         ids = sorted(parties)
         ledger = Ledger(ids, byzantine_parties(ids, cfg.attack, seed))
@@ -356,7 +358,7 @@ class Centralized(FedAvg):
     def party_count(cls, federation: Federation) -> int:
         return 1
 
-    def parties(self, data: FederatedData) -> dict[int, PartyData]:
+    def parties(self, data: FederatedData) -> Mapping[int, PartyData]:
         return {0: data.pooled()}
 
 
