@@ -259,8 +259,9 @@ class SweepConfig:
     """Trials running at once (default: as many as the CPUs allow)."""
     executor: ExecutorKind = ExecutorKind.auto
     """Where trials run: ray (Ray tasks, ``parallel`` at once), local (one at a time, in
-    this process), or auto: local when the whole study's work is small (what
-    ``runtime.executor: auto`` runs here, for every trial together) and nothing asks for Ray
+    this process), or auto: local when ``parallel`` is 1 or the whole study's work is small
+    (what ``runtime.executor: auto`` runs here, for every trial together), and nothing asks
+    for Ray
     (an address or ``RAY_ADDRESS``, ``parallel`` above 1, ``trial_actors``,
     ``gpus_per_trial``, ``cpus_per_trial`` other than 1); else Ray."""
     study: Optional[str] = None  # noqa: UP045

@@ -182,3 +182,39 @@ def test_a_small_sweep_runs_its_trials_here_and_profiles_its_phases(tmp_path):
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['parent_run_id']}'"
     )
     assert len(trials) == 3 and {r.data.tags["fedsweep.node"] for r in trials} == {"local"}
+
+
+def test_one_trial_at_a_time_runs_here_whatever_the_studys_size(tmp_path, monkeypatch):
+    from orchestrator.sweeps._driver import _Plan, _trials_here
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "objective: [test_accuracy]\n"
+        "params:\n  trainer.lr: {type: float, low: 0.01, high: 0.2, log: true}\n"
+    )
+    overrides = [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"]
+    big = _Plan.make(CONFIGS / "quickstart.yaml", space, overrides, 500, None, None)
+    small = _Plan.make(CONFIGS / "quickstart.yaml", space, overrides, 2, None, None)
+    assert not _trials_here(big, None, None)  # a big study, as wide as the CPUs: Ray
+    assert _trials_here(big, None, 1)  # one at a time: Ray's start buys nothing
+    assert _trials_here(small, None, None)
+    assert not _trials_here(small, None, 2)
+    assert not _trials_here(small, "127.0.0.1:1", 1)  # an address asks for Ray
+
+
+def test_the_finish_is_prepared_ahead_without_touching_the_trials_randomness():
+    import torch
+
+    from orchestrator.sweeps._finish import FinishAhead
+
+    ahead = FinishAhead(package=True)
+    ahead.wait()  # never started: nothing to wait for
+    before = torch.get_rng_state()
+    ahead.start()
+    ahead.start()  # once only
+    ahead.wait()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert {"optuna.importance", "optuna.visualization.matplotlib", "mlflow.pytorch"} <= set(
+        sys.modules
+    )

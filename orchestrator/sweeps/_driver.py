@@ -39,7 +39,14 @@ from orchestrator.config import (
 )
 from orchestrator.data import check_data
 from orchestrator.errors import ConfigError
-from orchestrator.sweeps._finish import SweepResult, Tallies, finish, parent_run, tallies
+from orchestrator.sweeps._finish import (
+    FinishAhead,
+    SweepResult,
+    Tallies,
+    finish,
+    parent_run,
+    tallies,
+)
 from orchestrator.sweeps._optuna import (
     INTERRUPTED,
     StudyStore,
@@ -137,7 +144,12 @@ def sweep(
             if plan.base.tracking.enabled
             else None
         )
-    driver = _Driver(plan, st, tracker, progress)
+    ahead = (
+        FinishAhead(package=sc.trial_models == TrialModels.checkpoint)
+        if tracker is not None
+        else None
+    )
+    driver = _Driver(plan, st, tracker, progress, ahead)
     # A trial with its own actor pool also needs a CPU for each of its actors.
     width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
     started = time.perf_counter()
@@ -154,6 +166,8 @@ def sweep(
     last_out = driver.peers.leave()
     # Only the last driver out sums the study up; the others report it as it stands.
     try:
+        if ahead is not None:
+            ahead.wait()
         result = finish(st, plan.space, tracker if last_out else None, plan.base, plan.study)
     except BaseException as exc:  # stopped (or failed) while summing up: the trials are told
         if tracker is not None and last_out:
@@ -189,6 +203,8 @@ def _trials_here(plan: _Plan, address: str | None, parallel: int | None) -> bool
     # a trial's resources are asked of Ray (and refused there when no node has them)
     if wants_ray or sc.gpus_per_trial or sc.cpus_per_trial != 1.0:
         return False
+    if (parallel or sc.parallel) == 1:  # one trial at a time: Ray would add its start, no speed
+        return True
     cfg = plan.trial_base
     rows = training_rows(cfg)
     if rows is None:
@@ -295,8 +311,11 @@ class _Driver:
         study: optuna.Study,
         tracker: MlflowTracker | None,
         progress: ProgressFn | None,
+        ahead: FinishAhead | None = None,
     ) -> None:
         self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
+        self.ahead = ahead
+        """The finish's preparation, started once the first trial is told."""
         self.store = StudyStore(study)
         self.peers = Peers(study, self.store)
         self.runner: TaskRunner | None = None
@@ -459,6 +478,8 @@ class _Driver:
         """On the writer's thread, once a trial is told to the study."""
         if self.first_told is None:
             self.first_told = time.perf_counter()
+            if self.ahead is not None:
+                self.ahead.start()
         with self._lock:
             self.tallies = tallies(self.study)  # every driver's trials
             if outcome.state == TrialState.COMPLETE and outcome.values:

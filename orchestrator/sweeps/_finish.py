@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from orchestrator.grid_report import ResultsTable
     from orchestrator.tracking import MlflowTracker
 
-__all__ = ["PARENT_ATTR", "SweepResult", "Tallies", "finish", "parent_run", "tallies"]
+__all__ = [
+    "PARENT_ATTR",
+    "FinishAhead",
+    "SweepResult",
+    "Tallies",
+    "finish",
+    "parent_run",
+    "tallies",
+]
 
 PARENT_ATTR = "mlflow_parent_run_id"
 """Study user attribute naming the study's parent MLflow run."""
@@ -145,6 +154,62 @@ def _space_yaml(space: Space) -> str:
         },
         sort_keys=False,
     ).replace("!!python/tuple", "")
+
+
+class FinishAhead:
+    """What the study's finish needs that no trial's result changes, done on a thread of its
+    own while the trials run, so the finish does not pay for it after the last trial: the
+    plotting and importance modules imported (matplotlib, scikit-learn under Optuna's fANOVA),
+    and, when the best model will be packaged as an MLflow model, MLflow's PyTorch flavour
+    imported and PyTorch's export traced once (its first trace costs about a second).
+
+    Nothing here touches a random generator or the study: a trial in this process trains as
+    it would without it. Whatever fails here is left for the finish to do (or fail) itself.
+
+    Args:
+        package: whether the finish will package a checkpoint as an MLflow model.
+    """
+
+    def __init__(self, package: bool) -> None:
+        self.package = package
+        self._thread = threading.Thread(target=self._run, name="fedsweep-finish-ahead", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Starts the work (once; later calls do nothing). The driver calls it when its first
+        trial is told: by then a trial in this process has imported what it needs, so the
+        two threads never import at once, and the first trial is not slowed."""
+        with self._lock:
+            if not self._thread.is_alive() and self._thread.ident is None:
+                self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+            import optuna.importance  # noqa: F401 - fANOVA: scikit-learn
+            import optuna.visualization.matplotlib  # noqa: F401
+
+            if self.package:
+                import mlflow.pytorch  # noqa: F401
+                import torch
+
+                # skip_init: a module with no initialisation, so no draw from torch's global
+                # generator, which a trial training in this process may be using
+                layer = torch.nn.utils.skip_init(torch.nn.Linear, 2, 2)
+                torch.export.export(layer, (torch.zeros(1, 2),))
+        except Exception:  # noqa: BLE001 - the finish does it itself
+            pass
+
+    def wait(self) -> None:
+        """Returns once the work is done, if it started (the finish runs after it, never
+        beside it)."""
+        with self._lock:
+            started = self._thread.ident is not None
+        if started:
+            self._thread.join()
 
 
 def _entry(t: optuna.trial.FrozenTrial) -> Best:
