@@ -137,7 +137,8 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def load(self, parties: Mapping[int, Any], sizes: Mapping[int, int] | None = None) -> None:
-        """Ships each party's data to the worker that will host it.
+        """Ships each party's data to the worker that will host it (a :class:`PartyTable`
+        goes whole, once, and each worker hosts its share of it).
 
         Args:
             parties: party id -> the data that party holds.
