@@ -252,32 +252,13 @@ def scale_config(parties: int, per_round: int | None) -> dict[str, Any]:
     MLP 16-32-10, one local epoch of one batch of 5, SGD lr 0.05; ``per_round`` parties
     sampled each round (None: all)."""
     n = parties * SCALE_SAMPLES + SCALE_TEST
-    return {
-        "seed": 0,
-        "data": {
-            "name": "synthetic",
-            "n_samples": n,
-            "n_features": SCALE_FEATURES,
-            "n_informative": 8,
-            "n_redundant": 2,
-            "n_classes": N_CLASSES,
-            "random_state": 0,
-            "test_fraction": SCALE_TEST / n,
-            "shuffle_split": False,
-        },
-        "partition": {"name": "iid", "num_parties": parties},
-        "model": {"name": "mlp", "hidden": [32]},
-        "trainer": {
-            "name": "fedavg",
-            "rounds": SCALE_ROUNDS,
-            "local_epochs": 1,
-            "batch_size": SCALE_SAMPLES,
-            "lr": LR,
-            "parties_per_round": per_round,
-        },
-        "runtime": {"executor": "ray"},
-        "tracking": {"enabled": False},
-    }
+    cfg = fedsweep_config("ray", parties, SCALE_ROUNDS)
+    cfg["data"].update(
+        n_samples=n, n_features=SCALE_FEATURES, n_informative=8, test_fraction=SCALE_TEST / n
+    )
+    cfg["model"]["hidden"] = [32]
+    cfg["trainer"].update(batch_size=SCALE_SAMPLES, parties_per_round=per_round)
+    return cfg
 
 
 def main_scale() -> None:
