@@ -76,6 +76,12 @@ class TaskRunner(abc.ABC):
     def cancel(self, handle: TaskHandle, force: bool = True) -> None:  # noqa: B027
         """Stops a running task: interrupts it, or with ``force`` kills its worker."""
 
+    def warm(self, fn: Callable[[], Any], count: int) -> list[TaskHandle]:
+        """Starts ``count`` workers on ``fn`` (imports, first-use costs) while the caller
+        prepares the first tasks; a task submitted later queues behind them on a worker they
+        warmed. Here: nothing (a task runs in this process, whose imports are done)."""
+        return []
+
     def close(self) -> None:  # noqa: B027
         """Releases the runner's resources."""
 
@@ -161,6 +167,9 @@ class RayTaskRunner(TaskRunner):
                 num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=0
             )(fn)
         return TaskHandle(ref=remote.remote(*args))
+
+    def warm(self, fn: Callable[[], Any], count: int) -> list[TaskHandle]:
+        return [self.submit(fn) for _ in range(count)]
 
     def wait(self, handles: Sequence[TaskHandle], timeout: float) -> list[TaskHandle]:
         if not handles:

@@ -59,7 +59,13 @@ from orchestrator.sweeps._optuna import (
 )
 from orchestrator.sweeps._peers import Peers
 from orchestrator.sweeps._space import check_space
-from orchestrator.sweeps._trial import ParamValue, TrialOutcome, TrialSpec, run_trial
+from orchestrator.sweeps._trial import (
+    ParamValue,
+    TrialOutcome,
+    TrialSpec,
+    run_trial,
+    warm_worker,
+)
 from orchestrator.sweeps._writer import Writer
 from orchestrator.timings import Timings
 from orchestrator.tracking import (
@@ -135,6 +141,9 @@ def sweep(
             except ResourceError as exc:
                 raise ConfigError(exc.key, exc.problem) from None
             signals.reinstall()  # Ray took SIGTERM over
+    # A trial with its own actor pool also needs a CPU for each of its actors.
+    width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
+    runner.warm(warm_worker, width)  # the workers import while the study opens
     with t.phase("study and parent run"):
         st, founder = _open_study(plan, opened)
         tracker = (
@@ -149,9 +158,9 @@ def sweep(
         if tracker is not None
         else None
     )
-    driver = _Driver(plan, st, tracker, progress, ahead)
-    # A trial with its own actor pool also needs a CPU for each of its actors.
-    width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
+    # Trials trained in this process: their runs are written from a process of its own.
+    separate = isinstance(runner, InProcessTaskRunner) and plan.trial_base.tracking.deferred
+    driver = _Driver(plan, st, tracker, progress, ahead, separate_writes=separate)
     started = time.perf_counter()
     try:
         driver.recover()
@@ -159,6 +168,8 @@ def sweep(
     except BaseException as exc:
         driver.stop(exc)
         raise
+    finally:
+        driver.writer.close()
     trials_done = time.perf_counter()
     first = driver.first_told if driver.first_told is not None else trials_done
     t.add("first trial", first - started)
@@ -312,6 +323,7 @@ class _Driver:
         tracker: MlflowTracker | None,
         progress: ProgressFn | None,
         ahead: FinishAhead | None = None,
+        separate_writes: bool = False,
     ) -> None:
         self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
         self.ahead = ahead
@@ -328,7 +340,7 @@ class _Driver:
         self.first_told: float | None = None
         """When this driver's first trial was told (perf_counter)."""
         self._recovered = 0.0
-        self.writer = Writer(self.store, plan.tracking_uri, self._told)
+        self.writer = Writer(self.store, plan.tracking_uri, self._told, separate_writes)
         sp = plan.space
         self.summaries = (
             tuple(Objective(m, reduce=sp.report.reduce) for m in sp.report.metrics)
@@ -369,10 +381,16 @@ class _Driver:
         self.runner = runner
         self._report()
         target = self.plan.target
+        # Trials one after another in this process, with a pruner: each starts once the one
+        # before is told, so that the pruner always weighs it (its write would otherwise race
+        # the next trial's first rounds).
+        tell_first = isinstance(runner, InProcessTaskRunner) and self.plan.space.prunes
         while True:
             if time.monotonic() - self._recovered > _RECOVER_S:
                 self.recover()
             while len(self.running) < width and self._accounted() < target:
+                if tell_first:
+                    self.writer.join()
                 if not self._launch():
                     break
             if self.running:

@@ -21,7 +21,7 @@ from orchestrator.tracking import RunRecord
 from search_spaces import Objective, Strategy
 from trainers.base import StopTraining
 
-__all__ = ["ParamValue", "TrialOutcome", "TrialSpec", "run_trial"]
+__all__ = ["ParamValue", "TrialOutcome", "TrialSpec", "run_trial", "warm_worker"]
 
 ParamValue = bool | int | float | str | None
 """A value Optuna suggests."""
@@ -204,3 +204,13 @@ def _series(
     if len(rows) > points:
         rows = [rows[round(i * (len(rows) - 1) / (points - 1))] for i in range(points)]
     return {k: [float(h[k]) for h in rows] for k in keys}
+
+
+def warm_worker() -> int:
+    """A trial worker's start, paid while the driver opens the study: this module's imports
+    (the runner, PyTorch) and every trainer's. Returns the worker's process id."""
+    import os
+
+    import trainers  # noqa: F401 - registers every trainer
+
+    return os.getpid()
