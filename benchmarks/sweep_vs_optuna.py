@@ -17,13 +17,14 @@ function for the two Optuna ways:
                the driver's process, what ``sweep.executor: auto`` picks for a study this
                small) and ``--parallel 2`` (two Ray workers; Ray's start counts).
 
-    python benchmarks/sweep_vs_optuna.py [--trials 60]
+    python benchmarks/sweep_vs_optuna.py [--trials 60] [--repeats 3]
 
 The set-up installs optuna-integration in a virtual environment of its own (it sees the
 system's packages, so Optuna, MLflow and PyTorch are the same as fedsweep's) and runs the
 callback way from there. Each tracked way starts from a copy of one empty MLflow store whose
-tables exist already (a researcher's mlflow.db has them). Prints each way's wall time and its
-ratio to the plain loop's; goal: fedsweep at most 1.3x the plain loop and below the callback.
+tables exist already (a researcher's mlflow.db has them). The ways run in turn, ``--repeats``
+times over (these machines are noisy); prints each way's median wall time and its ratio to
+the plain loop's; goal: fedsweep at most 1.3x the plain loop and below the callback.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +151,7 @@ def count_writes(db: Path) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way (medians)")
     parser.add_argument("--mode", choices=["plain", "callback"], help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,36 +172,35 @@ def main() -> None:
             "fedsweep --parallel 1": (["fedsweep", "sweep", "--parallel", "1"], "mlflow.db"),
             "fedsweep --parallel 2": (["fedsweep", "sweep", "--parallel", "2"], "mlflow.db"),
         }
-        walls, writes, best = {}, {}, {}
-        for name, (cmd, store) in ways.items():
-            work = root / name.replace(" ", "_").replace("-", "")
-            work.mkdir()
-            config, space = write_inputs(work)
-            if store:
-                shutil.copy(template, work / store)
-            if cmd[0] == "fedsweep":
-                cmd = [
-                    *cmd[:2],
-                    str(config),
-                    "--space",
-                    str(space),
-                    "--trials",
-                    str(n),
-                    *cmd[2:],
-                    "--json",
-                ]
-            else:
-                cmd = [*cmd, "--dir", str(work), "--trials", str(n)]
-            walls[name], stdout = timed(cmd, work)
-            result = json.loads(stdout.strip().splitlines()[-1])
-            best[name] = result.get("best")
-            if isinstance(best[name], dict):  # fedsweep's --json: the best trial
-                best[name] = best[name]["values"][0]
-            if store:
-                writes[name] = count_writes(work / store)
-            print(f"  {name}: {walls[name]:.2f} s", flush=True)
+        runs: dict[str, list[float]] = {name: [] for name in ways}
+        writes, best = {}, {}
+        for repeat in range(args.repeats):  # the ways in turn, repeat after repeat
+            for name, (cmd, store) in ways.items():
+                work = root / f"{name.replace(' ', '_').replace('-', '')}-{repeat}"
+                work.mkdir()
+                config, space = write_inputs(work)
+                if store:
+                    shutil.copy(template, work / store)
+                if cmd[0] == "fedsweep":
+                    argv = [*cmd[:2], str(config), "--space", str(space), "--trials", str(n)]
+                    argv += [*cmd[2:], "--json"]
+                else:
+                    argv = [*cmd, "--dir", str(work), "--trials", str(n)]
+                wall, stdout = timed(argv, work)
+                runs[name].append(wall)
+                result = json.loads(stdout.strip().splitlines()[-1])
+                best[name] = result.get("best")
+                if isinstance(best[name], dict):  # fedsweep's --json: the best trial
+                    best[name] = best[name]["values"][0]
+                if store:
+                    writes[name] = count_writes(work / store)
+                print(f"  {name}: {wall:.2f} s", flush=True)
+    walls = {name: float(statistics.median(times)) for name, times in runs.items()}
     plain = walls["plain"]
-    print(f"\n{n} trials of the quickstart (FedAvg, digits, 20 parties, 30 rounds), lr searched")
+    print(
+        f"\n{n} trials of the quickstart (FedAvg, digits, 20 parties, 30 rounds), lr searched;"
+        f" median of {args.repeats} runs of each way, taken in turn"
+    )
     print(f"{'way':24s} {'wall s':>8s} {'x plain':>8s} {'best acc':>9s}  writes")
     for name, wall in walls.items():
         shown = ", ".join(f"{v} {k}" for k, v in writes.get(name, {}).items()) or "nothing"

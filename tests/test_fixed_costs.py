@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -19,7 +18,6 @@ from orchestrator import load_config, run
 from orchestrator.config import ExecutorKind
 from orchestrator.data import training_rows
 from orchestrator.runner import LOCAL_WORK, choose_executor
-from search_spaces import parse_space
 from trainers import TRAINERS
 
 from .conftest import CONFIGS, REPO, tiny
@@ -240,60 +238,3 @@ def test_a_sweeps_ray_workers_import_before_the_first_trial(ray_session):
     for handle in [runner.submit(_imported, "trainers.fedavg") for _ in range(4)]:
         pid, imported = runner.result(handle)
         assert imported or pid not in pids  # a warmed worker holds the trainers already
-
-
-def _writer_processes() -> list[psutil.Process]:
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if any("spawn_main" in part for part in p.cmdline()):
-                out.append(p)
-        except psutil.Error:  # gone meanwhile
-            continue
-    return out
-
-
-def test_a_sweep_trained_here_writes_its_runs_from_a_process_of_its_own(tmp_path):
-    from orchestrator import sweep
-    from orchestrator.sweeps import _writer
-
-    made = []
-    real = _writer._writer_process
-
-    def spy():
-        made.append(real())
-        return made[-1]
-
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    space = {
-        "objective": ["test_accuracy"],
-        "params": {"trainer.lr": {"type": "float", "low": 0.01, "high": 0.2}},
-    }
-    cfg = tiny(tracking={"enabled": True, "uri": uri, "experiment": "w"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_writer, "_writer_process", spy)
-        result = sweep(cfg, parse_space(space), trials=3, parallel=1, study="w")
-    assert len(made) == 1 and result.n_complete == 3
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("w").experiment_id])
-    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials)
-    assert all(r.data.metrics["test_accuracy"] > 0 for r in trials)
-    assert not _writer_processes()  # ended with the sweep
-
-
-def test_a_writer_whose_process_died_writes_from_its_thread(tmp_path):
-    from orchestrator.sweeps._writer import Writer
-    from orchestrator.tracking import RunRecord, RunStatus
-
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    writer = Writer(None, uri, lambda outcome: None, separate=True)  # type: ignore[arg-type]
-    record = RunRecord("x", run_name="r", metrics=[("m", 1.0, 0, 0)], status=RunStatus.FINISHED)
-    first = writer._write_record(record)
-    (proc,) = _writer_processes()
-    proc.kill()
-    proc.wait(30)
-    second = writer._write_record(record)  # the pool is broken: written here instead
-    writer.close()
-    client = MlflowClient(uri)
-    assert client.get_run(first).data.metrics == client.get_run(second).data.metrics == {"m": 1.0}

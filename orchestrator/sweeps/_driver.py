@@ -158,9 +158,7 @@ def sweep(
         if tracker is not None
         else None
     )
-    # Trials trained in this process: their runs are written from a process of its own.
-    separate = isinstance(runner, InProcessTaskRunner) and plan.trial_base.tracking.deferred
-    driver = _Driver(plan, st, tracker, progress, ahead, separate_writes=separate)
+    driver = _Driver(plan, st, tracker, progress, ahead)
     started = time.perf_counter()
     try:
         driver.recover()
@@ -168,8 +166,6 @@ def sweep(
     except BaseException as exc:
         driver.stop(exc)
         raise
-    finally:
-        driver.writer.close()
     trials_done = time.perf_counter()
     first = driver.first_told if driver.first_told is not None else trials_done
     t.add("first trial", first - started)
@@ -323,7 +319,6 @@ class _Driver:
         tracker: MlflowTracker | None,
         progress: ProgressFn | None,
         ahead: FinishAhead | None = None,
-        separate_writes: bool = False,
     ) -> None:
         self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
         self.ahead = ahead
@@ -340,7 +335,7 @@ class _Driver:
         self.first_told: float | None = None
         """When this driver's first trial was told (perf_counter)."""
         self._recovered = 0.0
-        self.writer = Writer(self.store, plan.tracking_uri, self._told, separate_writes)
+        self.writer = Writer(self.store, plan.tracking_uri, self._told)
         sp = plan.space
         self.summaries = (
             tuple(Objective(m, reduce=sp.report.reduce) for m in sp.report.metrics)

@@ -1,26 +1,18 @@
 """The sweep's writer: finished trials' recorded MLflow runs written, then told to Optuna, on
-a thread of its own, so that the next trial trains meanwhile.
-
-When the trials train in the driver's own process, the writes go one step further, to a
-process of their own: the SQLite writes are Python (SQLAlchemy) through and through, and on
-a thread they would take the GIL from the training instead of running beside it.
-"""
+a thread of its own, so that the next trial trains meanwhile."""
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from optuna.trial import TrialState
 
 from orchestrator.sweeps._optuna import StudyStore
 from orchestrator.sweeps._trial import TrialOutcome, TrialSpec
-from orchestrator.tracking import RunRecord, write_record
+from orchestrator.tracking import write_record
 
 __all__ = ["Writer", "tell"]
 
@@ -31,15 +23,9 @@ class Writer:
     run is written: a driver killed in between leaves it RUNNING, to be re-run on resume."""
 
     def __init__(
-        self,
-        store: StudyStore,
-        tracking_uri: str,
-        told: Callable[[TrialOutcome], None],
-        separate: bool = False,
+        self, store: StudyStore, tracking_uri: str, told: Callable[[TrialOutcome], None]
     ) -> None:
         self.store, self.uri, self.told = store, tracking_uri, told
-        self._pool: ProcessPoolExecutor | None = _writer_process() if separate else None
-        """The process the runs are written from (None: this thread writes them)."""
         self.queue: queue.Queue[tuple[TrialSpec, TrialOutcome]] = queue.Queue()
         self._lock = threading.Lock()
         self.pending = 0
@@ -54,12 +40,6 @@ class Writer:
 
     def join(self) -> None:
         self.queue.join()
-
-    def close(self) -> None:
-        """Waits for the writes handed over, then ends the writer's process, if any."""
-        self.join()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
 
     def _loop(self) -> None:
         while True:
@@ -77,7 +57,7 @@ class Writer:
         if outcome.record is None:
             return outcome
         try:
-            run_id = self._write_record(outcome.record)
+            run_id = write_record(outcome.record, self.uri)
         except Exception as exc:  # noqa: BLE001 - recorded on the trial, the sweep goes on
             return TrialOutcome(
                 spec.number, TrialState.FAIL, error=f"writing its MLflow run failed: {exc}"
@@ -85,49 +65,6 @@ class Writer:
         path = outcome.record.model_path
         model_uri = f"runs:/{run_id}/{path}" if path else outcome.model_uri
         return replace(outcome, run_id=run_id, model_uri=model_uri, record=None)
-
-    def _write_record(self, record: RunRecord) -> str:
-        if self._pool is not None:
-            try:
-                return self._pool.submit(write_record, record, self.uri).result()
-            except BrokenProcessPool:  # the process died (killed, out of memory): write here
-                self._pool = None
-        return write_record(record, self.uri)
-
-
-def _writer_process() -> ProcessPoolExecutor:
-    """One process for the writes, started now (it imports MLflow meanwhile)."""
-    import multiprocessing
-
-    pool = ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_detach,
-        initargs=(os.getpid(),),
-    )
-    pool.submit(_warm)
-    return pool
-
-
-def _warm() -> None:
-    import orchestrator.tracking  # noqa: F401 - MLflow, SQLAlchemy
-
-
-def _detach(driver: int) -> None:
-    """In the writer's process: a stop signal is the driver's to handle (it has its writes
-    finished, then ends this process), and the process ends if the driver dies first."""
-    import signal
-    import time
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == driver:
-            time.sleep(0.2)  # polled: no event tells a process its parent is gone
-        os._exit(0)
-
-    threading.Thread(target=watch, name="fedsweep-writer-watch", daemon=True).start()
 
 
 def tell(store: StudyStore, spec: TrialSpec, outcome: TrialOutcome) -> None:
