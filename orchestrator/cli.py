@@ -478,6 +478,9 @@ def _sweep(args: argparse.Namespace) -> int:
                 desc="sweep",
             )
         bar.n = t["finished"]
+        phase = t.get("phase")
+        if phase:  # the finish's steps, each shown as it begins
+            bar.set_description(f"sweep ({phase})")
         best = t["best"]
         bar.set_postfix(
             running=t["running"],

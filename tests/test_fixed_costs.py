@@ -171,6 +171,8 @@ def test_a_small_sweep_runs_its_trials_here_and_profiles_its_phases(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["n_complete"] == 3
+    for step in ("plots", "best model"):  # the bar names the finish's steps
+        assert f"sweep ({step})" in out.stderr, step
     table = out.stderr[out.stderr.index("where the time went:") :]
     for phase in ("config and space", "storage", "study and parent run", "first trial", "finish"):
         assert f"\n  {phase} " in table, phase

@@ -114,7 +114,8 @@ def sweep(
         address: Ray address to join; None: the trials run where ``sweep.executor`` says
             (auto: here when the study is small, else on the Ray running here or a new one).
         runner: where trials run (default: as ``sweep.executor`` says); tests may pass one.
-        progress: called with the tallies after every finished trial.
+        progress: called with the tallies after every finished trial, then with each step
+            of the finish (``phase``: plots, best model...).
         timings: where the phases' times go (start, first trial, the rest, the finish); they
             are also in the result and the parent run's metrics.
 
@@ -174,8 +175,11 @@ def sweep(
     # Only the last driver out sums the study up; the others report it as it stands.
     try:
         if ahead is not None:
+            driver.show("preparing the finish")
             ahead.wait()
-        result = finish(st, plan.space, tracker if last_out else None, plan.base, plan.study)
+        result = finish(
+            st, plan.space, tracker if last_out else None, plan.base, plan.study, driver.show
+        )
     except BaseException as exc:  # stopped (or failed) while summing up: the trials are told
         if tracker is not None and last_out:
             killed = isinstance(exc, KeyboardInterrupt)
@@ -323,6 +327,8 @@ class _Driver:
         self.plan, self.study, self.tracker, self.progress = plan, study, tracker, progress
         self.ahead = ahead
         """The finish's preparation, started once the first trial is told."""
+        self.phase: str | None = None
+        """The finish's step, once the trials are done (None: the trials)."""
         self.store = StudyStore(study)
         self.peers = Peers(study, self.store)
         self.runner: TaskRunner | None = None
@@ -499,6 +505,11 @@ class _Driver:
                 self.best = _better(self.best, outcome.values, self.plan.space)
         self._report()
 
+    def show(self, phase: str) -> None:
+        """Reports the step the sweep has reached after its trials (the finish's)."""
+        self.phase = phase
+        self._report()
+
     def _report(self) -> None:
         if self.progress is not None:
             best = self.best
@@ -513,6 +524,7 @@ class _Driver:
                     "running": len(self.running),
                     "target": self.plan.target,
                     "best": shown,
+                    "phase": self.phase,
                 }
             )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -228,9 +229,11 @@ def finish(
     tracker: MlflowTracker | None,
     base: ExperimentConfig,
     name: str,
+    step: Callable[[str], None] = lambda name: None,
 ) -> SweepResult:
     """Sums the study up: the best trial(s); with a parent run, the trial table, the plots,
-    the report, and the best models made MLflow models and registered."""
+    the report, and the best models made MLflow models and registered. ``step`` is told the
+    name of each step as it begins (a progress bar shows it)."""
     from orchestrator.grid_report import build_report
 
     counts = tallies(study)
@@ -242,9 +245,11 @@ def finish(
     registered: list[dict[str, object]] = []
     report = build_report(study, space)
     if tracker is not None:
-        _log_summary(study, space, tracker, entries, counts)
+        _log_summary(study, space, tracker, entries, counts, step)
         if report is not None:
+            step("report")
             report.log(tracker)
+        step("best model")
         registered = _register(tracker, entries, base, name)
     best: Best | list[Best] | None
     if space.multi_objective:
@@ -272,8 +277,11 @@ def _log_summary(
     tracker: MlflowTracker,
     entries: list[Best],
     counts: Tallies,
+    step: Callable[[str], None],
 ) -> None:
     from orchestrator import study_report
+
+    step("trial table")
 
     metrics = {
         "n_complete": float(counts.complete),
@@ -293,6 +301,7 @@ def _log_summary(
     study_report.log_trials_table(study, tracker)
     if space.multi_objective and entries:
         study_report.log_pareto_table(entries, space, tracker)
+    step("plots")
     study_report.log_plots(study, space, tracker)
 
 
