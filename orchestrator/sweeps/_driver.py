@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,28 +144,31 @@ def sweep(
             signals.reinstall()  # Ray took SIGTERM over
     # A trial with its own actor pool also needs a CPU for each of its actors.
     width = parallel or sc.parallel or max(1, runner.capacity // (1 + sc.trial_actors))
-    runner.warm(warm_worker, width)  # the workers import while the study opens
-    with t.phase("study and parent run"):
-        st, founder = _open_study(plan, opened)
-        tracker = (
-            parent_run(
-                st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder
+    warming = runner.warm(warm_worker, width)  # the workers import while the study opens
+    driver: _Driver | None = None
+    try:
+        with t.phase("study and parent run"):
+            st, founder = _open_study(plan, opened)
+            tracker = (
+                parent_run(
+                    st, plan.base, plan.space, plan.study, plan.tracking_uri, plan.storage, founder
+                )
+                if plan.base.tracking.enabled
+                else None
             )
-            if plan.base.tracking.enabled
+        ahead = (
+            FinishAhead(package=sc.trial_models == TrialModels.checkpoint)
+            if tracker is not None
             else None
         )
-    ahead = (
-        FinishAhead(package=sc.trial_models == TrialModels.checkpoint)
-        if tracker is not None
-        else None
-    )
-    driver = _Driver(plan, st, tracker, progress, ahead)
-    started = time.perf_counter()
-    try:
+        driver = _Driver(plan, st, tracker, progress, ahead)
+        started = time.perf_counter()
         driver.recover()
         driver.run(runner, width)
     except BaseException as exc:
-        driver.stop(exc)
+        if driver is not None:
+            driver.stop(exc)
+        _stop_running(runner, warming)  # a warm-up still importing is stopped, not left behind
         raise
     trials_done = time.perf_counter()
     first = driver.first_told if driver.first_told is not None else trials_done
@@ -560,7 +563,7 @@ def _counts(t: optuna.trial.FrozenTrial) -> bool:
     return True
 
 
-def _stop_running(runner: TaskRunner, running: Mapping[TaskHandle, TrialSpec]) -> None:
+def _stop_running(runner: TaskRunner, running: Iterable[TaskHandle]) -> None:
     """Stops the running trials and waits (briefly) for them to be gone, so that none of them
     writes after the driver has closed the study's runs. Trials that already ended are left
     alone (cancelling a task as it completes trips Ray); the others are interrupted, and their
