@@ -22,6 +22,7 @@ from clusters.base import (
     Reduce,
     ResourceError,
     ServiceError,
+    _position,
     assign_workers,
     connect_timeout,
 )
@@ -303,8 +304,8 @@ class _Owners:
         self.ids, self.workers = ids[order], workers[order]
 
     def __getitem__(self, party_id: int) -> int:
-        i = int(np.searchsorted(self.ids, party_id))
-        if i == len(self.ids) or self.ids[i] != party_id:
+        i = _position(self.ids, party_id)
+        if i < 0:
             raise KeyError(f"parties never loaded: [{party_id}]")
         return int(self.workers[i])
 
