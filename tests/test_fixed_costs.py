@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -203,6 +204,29 @@ def test_one_trial_at_a_time_runs_here_whatever_the_studys_size(tmp_path, monkey
     assert _trials_here(small, None, None)
     assert not _trials_here(small, None, 2)
     assert not _trials_here(small, "127.0.0.1:1", 1)  # an address asks for Ray
+
+
+def test_a_trial_in_this_process_keeps_its_threads_and_a_reserved_one_is_held_to_them(
+    monkeypatch,
+):
+    """One trial at a time in the driver's process trains with the process's PyTorch threads,
+    as a plain loop would (it ran on one thread before); a trial that reserved CPUs among
+    parallel ones is held to them; either way the caller's setting is restored."""
+    import torch
+
+    from orchestrator.sweeps import _trial
+
+    seen: list[int] = []
+    monkeypatch.setattr(_trial, "_run_trial", lambda spec: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _trial.run_trial(SimpleNamespace(cpus=None))
+        _trial.run_trial(SimpleNamespace(cpus=1.0))
+        assert seen == [2, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_finish_is_prepared_ahead_without_touching_the_trials_randomness():

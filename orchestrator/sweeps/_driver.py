@@ -459,7 +459,8 @@ class _Driver:
             objectives=plan.space.objectives,
             pruner=plan.space.pruner if plan.space.prunes else None,
             trial_actors=sc.trial_actors,
-            cpus=sc.cpus_per_trial,
+            # one trial at a time in this process: it may use all of the process's threads
+            cpus=None if isinstance(self.runner, InProcessTaskRunner) else sc.cpus_per_trial,
             summaries=self.summaries,
             curves=plan.space.report.curves if plan.space.report else (),
             checkpoints_of=trial.user_attrs.get("fedsweep_rerun_of"),

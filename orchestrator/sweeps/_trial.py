@@ -45,8 +45,9 @@ class TrialSpec:
     pruner: Strategy | None
     """The space's pruner, rebuilt on the worker (None: no pruning)."""
     trial_actors: int = 0
-    cpus: float = 1.0
-    """CPUs the trial reserved."""
+    cpus: float | None = 1.0
+    """CPUs the trial reserved; None: it has this process to itself (trials run one at a time
+    in the driver), so PyTorch keeps the process's threads."""
     summaries: tuple[Objective, ...] = ()
     """Metrics the study's report tabulates, reduced over the trial's rounds."""
     curves: tuple[str, ...] = ()
@@ -118,7 +119,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     # As many torch threads as CPUs the trial reserved: parallel trials must not oversubscribe.
     # (Restored after: an in-process runner must not change its caller's setting.)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(spec.cpus)))
+    if spec.cpus is not None:
+        torch.set_num_threads(max(1, int(spec.cpus)))
     try:
         return _run_trial(spec)
     finally:
