@@ -7,6 +7,7 @@ the first 50,000 rows train, cut IID into 100 parties of 500; the last 10,000 te
     python benchmarks/fl_throughput.py            # (a) bare, (b) in-process, (c) Ray, 2 CPUs
     python benchmarks/fl_throughput.py --scale    # 1,000,000 parties sampling 1,000 per round, on Ray
     python benchmarks/fl_throughput.py --checkpoints  # their cost, and the time to resume
+    python benchmarks/fl_throughput.py --methods  # each horizontal method's round beside FedAvg's
 
 Every mode starts its clock before generating the data; Ray's own start (ray.init) is
 excluded, the actor pool's start is not. Only the first repeat's bare loop pays PyTorch's
@@ -373,6 +374,55 @@ def main_checkpoints(rounds: int = 20) -> None:
     )
 
 
+METHODS: dict[str, dict[str, Any]] = {
+    "fedavg": {},
+    "fedprox": {"name": "fedprox"},
+    "fedavgm": {"server": {"optimizer": "momentum"}},
+    "fedadagrad": {"server": {"optimizer": "adagrad"}},
+    "fedadam": {"server": {"optimizer": "adam"}},
+    "fedyogi": {"server": {"optimizer": "yogi"}},
+    "scaffold": {"name": "scaffold"},
+    "fednova": {"name": "fednova"},
+    "dp_fedavg": {"privacy": {"mode": "central", "clip": 1.0, "noise": 1.0}},
+}
+"""The horizontal methods of ``--methods``: trainer settings over W1's FedAvg."""
+
+
+def main_methods(repeats: int) -> None:
+    """Each horizontal method's mean round (after the first) on Ray with 2 CPUs, beside
+    FedAvg's in the same invocation: W1 (100 parties of 500, all every round) and W1 cut into
+    1,000 parties of 50 (all every round); the methods in turn, ``repeats`` times over."""
+    from orchestrator import run
+
+    ray_start = start_ray(2)
+    print(f"methods: W1, {ROUNDS} rounds, on Ray with 2 CPUs (ray.init {ray_start:.1f}s, excluded)")
+    table: dict[int, dict[str, list[float]]] = {}
+    for parties in (100, 1_000):
+        rounds = table[parties] = {m: [] for m in METHODS}
+        for _ in range(repeats):
+            for method, settings in METHODS.items():
+                cfg = fedsweep_config("ray", parties)
+                cfg["trainer"].update(settings)
+                result = run(cfg)
+                times = [h["round_time_s"] for h in result.history]
+                rounds[method].append(float(np.mean(times[1:])))
+                print(f"  {parties:5,d} parties {method:10s} {rounds[method][-1]:.3f} s/round")
+    print(f"{'method':12s}" + "".join(f" {f'{p:,d} parties':>22s}" for p in table))
+    for method in METHODS:
+        cells = []
+        for rounds in table.values():
+            mine = float(np.median(rounds[method]))
+            base = float(np.median(rounds["fedavg"]))
+            cells.append(f"{mine:8.3f} s  x{mine / base:5.2f}")
+        print(f"{method:12s}" + "".join(f" {c:>22s}" for c in cells))
+    print(
+        "s: median over repeats of the mean round after the first; x: beside FedAvg. FedAvg, "
+        "FedProx and the server optimizers have each actor sum its parties' uploads; "
+        "SCAFFOLD, FedNova and DP need every party's upload on the driver (SCAFFOLD's twice "
+        "as large: its control variates ride along)."
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -382,10 +432,15 @@ if __name__ == "__main__":
         "--checkpoints", action="store_true", help="the cost of round checkpoints, and of a resume"
     )
     parser.add_argument(
+        "--methods", action="store_true", help="each horizontal method's round beside FedAvg's"
+    )
+    parser.add_argument(
         "--repeats", type=int, default=3, help="repeats of the comparison (medians)"
     )
     args = parser.parse_args()
-    if args.checkpoints:
+    if args.methods:
+        main_methods(args.repeats)
+    elif args.checkpoints:
         main_checkpoints()
     elif args.scale:
         main_scale()

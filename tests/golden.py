@@ -17,6 +17,10 @@ Issue 14 added three metrics to the federated and decentralized trainers' rows (
 re-recorded then by a script that checked, case by case, that every value recorded before
 held exactly and that the new metrics were all 0.
 
+Issue 18 added the horizontal toolkit's cases (``hfl_*``: the two comparison configs, the
+server optimizers, FedNova, SCAFFOLD, DP-FedAvg). They were recorded on their own and merged
+into the file; every case recorded before held exactly with the new code, unre-recorded.
+
 The histories hold bit for bit on AVX2 machines, where they were recorded. On an AVX-512
 machine torch, oneDNN and NumPy pick other kernels, and 14 cases differed in their last
 bits; tests/conftest.py caps the test run's processes at AVX2 (``ATEN_CPU_CAPABILITY``,
@@ -66,6 +70,31 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "vfl_breast_cancer": ("vfl_breast_cancer.yaml", _VERTICAL),
     "vfl_digits": ("vfl_digits.yaml", _VERTICAL),
     "fedhssl_digits": ("fedhssl_digits.yaml", _SSL),
+    "hfl_digits": ("hfl_digits.yaml", ["trainer.rounds=2"]),
+    "hfl_synthetic": ("hfl_synthetic.yaml", ["trainer.rounds=2"]),
+    # the horizontal toolkit: server optimizers, FedNova, SCAFFOLD, DP-FedAvg
+    "hfl_fedadam_median": (
+        "hfl_digits.yaml",
+        ["trainer.rounds=3", "trainer.server.optimizer=adam", "trainer.aggregator.name=median"],
+    ),
+    "hfl_fedyogi": ("hfl_digits.yaml", ["trainer.rounds=3", "trainer.server.optimizer=yogi"]),
+    "hfl_fednova": ("hfl_digits.yaml", ["trainer.rounds=3", "trainer.name=fednova"]),
+    "hfl_scaffold": ("hfl_digits.yaml", ["trainer.rounds=3", "trainer.name=scaffold"]),
+    "hfl_dp_adaptive": (
+        "hfl_digits.yaml",
+        [
+            "trainer.rounds=3",
+            "trainer.parties_per_round=40",
+            "trainer.fraction=1.0",
+            "trainer.privacy.mode=central",
+            "trainer.privacy.noise=0.5",
+            "trainer.privacy.quantile=0.5",
+        ],
+    ),
+    "hfl_dp_local": (
+        "hfl_digits.yaml",
+        ["trainer.rounds=3", "trainer.privacy.mode=local", "trainer.privacy.noise=0.3"],
+    ),
     # variants: the robust, committee, decentralized, vertical-defense and SSL paths
     "fedavg_krum_sign_flip": (
         "quickstart.yaml",

@@ -56,7 +56,7 @@ def test_interpolation_resolves(tmp_path):
             ["trainer.name=fedsgd"],
             "trainer.name",
             "valid: centralized, cmfl, distill, dpsvrg, dsgd, dspg, fedavg, fedcssl, fedgssl, "
-            "fedhssl, fedprox, vfl_supervised, vhnn, vlr, vsnn",
+            "fedhssl, fednova, fedprox, scaffold, vfl_supervised, vhnn, vlr, vsnn",
         ),
         (
             ["data.name=mnist"],

@@ -79,7 +79,15 @@ def test_one_call_per_actor_per_round(ray_session, monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"trainer__name": "fedprox", "partition__name": "dirichlet", "trainer__fraction": 0.5}],
+    [
+        {},
+        {"trainer__name": "fedprox", "partition__name": "dirichlet", "trainer__fraction": 0.5},
+        # the server optimizers' moments, and differential privacy's sampling and noise
+        {"trainer__server": {"optimizer": "adam"}, "trainer__aggregator": {"name": "median"}},
+        {"trainer__privacy": {"mode": "central", "noise": 0.5}, "trainer__fraction": 0.5},
+        {"trainer__name": "scaffold", "partition__name": "dirichlet", "trainer__fraction": 0.5},
+        {"trainer__name": "fednova", "trainer__fednova": {"epochs": [1, 3]}},
+    ],
 )
 def test_same_metrics_in_process_and_on_ray(ray_session, overrides):
     strip = lambda r: [{k: v for k, v in h.items() if not k.endswith("_s")} for h in r.history]  # noqa: E731 - timings differ

@@ -197,6 +197,9 @@ def test_shipped_spaces_are_valid(path):
         cfg = load_config(CONFIGS / "vfl_breast_cancer.yaml")
     if path.stem.startswith("fedhssl"):
         cfg = load_config(CONFIGS / "fedhssl_digits.yaml")
+    if path.stem.startswith("hfl"):
+        dp = ["trainer.privacy.mode=central"] if path.stem == "hfl_dp" else []
+        cfg = load_config(CONFIGS / "hfl_digits.yaml", dp)
     check_space(s, cfg)
     assert s.params
 

@@ -35,6 +35,7 @@ __all__ = [
     "Median",
     "MultiKrum",
     "TrimmedMean",
+    "UniformMean",
     "build_aggregator",
     "layer_distances",
 ]
@@ -89,6 +90,15 @@ class Mean(Aggregator):
 
     def _aggregate(self, uploads, counts, reference):
         share = counts / counts.sum()
+        return Aggregate(share @ uploads, share)
+
+
+class UniformMean(Aggregator):
+    """The unweighted mean of the uploads (Reddi et al. 2021's Algorithm 2 averages the
+    parties' updates uniformly; FedAvg's mean weighs them by samples)."""
+
+    def _aggregate(self, uploads, counts, reference):
+        share = np.full(len(uploads), 1.0 / len(uploads))
         return Aggregate(share @ uploads, share)
 
 
@@ -262,6 +272,7 @@ def layer_distances(a: np.ndarray, b: np.ndarray, layers: Layers | None = None) 
 AggregatorFactory = Callable[[AggregatorConfig, float, "Layers | None"], Aggregator]
 AGGREGATORS: Registry[AggregatorFactory] = Registry("aggregator")
 AGGREGATORS.register("mean")(lambda cfg, frac, layers: Mean())
+AGGREGATORS.register("uniform_mean")(lambda cfg, frac, layers: UniformMean())
 AGGREGATORS.register("median")(lambda cfg, frac, layers: Median())
 AGGREGATORS.register("trimmed_mean")(lambda cfg, frac, layers: TrimmedMean(cfg.trim))
 AGGREGATORS.register("krum")(lambda cfg, frac, layers: Krum(cfg.f, frac, layers))

@@ -26,6 +26,7 @@ __all__ = [
     "DistillTarget",
     "Election",
     "FeatureLoss",
+    "FedNovaConfig",
     "FedProxConfig",
     "Freeze",
     "Graph",
@@ -34,6 +35,10 @@ __all__ = [
     "Relations",
     "SSLConfig",
     "Schedule",
+    "ServerConfig",
+    "ServerOptimizer",
+    "PrivacyConfig",
+    "PrivacyMode",
     "StragglerConfig",
     "Strategy",
     "TeacherConfig",
@@ -51,6 +56,24 @@ class Optimizer(Choice):
 
     sgd = "sgd"
     adam = "adam"
+
+
+class ServerOptimizer(Choice):
+    """The server's step on a round's pseudo-gradient (Reddi et al. 2021, Hsu et al. 2019)."""
+
+    none = "none"
+    momentum = "momentum"
+    adagrad = "adagrad"
+    adam = "adam"
+    yogi = "yogi"
+
+
+class PrivacyMode(Choice):
+    """Where party-level differential privacy adds its noise."""
+
+    none = "none"
+    central = "central"
+    local = "local"
 
 
 class AttackTarget(Choice):
@@ -157,6 +180,98 @@ class FedProxConfig:
 
 
 @dataclass
+class FedNovaConfig:
+    """FedNova's parties that take different numbers of local steps (Wang et al. 2020)."""
+
+    epochs: list[int] = field(default_factory=list, metadata=each(at_least(1)))
+    """[low, high]: each party's local epochs in each round, drawn uniformly from the range
+    (empty: every party runs ``local_epochs``, so its steps follow its data size)."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if len(self.epochs) not in (0, 2) or (self.epochs and self.epochs[0] > self.epochs[1]):
+            yield "epochs", "is [low, high] with low <= high (or empty)"
+
+
+@dataclass
+class ServerConfig:
+    """The server's optimizer: the round's aggregate a minus the global weights x is a
+    pseudo-gradient d = a - x, and the server steps along it (Reddi et al. 2021, Algorithm 2;
+    FedAvgM is Hsu et al. 2019). none with lr 1 is FedAvg: x <- a."""
+
+    optimizer: ServerOptimizer = ServerOptimizer.none
+    """none (x <- x + lr d), momentum (FedAvgM), adagrad, adam or yogi (FedAdagrad, FedAdam,
+    FedYogi)."""
+    lr: Optional[float] = field(default=None, metadata=positive())  # noqa: UP045
+    """Server learning rate eta (default: 1 for none and momentum, 0.01 for the adaptive
+    ones; the paper tunes it on a log grid)."""
+    momentum: float = field(default=0.9, metadata=between(0, 1, high_open=True))
+    """momentum: beta of m <- beta m + d."""
+    beta1: float = field(default=0.9, metadata=between(0, 1, high_open=True))
+    """adagrad, adam, yogi: m <- beta1 m + (1 - beta1) d."""
+    beta2: float = field(default=0.99, metadata=between(0, 1, high_open=True))
+    """adam, yogi: the second moment's decay."""
+    tau: float = field(default=1.0e-3, metadata=positive())
+    """adagrad, adam, yogi: the adaptivity floor (x <- x + eta m / (sqrt(v) + tau); v starts
+    at tau^2)."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        adaptive = self.optimizer in (
+            ServerOptimizer.adagrad,
+            ServerOptimizer.adam,
+            ServerOptimizer.yogi,
+        )
+        if self.optimizer != ServerOptimizer.momentum and self.momentum != 0.9:
+            yield "momentum", "is read by optimizer=momentum only (adaptive ones use beta1)"
+        if not adaptive:
+            for name, default in (("beta1", 0.9), ("beta2", 0.99), ("tau", 1.0e-3)):
+                if getattr(self, name) != default:
+                    yield name, f"is read by optimizer=adagrad, adam or yogi, not {self.optimizer}"
+        elif self.optimizer == ServerOptimizer.adagrad and self.beta2 != 0.99:
+            yield "beta2", "is read by adam and yogi; adagrad sums the squares"
+
+
+@dataclass
+class PrivacyConfig:
+    """Party-level differential privacy (DP-FedAvg, McMahan et al. 2018): every upload's
+    update is clipped to L2 norm ``clip``; Gaussian noise of std ``noise * clip`` goes on the
+    sum of the round's clipped updates (central) or on each of them (local); the sum is
+    divided by the expected number of uploads. Epsilon at ``delta`` is reported every round
+    (Opacus's RDP accountant)."""
+
+    mode: PrivacyMode = PrivacyMode.none
+    """none, central or local."""
+    clip: float = field(default=1.0, metadata=positive())
+    """C: the L2 norm every update is clipped to (the initial C with ``quantile``)."""
+    noise: float = field(default=1.0, metadata=at_least(0))
+    """z: the noise multiplier (std z C)."""
+    delta: float = field(default=1.0e-5, metadata=between(0, 1, low_open=True, high_open=True))
+    """The delta epsilon is reported at."""
+    quantile: Optional[float] = field(  # noqa: UP045
+        default=None, metadata=between(0, 1, low_open=True, high_open=True)
+    )
+    """Adaptive clipping (Andrew et al. 2021): C follows this quantile of the update norms
+    (None: C stays ``clip``)."""
+    clip_lr: float = field(default=0.2, metadata=positive())
+    """Adaptive clipping: eta_C of C <- C exp(-eta_C (b - quantile))."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.mode == PrivacyMode.none:
+            defaults = {
+                "clip": 1.0,
+                "noise": 1.0,
+                "delta": 1.0e-5,
+                "quantile": None,
+                "clip_lr": 0.2,
+            }
+            for name, default in defaults.items():
+                if getattr(self, name) != default:
+                    yield name, "is read with mode=central or local (mode is none)"
+                    return
+        if self.quantile is not None and self.mode != PrivacyMode.central:
+            yield "quantile", "adaptive clipping is central DP's (it noises the clipped count)"
+
+
+@dataclass
 class StragglerConfig:
     """Parties that answer late (simulated, from the seed): a party's answer time is
     lognormal around ``mean`` (scaled by its data size), and answers after ``deadline`` are
@@ -199,8 +314,8 @@ class AggregatorConfig:
     """How the server combines the uploads of a round."""
 
     name: str = field(default="mean", metadata=one_of("aggregator"))
-    """mean (FedAvg), median, trimmed_mean, krum, multi_krum, geometric_median or
-    centered_clipping."""
+    """mean (FedAvg: weighted by samples), uniform_mean, median, trimmed_mean, krum,
+    multi_krum, geometric_median or centered_clipping."""
     trim: float = field(default=0.1, metadata=between(0, 0.5, high_open=True))
     """trimmed_mean: share of the values cut at each end of every coordinate."""
     f: Optional[int] = field(default=None, metadata=at_least(0))  # noqa: UP045
@@ -475,9 +590,9 @@ class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
 
     name: str = field(default="fedavg", metadata=one_of("trainer"))
-    """One of the registered trainers: centralized, fedavg, fedprox, cmfl, dspg, dpsvrg, dsgd,
-    distill; vertical (partition.name=vertical): vlr, vhnn, vsnn, fedhssl, fedgssl, fedcssl,
-    vfl_supervised."""
+    """One of the registered trainers: centralized, fedavg, fedprox, fednova, scaffold, cmfl,
+    dspg, dpsvrg, dsgd, distill; vertical (partition.name=vertical): vlr, vhnn, vsnn,
+    fedhssl, fedgssl, fedcssl, vfl_supervised."""
     rounds: int = field(default=20, metadata=at_least(1))
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
     fraction: float = field(default=1.0, metadata=between(0, 1, low_open=True))
@@ -498,6 +613,13 @@ class TrainerConfig:
     """L2 weight decay of the local optimizer."""
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     """FedProx settings (read by the fedprox trainer only)."""
+    fednova: FedNovaConfig = field(default_factory=FedNovaConfig)
+    """FedNova's local-step heterogeneity (read by the fednova trainer only)."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """Party-level differential privacy on the uploads (fedavg and fedprox)."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """The server's optimizer on each round's aggregate (fedavg and fedprox, after any
+    aggregator): FedAvgM, FedAdagrad, FedAdam, FedYogi."""
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     """How uploads are combined (fedavg and fedprox; CMFL's committee does its own choosing)."""
     attack: AttackConfig = field(default_factory=AttackConfig)

@@ -5,8 +5,13 @@ FedAvg (McMahan et al. 2017), each round:
 1. sample parties (a fraction or a count of all parties);
 2. every sampled party starts from the global weights w and trains locally -> w_k;
 3. Byzantine parties among them replace w_k with their attack's output (``trainer.attack``);
-4. w <- aggregate(w_1..w_k): by default the sample-weighted mean sum_k n_k w_k / sum_k n_k,
-   or a robust aggregator (``trainer.aggregator``: median, trimmed mean, Krum, ...).
+4. a <- aggregate(w_1..w_k): by default the sample-weighted mean sum_k n_k w_k / sum_k n_k,
+   or a robust aggregator (``trainer.aggregator``: median, trimmed mean, Krum, ...);
+5. w <- a, or a server optimizer's step along a - w (``trainer.server``: FedAvgM, FedAdagrad,
+   FedAdam, FedYogi; see :mod:`trainers.server`).
+
+With ``trainer.privacy`` (DP-FedAvg, :mod:`trainers.privacy`) the parties are Poisson-sampled
+and step 4 is the clipped, noised mean of the updates; the server optimizer steps along it.
 
 FedProx (Li et al. 2020) is FedAvg whose local objective adds (mu/2)||w - w_global||^2.
 The centralized baseline is FedAvg with a single party holding all the pooled training data:
@@ -29,7 +34,7 @@ from torch import nn
 
 from clusters import Executor
 from clusters.base import PartyFn
-from trainers.aggregators import Aggregator, AggregatorError, Mean, build_aggregator
+from trainers.aggregators import Aggregate, Aggregator, AggregatorError, Mean, build_aggregator
 from trainers.attacks import Adversary, LabelFlipping, build_adversary, byzantine_parties
 from trainers.availability import AVAILABILITY_METRICS, Availability
 from trainers.base import (
@@ -47,16 +52,20 @@ from trainers.base import (
     derive_seed,
     party_sizes,
 )
-from trainers.config import FedProxConfig, TrainerConfig
+from trainers.config import FedProxConfig, PrivacyMode, TrainerConfig
 from trainers.ledger import ROBUSTNESS_METRICS, Ledger
 from trainers.local import LocalTraining, PartyUpdate, RoundPayload
 from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, layer_slices, set_flat
+from trainers.privacy import Privacy, PrivacyState
+from trainers.server import ServerState, ServerStep, build_server_step
 
 __all__ = [
     "TRAINERS",
     "Centralized",
     "FedAvg",
+    "FedNova",
     "FedProx",
+    "Scaffold",
     "FedAvgState",
     "FedProxConfig",
     "TrainerConfig",
@@ -85,6 +94,7 @@ def local_task(
     seed: int,
     byzantine: frozenset[int] = frozenset(),
     prox_mu: float = 0.0,
+    epochs_range: tuple[int, int] | None = None,
 ):
     """The party function every active party runs: local training, on flipped labels for the
     Byzantine parties under the label_flip attack."""
@@ -98,6 +108,7 @@ def local_task(
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
         prox_mu=prox_mu,
+        epochs_range=epochs_range,
     )
     if cfg.attack.name == "label_flip" and byzantine:
         return LabelFlipping(task, byzantine, spec.n_classes)
@@ -139,8 +150,13 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         "attack",
         "dropout",
         "stragglers",
+        "server",
+        "privacy",
     }
-    unused = {"fedprox": "set trainer.name=fedprox for the proximal term"}
+    unused = {
+        "fedprox": "set trainer.name=fedprox for the proximal term",
+        "fednova": "set trainer.name=fednova for parties of different local work",
+    }
     devices = ("cpu", "cuda")
     metrics: tuple[str, ...] = (
         "train_loss",
@@ -154,6 +170,8 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         "time_aggregate_s",
         *ROBUSTNESS_METRICS,
         *AVAILABILITY_METRICS,
+        "dp_epsilon",
+        "dp_clip",
     )
     """What :meth:`fit` reports every round (searches may optimise any of them)."""
 
@@ -172,10 +190,58 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
             build_aggregator(config.aggregator, config.attack.fraction).check(per_round)
         except AggregatorError as exc:
             raise Invalid("trainer.aggregator", f"{exc} (uploads per round: {per_round})") from None
+        if config.privacy.mode != PrivacyMode.none:
+            if config.aggregator.name not in ("mean", "uniform_mean"):
+                raise Invalid(
+                    "trainer.aggregator.name",
+                    f"{config.aggregator.name} has no known sensitivity: with trainer.privacy "
+                    "the clipped, noised mean takes the aggregator's place (leave it mean)",
+                )
+            Privacy(config.privacy, parties, per_round, 0)  # refuses what cannot be private
+        if cls.own_average:
+            name = config.name
+            if config.optimizer != "sgd":
+                raise Invalid("trainer.optimizer", f"{name} works on plain SGD steps: use sgd")
+            if config.aggregator.name != "mean":
+                raise Invalid(
+                    "trainer.aggregator.name",
+                    f"{name} averages the uploads its own way (leave it mean)",
+                )
+            if config.privacy.mode != PrivacyMode.none:
+                raise Invalid(
+                    "trainer.privacy.mode", f"DP clips raw updates; {name} averages others"
+                )
 
     def prox_mu(self) -> float:
         """Weight of the proximal term in the local loss (0: plain FedAvg)."""
         return 0.0
+
+    def epochs_range(self) -> tuple[int, int] | None:
+        """Each party's local epochs per round drawn from this range (None: local_epochs)."""
+        return None
+
+    own_average = False
+    """Whether :meth:`combine` averages the uploads its own way, from each party's update
+    (FedNova, SCAFFOLD): workers do not pre-sum them, the aggregator stays the mean and
+    differential privacy off, and the local optimizer is plain SGD."""
+
+    copies = 1
+    """Model-sized vectors each way per party and round (SCAFFOLD sends its variates too)."""
+
+    def payload(self, state: FedAvgState) -> RoundPayload:
+        """What every sampled party gets this round."""
+        return RoundPayload(state.round, state.weights)
+
+    def combine(
+        self,
+        uploads: np.ndarray,
+        counts: np.ndarray,
+        updates: list[PartyUpdate],
+        state: FedAvgState,
+    ) -> Aggregate:
+        """The round's aggregate of the uploaded weights (one row each, ``updates`` their
+        parties' updates), before the server's step: the configured aggregator's."""
+        return self._run.aggregator(uploads, counts, state.weights)
 
     def parties(self, data: FederatedData) -> Mapping[int, PartyData]:
         """The parties that take part in training."""
@@ -203,6 +269,10 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         adversary = build_adversary(cfg.attack, seed)
         aggregator = build_aggregator(cfg.aggregator, cfg.attack.fraction, layer_slices(model))
         weights = get_flat(model)
+        privacy = None
+        if cfg.privacy.mode != PrivacyMode.none:
+            per_round = cfg.parties_per_round or max(1, round(cfg.fraction * len(ids)))
+            privacy = Privacy(cfg.privacy, len(ids), min(per_round, len(ids)), seed)
         self._run = _FedAvgRun(
             data=data,
             seed=seed,
@@ -212,14 +282,22 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
             byzantine=ledger.byzantine,
             adversary=adversary,
             aggregator=aggregator,
-            task=local_task(cfg, spec, seed, ledger.byzantine, self.prox_mu()),
+            task=local_task(cfg, spec, seed, ledger.byzantine, self.prox_mu(), self.epochs_range()),
             # The plain mean of honest-or-data-poisoned uploads can be summed on the workers.
             on_workers=isinstance(aggregator, Mean)
+            and privacy is None
+            and not self.own_average
             and (adversary is None or adversary.attack.data_attack),
             model_bytes=weights.size * BYTES_PER_VALUE,
             availability=Availability(cfg, sizes, seed),
+            server=build_server_step(cfg.server),
+            privacy=privacy,
         )
-        return FedAvgState(weights=weights, ledger=ledger)
+        return FedAvgState(
+            weights=weights,
+            ledger=ledger,
+            privacy=privacy.begin() if privacy is not None else PrivacyState(),
+        )
 
     def done(self, state: FedAvgState) -> bool:
         return state.round >= self.config.rounds
@@ -227,10 +305,13 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
     def advance(self, state: FedAvgState, executor: Executor) -> tuple[int, dict[str, float]]:
         run, r, ledger = self._run, state.round, state.ledger
         start = time.perf_counter()
-        chosen = self.sample(run.ids, r, run.seed)
+        if run.privacy is not None:
+            chosen = run.privacy.sample(run.ids, r)
+        else:
+            chosen = self.sample(run.ids, r, run.seed)
         answers = run.availability.answers(r, chosen)
         asked, answering = chosen, answers.answered
-        payload = RoundPayload(r, state.weights)
+        payload = self.payload(state)
         weights, influence = state.weights, np.zeros(0)
         loss_sum, n_samples, aggregate_s = 0.0, 0, 0.0
         if run.on_workers:
@@ -243,7 +324,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
             garbage = set(update.discarded) if update is not None else set()
             chosen = [p for p in answering if p not in garbage]
             if update is not None and update.n_samples > 0:
-                weights = update.average()
+                weights = run.server(state.weights, update.average(), state.server)
                 aggregate_s = time.perf_counter() - trained
                 counts = np.array([run.sizes[p] for p in chosen], dtype=np.float64)
                 influence = counts / counts.sum()
@@ -259,14 +340,23 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
                     uploads = run.adversary(uploads, ledger.mask(chosen), state.weights, r)
                 good = np.isfinite(uploads).all(axis=1)  # an attack may send garbage too
                 chosen = [p for p, g in zip(chosen, good) if g]
+                answered = [u for (_, u), g in zip(kept, good) if g]
                 uploads, counts = uploads[good], counts[good]
                 loss_sum = sum(u.loss_sum for (_, u), g in zip(kept, good) if g)
                 n_samples = int(counts.sum())
-            if chosen and _enough(run.aggregator, len(chosen)):
+            if run.privacy is not None:  # noise is released even when no one answered
+                if not kept:
+                    uploads = np.zeros((0, state.weights.size))
                 begin = time.perf_counter()
-                result = run.aggregator(uploads, counts, state.weights)
+                private = run.privacy.aggregate(uploads, chosen, state.weights, state.privacy, r)
+                weights = run.server(state.weights, private, state.server)
                 aggregate_s = time.perf_counter() - begin
-                weights = result.vector.astype(np.float32)
+                influence = np.full(len(chosen), 1.0 / run.privacy.expected)
+            elif chosen and _enough(run.aggregator, len(chosen)):
+                begin = time.perf_counter()
+                result = self.combine(uploads, counts, answered, state)
+                aggregate_s = time.perf_counter() - begin
+                weights = run.server(state.weights, result.vector, state.server)
                 influence = result.influence
         if not len(influence):  # nothing (or too little) to aggregate: the model stays
             influence = np.zeros(len(chosen))
@@ -275,7 +365,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         acc, loss = evaluate(run.model, run.data.x_test, run.data.y_test)
         # every party asked downloads the model; the ones that answer upload theirs
         uploaded = len(asked) - answers.dropped
-        sent = (len(asked) + uploaded) * run.model_bytes if self.communicates else 0
+        sent = (len(asked) + uploaded) * run.model_bytes * self.copies if self.communicates else 0
         state.total_bytes += sent
         metrics = {
             "train_loss": loss_sum / n_samples if n_samples else float("nan"),
@@ -288,6 +378,8 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
             "time_train_s": trained - start,
             "time_aggregate_s": aggregate_s,
         }
+        if run.privacy is not None:
+            metrics.update(run.privacy.metrics(state.privacy))
         if self.tracks_parties:
             metrics.update(ledger.record(chosen, influence))
             metrics.update(
@@ -312,6 +404,12 @@ class FedAvgState(RunState):
     ledger: Ledger = field(default_factory=lambda: Ledger([], frozenset()))
     """Who is Byzantine, and how often each party was aggregated."""
     total_bytes: int = 0
+    server: ServerState = field(default_factory=ServerState)
+    """The server optimizer's moments."""
+    privacy: PrivacyState = field(default_factory=PrivacyState)
+    """Differential privacy's clipping norm and the releases counted so far."""
+    control: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """SCAFFOLD's server control variate c (empty for the other trainers)."""
 
 
 @dataclass
@@ -330,6 +428,8 @@ class _FedAvgRun:
     on_workers: bool
     model_bytes: int
     availability: Availability
+    server: ServerStep
+    privacy: Privacy | None
 
 
 class FedProx(FedAvg):
@@ -340,6 +440,92 @@ class FedProx(FedAvg):
 
     def prox_mu(self) -> float:
         return self.config.fedprox.mu
+
+
+class FedNova(FedAvg):
+    """FedNova (Wang et al. 2020): parties that took different numbers of local steps are
+    averaged by their normalised updates, so that the ones that ran longer do not pull the
+    global model toward their own optimum.
+
+    Party i ran tau_i SGD steps (momentum rho); a_i = tau_i for plain SGD, else
+    sum_{k < tau_i} (1 - rho^(k+1)) / (1 - rho). With p_i = n_i / sum n_j, d_i = (x - y_i) / a_i
+    and tau_eff = sum_i p_i a_i, the aggregate is x - tau_eff sum_i p_i d_i; the server's step
+    (``trainer.server``, lr 1 by default) follows it. With equal a_i it is FedAvg's mean.
+    """
+
+    reads = FedAvg.reads | {"fednova"}
+    unused = {k: v for k, v in FedAvg.unused.items() if k != "fednova"}
+    own_average = True
+
+    def epochs_range(self) -> tuple[int, int] | None:
+        epochs = self.config.fednova.epochs
+        return (int(epochs[0]), int(epochs[1])) if epochs else None
+
+    def combine(
+        self,
+        uploads: np.ndarray,
+        counts: np.ndarray,
+        updates: list[PartyUpdate],
+        state: FedAvgState,
+    ) -> Aggregate:
+        x = state.weights
+        rho = float(self.config.momentum)
+        taus = np.array([u.steps for u in updates], dtype=np.float64)
+        a = taus if rho == 0 else np.array([_momentum_norm(int(t), rho) for t in taus])
+        p = counts / counts.sum()
+        x64 = x.astype(np.float64)
+        d = (x64[None, :] - uploads) / a[:, None]
+        tau_eff = float(p @ a)
+        return Aggregate(x64 - tau_eff * (p @ d), p)
+
+
+def _momentum_norm(tau: int, rho: float) -> float:
+    """FedNova's a_i for tau SGD steps with momentum rho: sum_{k<tau} (1 - rho^(k+1)) / (1 - rho)."""
+    k = np.arange(tau, dtype=np.float64)
+    return float(((1.0 - rho ** (k + 1)) / (1.0 - rho)).sum())
+
+
+class Scaffold(FedAvg):
+    """SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II): every local step is
+    corrected by c - c_i, the server's control variate minus the party's, against the drift
+    of non-IID parties.
+
+    A party's c_i is party state on the worker that hosts it (zero at first; in every
+    checkpoint); after its K steps of lr eta_l it keeps c_i+ = c_i - c + (x - y_i) / (K eta_l)
+    and uploads y_i and c_i+ - c_i. The server averages the y_i uniformly (the server's step,
+    ``trainer.server.lr`` = eta_g, follows) and moves c by the sum of the changes over all N
+    parties. Each way a party sends two model-sized vectors: bytes count both.
+    """
+
+    own_average = True
+    copies = 2
+
+    @classmethod
+    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
+        super().validate(config, model, federation)
+        if config.momentum:
+            raise Invalid("trainer.momentum", "option II's variates assume plain SGD: use 0")
+
+    def begin(self, data: FederatedData, executor: Executor, seed: int) -> FedAvgState:
+        state = super().begin(data, executor, seed)
+        state.control = np.zeros(state.weights.size)
+        return state
+
+    def payload(self, state: FedAvgState) -> RoundPayload:
+        return RoundPayload(state.round, state.weights, control=state.control)
+
+    def combine(
+        self,
+        uploads: np.ndarray,
+        counts: np.ndarray,
+        updates: list[PartyUpdate],
+        state: FedAvgState,
+    ) -> Aggregate:
+        changes = [u.control for u in updates if u.control is not None]
+        if changes:
+            state.control = state.control + np.sum(changes, axis=0) / len(self._run.ids)
+        share = np.full(len(uploads), 1.0 / len(uploads))
+        return Aggregate(share @ uploads, share)
 
 
 class Centralized(FedAvg):
@@ -364,4 +550,6 @@ class Centralized(FedAvg):
 
 TRAINERS.register("fedavg")(FedAvg)
 TRAINERS.register("fedprox")(FedProx)
+TRAINERS.register("fednova")(FedNova)
+TRAINERS.register("scaffold")(Scaffold)
 TRAINERS.register("centralized")(Centralized)

@@ -21,9 +21,10 @@ from clusters import PartyContext
 from trainers.base import PartyData, derive_seed
 from trainers.models import ModelSpec, build_model, set_flat
 
-__all__ = ["LocalTraining", "PartyUpdate", "RoundPayload", "warm_up"]
+__all__ = ["ControlVariate", "LocalTraining", "PartyUpdate", "RoundPayload", "warm_up"]
 
 _LOCAL_STREAM = 1
+_EPOCHS_STREAM = 16
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class RoundPayload:
 
     round: int
     weights: np.ndarray
+    control: np.ndarray | None = None
+    """SCAFFOLD's server control variate c (None: plain local training)."""
+
+
+@dataclass
+class ControlVariate:
+    """SCAFFOLD's party control variate c_i: party state, kept where the party is hosted."""
+
+    c: np.ndarray
 
 
 @dataclass
@@ -47,6 +57,10 @@ class PartyUpdate:
     n_parties: int
     discarded: tuple[int, ...] = ()
     """Parties whose upload was NaN or infinite: left out of the sums, and counted."""
+    steps: int = 0
+    """Local optimizer steps taken (summed over parties; FedNova reads one party's)."""
+    control: np.ndarray | None = None
+    """SCAFFOLD: the change c_i+ - c_i of the party's control variate (summed over parties)."""
 
     @staticmethod
     def merge(a: PartyUpdate, b: PartyUpdate) -> PartyUpdate:
@@ -57,6 +71,8 @@ class PartyUpdate:
             a.loss_sum + b.loss_sum,
             a.n_parties + b.n_parties,
             a.discarded + b.discarded,
+            a.steps + b.steps,
+            None if a.control is None or b.control is None else a.control + b.control,
         )
 
     @staticmethod
@@ -81,6 +97,17 @@ class LocalTraining:
     momentum: float = 0.0
     weight_decay: float = 0.0
     prox_mu: float = 0.0
+    epochs_range: tuple[int, int] | None = None
+    """Each party's epochs in each round drawn uniformly from [low, high] (FedNova's
+    heterogeneous local work); None: ``epochs``."""
+
+    def party_epochs(self, round_: int, party: int) -> int:
+        """The epochs ``party`` runs in ``round_``: the same wherever it runs."""
+        if self.epochs_range is None:
+            return self.epochs
+        low, high = self.epochs_range
+        rng = np.random.default_rng(derive_seed(self.seed, _EPOCHS_STREAM, round_, party))
+        return int(rng.integers(low, high + 1))
 
     def __call__(self, ctx: PartyContext, payload: RoundPayload) -> PartyUpdate:
         x, y = _tensors(ctx)
@@ -92,12 +119,18 @@ class LocalTraining:
         params = list(model.parameters())
         anchor = [p.detach().clone() for p in params] if self.prox_mu > 0 else None
         step = _AdamStep(params, self) if self.optimizer == "adam" else _SGDStep(params, self)
+        own, correction = None, None
+        if payload.control is not None:  # SCAFFOLD: every step corrected by c - c_i
+            record = ctx.get(ControlVariate)
+            own = record.c if record is not None else np.zeros(payload.control.size)
+            correction = _unflat(payload.control - own, params)
         gen = torch.Generator().manual_seed(
             derive_seed(self.seed, _LOCAL_STREAM, payload.round, ctx.party_id)
         )
         n, bs = len(y), self.batch_size
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for _ in range(self.epochs):
+        steps = 0
+        for _ in range(self.party_epochs(payload.round, ctx.party_id)):
             loss_sum.zero_()
             order = torch.randperm(n, generator=gen).to(device)
             xs, ys = x[order], y[order]  # one gather per epoch; batches are then slices
@@ -109,12 +142,32 @@ class LocalTraining:
                     with torch.no_grad():
                         drift = torch._foreach_sub(params, anchor)
                         torch._foreach_add_(grads, drift, alpha=self.prox_mu)
+                if correction is not None:
+                    torch._foreach_add_(grads, correction)
                 step(grads)
+                steps += 1
                 loss_sum += loss.detach() * len(yb)
         flat = torch.nn.utils.parameters_to_vector(params).detach().cpu().numpy().astype(np.float64)
         if not (np.isfinite(flat).all() and np.isfinite(float(loss_sum))):
             return PartyUpdate.garbage(ctx.party_id, flat.size)  # diverged: never averaged in
-        return PartyUpdate(flat * n, n, float(loss_sum), 1)
+        delta_c = None
+        if own is not None and payload.control is not None:
+            # option II: c_i+ = c_i - c + (x - y_i) / (K lr)
+            x0 = payload.weights.astype(np.float64)
+            renewed = own - payload.control + (x0 - flat) / (max(steps, 1) * self.lr)
+            delta_c = renewed - own
+            ctx.put(ControlVariate(renewed))
+        return PartyUpdate(flat * n, n, float(loss_sum), 1, steps=steps, control=delta_c)
+
+
+def _unflat(vector: np.ndarray, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``vector`` cut into tensors shaped (and typed, and placed) like ``like``."""
+    out, start = [], 0
+    for p in like:
+        part = vector[start : start + p.numel()]
+        out.append(torch.as_tensor(part, dtype=p.dtype, device=p.device).view_as(p))
+        start += p.numel()
+    return out
 
 
 class _SGDStep:
