@@ -57,11 +57,17 @@ def log_pareto_table(entries: Sequence[Best], space: Space, tracker: Tracker) ->
     tracker.log_table(table, "pareto.parquet")
 
 
+def importances(space: Space) -> bool:
+    """Whether the parameters' importances say anything: with one parameter, no."""
+    return len(space.params) > 1
+
+
 def log_plots(study: optuna.Study, space: Space, tracker: Tracker) -> None:
     """Optuna's plots as PNG: history, importances, parallel coordinates, Pareto front.
 
     A plot Optuna cannot draw yet (too few finished trials) is skipped and named in the
-    ``plots_skipped`` tag.
+    ``plots_skipped`` tag; so is the importance plot of a one-parameter space (its one
+    importance is 1, and fANOVA would cost scikit-learn's import and a forest's fit).
     """
     import matplotlib
 
@@ -81,14 +87,15 @@ def log_plots(study: optuna.Study, space: Space, tracker: Tracker) -> None:
                 )
             )
         plots.append(("pareto_front.png", lambda: ovm.plot_pareto_front(study, target_names=names)))
-        plots.append(
-            (
-                "param_importances.png",
-                lambda: ovm.plot_param_importances(
-                    study, target=lambda t: t.values[0], target_name=names[0]
-                ),
+        if importances(space):
+            plots.append(
+                (
+                    "param_importances.png",
+                    lambda: ovm.plot_param_importances(
+                        study, target=lambda t: t.values[0], target_name=names[0]
+                    ),
+                )
             )
-        )
         plots.append(
             (
                 "parallel_coordinate.png",
@@ -104,14 +111,15 @@ def log_plots(study: optuna.Study, space: Space, tracker: Tracker) -> None:
                 lambda: ovm.plot_optimization_history(study, target_name=names[0]),
             )
         )
-        plots.append(("param_importances.png", lambda: ovm.plot_param_importances(study)))
+        if importances(space):
+            plots.append(("param_importances.png", lambda: ovm.plot_param_importances(study)))
         plots.append(
             (
                 "parallel_coordinate.png",
                 lambda: ovm.plot_parallel_coordinate(study, target_name=names[0]),
             )
         )
-    skipped = []
+    skipped = [] if importances(space) else ["param_importances.png: one parameter"]
     for path, draw in plots:
         try:
             with warnings.catch_warnings():

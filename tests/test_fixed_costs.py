@@ -185,6 +185,10 @@ def test_a_small_sweep_runs_its_trials_here_and_profiles_its_phases(tmp_path):
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['parent_run_id']}'"
     )
     assert len(trials) == 3 and {r.data.tags["fedsweep.node"] for r in trials} == {"local"}
+    # one parameter: no importance plot (it would say 1, after scikit-learn's import)
+    plots = {a.path for a in client.list_artifacts(result["parent_run_id"], "plots")}
+    assert plots == {"plots/optimization_history.png", "plots/parallel_coordinate.png"}
+    assert "param_importances.png: one parameter" in parent.data.tags["plots_skipped"]
 
 
 def test_one_trial_at_a_time_runs_here_whatever_the_studys_size(tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ from orchestrator.config import (
 )
 from orchestrator.data import check_data
 from orchestrator.errors import ConfigError
+from orchestrator.study_report import importances
 from orchestrator.sweeps._finish import (
     FinishAhead,
     SweepResult,
@@ -157,7 +158,10 @@ def sweep(
                 else None
             )
         ahead = (
-            FinishAhead(package=sc.trial_models == TrialModels.checkpoint)
+            FinishAhead(
+                package=sc.trial_models == TrialModels.checkpoint,
+                importances=importances(plan.space),
+            )
             if tracker is not None
             else None
         )

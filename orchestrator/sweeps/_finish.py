@@ -169,10 +169,12 @@ class FinishAhead:
 
     Args:
         package: whether the finish will package a checkpoint as an MLflow model.
+        importances: whether the finish will plot the parameters' importances (fANOVA:
+            scikit-learn), which it does not for a one-parameter space.
     """
 
-    def __init__(self, package: bool) -> None:
-        self.package = package
+    def __init__(self, package: bool, importances: bool = True) -> None:
+        self.package, self.importances = package, importances
         self._thread = threading.Thread(target=self._run, name="fedsweep-finish-ahead", daemon=True)
         self._lock = threading.Lock()
 
@@ -190,8 +192,10 @@ class FinishAhead:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot  # noqa: F401
-            import optuna.importance  # noqa: F401 - fANOVA: scikit-learn
             import optuna.visualization.matplotlib  # noqa: F401
+
+            if self.importances:
+                import optuna.importance  # noqa: F401 - fANOVA: scikit-learn
 
             if self.package:
                 import mlflow.pytorch  # noqa: F401
