@@ -128,8 +128,13 @@ def test_lab_answers_and_describes_itself(lab, tmp_path):
 
 
 def test_a_sweep_spreads_over_the_nodes_and_its_models_load_anywhere(lab, project, sessions):
+    # Trials long enough to outlast the other nodes' warm-up: with 8 rounds, on a loaded
+    # machine, the first node to finish importing ran all six before the others were ready.
     proc = _start(
-        _sweep_cmd(lab, "spread", 6, "--parallel", "3", "trainer.rounds=8"), project, lab, sessions
+        _sweep_cmd(lab, "spread", 6, "--parallel", "3", "trainer.rounds=100"),
+        project,
+        lab,
+        sessions,
     )
     result = _finish(proc)
     assert result["n_complete"] == 6
