@@ -371,8 +371,9 @@ def test_fednova_with_equal_steps_is_fedavg():
 @pytest.mark.parametrize(
     ("overrides", "key", "words"),
     [
-        (["trainer.name=fednova", "trainer.optimizer=adam"], "optimizer", "sgd"),
+        (["trainer.name=fednova", "trainer.optimizer=adam"], "optimizer", "SGD"),
         (["trainer.name=fednova", "trainer.aggregator.name=median"], "aggregator.name", "mean"),
+        (["trainer.name=fednova", "trainer.privacy.mode=central"], "privacy.mode", "raw updates"),
         (["trainer.name=fednova", "trainer.fednova.epochs=[3,1]"], "fednova.epochs", "low <= high"),
         (["trainer.fednova.epochs=[1,3]"], "fednova", "trainer.name=fednova"),
     ],

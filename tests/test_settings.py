@@ -39,6 +39,9 @@ CHANGED: dict[str, list[str]] = {
     "distill": ["trainer.distill.temperature=1.5"],
     "vfl": ["trainer.vfl.embed_dim=5"],
     "ssl": ["trainer.ssl.hidden=24"],
+    "server": ["trainer.server.optimizer=momentum"],
+    "privacy": ["trainer.privacy.mode=central", "trainer.privacy.noise=0.5"],
+    "fednova": ["trainer.fednova.epochs=[1,3]"],
 }
 
 # Every trainer on a shipped config at its smoke budget (the golden cases'); a trainer
@@ -59,6 +62,8 @@ BASES: dict[str, tuple[str, list[str]]] = {
     "fedcssl": ("fedhssl_digits", ["trainer.name=fedcssl"]),
     "vfl_supervised": ("fedhssl_digits", ["trainer.name=vfl_supervised"]),
     "distill": ("distill_digits", []),
+    "fednova": ("hfl_fednova", []),
+    "scaffold": ("hfl_scaffold", []),
 }
 
 # Where a trainer's base already has the value above, or the leaf acts only with another

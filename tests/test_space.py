@@ -156,7 +156,7 @@ def test_space_errors(data, key, fragment):
             "must be > 0",
         ),
         (
-            {"trainer.name": {"type": "categorical", "choices": ["fedavg", "scaffold"]}},
+            {"trainer.name": {"type": "categorical", "choices": ["fedavg", "fedbuff"]}},
             "test_accuracy",
             "params.trainer.name",
             "valid: centralized",

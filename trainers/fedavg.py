@@ -56,7 +56,7 @@ from trainers.config import FedProxConfig, PrivacyMode, TrainerConfig
 from trainers.ledger import ROBUSTNESS_METRICS, Ledger
 from trainers.local import LocalTraining, PartyUpdate, RoundPayload
 from trainers.models import ModelConfig, ModelSpec, build_model, get_flat, layer_slices, set_flat
-from trainers.privacy import Privacy, PrivacyState
+from trainers.privacy import PRIVACY_METRICS, Privacy, PrivacyState
 from trainers.server import ServerState, ServerStep, build_server_step
 
 __all__ = [
@@ -170,10 +170,10 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         "time_aggregate_s",
         *ROBUSTNESS_METRICS,
         *AVAILABILITY_METRICS,
-        "dp_epsilon",
-        "dp_clip",
+        *PRIVACY_METRICS,
     )
-    """What :meth:`fit` reports every round (searches may optimise any of them)."""
+    """What :meth:`fit` reports every round (searches may optimise any of them; the
+    privacy metrics only with ``trainer.privacy``)."""
 
     @classmethod
     def party_count(cls, federation: Federation) -> int:
@@ -198,19 +198,6 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
                     "the clipped, noised mean takes the aggregator's place (leave it mean)",
                 )
             Privacy(config.privacy, parties, per_round, 0)  # refuses what cannot be private
-        if cls.own_average:
-            name = config.name
-            if config.optimizer != "sgd":
-                raise Invalid("trainer.optimizer", f"{name} works on plain SGD steps: use sgd")
-            if config.aggregator.name != "mean":
-                raise Invalid(
-                    "trainer.aggregator.name",
-                    f"{name} averages the uploads its own way (leave it mean)",
-                )
-            if config.privacy.mode != PrivacyMode.none:
-                raise Invalid(
-                    "trainer.privacy.mode", f"DP clips raw updates; {name} averages others"
-                )
 
     def prox_mu(self) -> float:
         """Weight of the proximal term in the local loss (0: plain FedAvg)."""
@@ -222,8 +209,8 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
 
     own_average = False
     """Whether :meth:`combine` averages the uploads its own way, from each party's update
-    (FedNova, SCAFFOLD): workers do not pre-sum them, the aggregator stays the mean and
-    differential privacy off, and the local optimizer is plain SGD."""
+    (FedNova, SCAFFOLD): workers do not pre-sum them (and such a trainer reads neither the
+    aggregator nor differential privacy, whose sums it replaces)."""
 
     copies = 1
     """Model-sized vectors each way per party and round (SCAFFOLD sends its variates too)."""
@@ -453,8 +440,13 @@ class FedNova(FedAvg):
     (``trainer.server``, lr 1 by default) follows it. With equal a_i it is FedAvg's mean.
     """
 
-    reads = FedAvg.reads | {"fednova"}
-    unused = {k: v for k, v in FedAvg.unused.items() if k != "fednova"}
+    reads = (FedAvg.reads - {"aggregator", "privacy", "optimizer"}) | {"fednova"}
+    unused = {
+        **{k: v for k, v in FedAvg.unused.items() if k != "fednova"},
+        "aggregator": "its normalised average takes the mean's place",
+        "privacy": "DP clips raw updates, not FedNova's normalised ones",
+        "optimizer": "it normalises plain SGD steps",
+    }
     own_average = True
 
     def epochs_range(self) -> tuple[int, int] | None:
@@ -497,14 +489,16 @@ class Scaffold(FedAvg):
     parties. Each way a party sends two model-sized vectors: bytes count both.
     """
 
+    reads = FedAvg.reads - {"aggregator", "privacy", "optimizer", "momentum"}
+    unused = {
+        **FedAvg.unused,
+        "aggregator": "it averages the models uniformly, in the mean's place",
+        "privacy": "DP would have to clip the control variates too",
+        "optimizer": "option II's variates correct plain SGD steps",
+        "momentum": "option II's variates correct plain SGD steps",
+    }
     own_average = True
     copies = 2
-
-    @classmethod
-    def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
-        super().validate(config, model, federation)
-        if config.momentum:
-            raise Invalid("trainer.momentum", "option II's variates assume plain SGD: use 0")
 
     def begin(self, data: FederatedData, executor: Executor, seed: int) -> FedAvgState:
         state = super().begin(data, executor, seed)
@@ -538,7 +532,11 @@ class Centralized(FedAvg):
         key: "the centralized baseline is one party holding all the data"
         for key in FedAvg.reads - LOCAL_TRAINING
     }
-    metrics = tuple(m for m in FedAvg.metrics if m not in ROBUSTNESS_METRICS + AVAILABILITY_METRICS)
+    metrics = tuple(
+        m
+        for m in FedAvg.metrics
+        if m not in ROBUSTNESS_METRICS + AVAILABILITY_METRICS + PRIVACY_METRICS
+    )
 
     @classmethod
     def party_count(cls, federation: Federation) -> int:

@@ -41,7 +41,10 @@ import numpy as np
 from trainers.base import Invalid, derive_seed
 from trainers.config import PrivacyConfig, PrivacyMode
 
-__all__ = ["Privacy", "PrivacyState", "epsilon"]
+__all__ = ["PRIVACY_METRICS", "Privacy", "PrivacyState", "epsilon"]
+
+PRIVACY_METRICS = ("dp_epsilon", "dp_clip")
+"""What a run with ``trainer.privacy`` reports every round besides its trainer's metrics."""
 
 _SAMPLE_STREAM = 14
 _NOISE_STREAM = 15
