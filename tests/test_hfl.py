@@ -47,6 +47,13 @@ def reference(kind: str, x0: np.ndarray, aggregates: list[np.ndarray], **hp: flo
     return out
 
 
+def _refused(overrides: list[str], key: str, words: str = "") -> None:
+    """The overrides end in one config error naming ``trainer.<key>``, saying ``words``."""
+    with pytest.raises(ConfigError) as err:
+        orchestrator.run(tiny(), overrides)
+    assert f"trainer.{key}" in str(err.value) and words in str(err.value), str(err.value)
+
+
 @pytest.fixture()
 def recorded(monkeypatch):
     """Every server step of the runs in the test: (x_t, aggregate, x_{t+1})."""
@@ -162,9 +169,7 @@ def test_the_state_survives_a_resume(workdir, overrides):
     ],
 )  # fmt: skip
 def test_settings_that_make_no_sense_are_refused_in_one_line(overrides, key, words):
-    with pytest.raises(ConfigError) as err:
-        orchestrator.run(tiny(), overrides)
-    assert f"trainer.{key}" in str(err.value) and words in str(err.value), str(err.value)
+    _refused(overrides, key, words)
 
 
 # ------------------------------------------------------------------ differential privacy
@@ -302,9 +307,7 @@ def test_adaptive_clipping_follows_the_quantile():
     ],
 )  # fmt: skip
 def test_dp_settings_that_make_no_sense_are_refused_in_one_line(overrides, key, words):
-    with pytest.raises(ConfigError) as err:
-        orchestrator.run(tiny(), overrides)
-    assert f"trainer.{key}" in str(err.value) and words in str(err.value), str(err.value)
+    _refused(overrides, key, words)
 
 
 # ------------------------------------------------------------------------------ FedNova
@@ -379,9 +382,7 @@ def test_fednova_with_equal_steps_is_fedavg():
     ],
 )  # fmt: skip
 def test_fednova_settings_that_make_no_sense_are_refused(overrides, key, words):
-    with pytest.raises(ConfigError) as err:
-        orchestrator.run(tiny(), overrides)
-    assert f"trainer.{key}" in str(err.value) and words in str(err.value), str(err.value)
+    _refused(overrides, key, words)
 
 
 # ----------------------------------------------------------------------------- SCAFFOLD
@@ -468,6 +469,4 @@ def test_scaffolds_local_step_is_corrected_by_the_control_variates():
     ],
 )
 def test_scaffold_settings_that_make_no_sense_are_refused(overrides, key):
-    with pytest.raises(ConfigError) as err:
-        orchestrator.run(tiny(), overrides)
-    assert f"trainer.{key}" in str(err.value), str(err.value)
+    _refused(overrides, key, "scaffold does not use")

@@ -180,12 +180,15 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         """How many parties train (the centralized baseline pools them into one)."""
         return federation.parties
 
+    @staticmethod
+    def per_round(config: TrainerConfig, parties: int) -> int:
+        """How many of ``parties`` a round samples (DP: how many it expects)."""
+        return min(config.parties_per_round or max(1, round(config.fraction * parties)), parties)
+
     @classmethod
     def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
         parties = cls.party_count(federation)
-        per_round = min(
-            config.parties_per_round or max(1, round(config.fraction * parties)), parties
-        )
+        per_round = cls.per_round(config, parties)
         try:
             build_aggregator(config.aggregator, config.attack.fraction).check(per_round)
         except AggregatorError as exc:
@@ -236,9 +239,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
 
     def sample(self, party_ids: list[int], round_: int, seed: int) -> list[int]:
         """The parties that train in ``round_``, reproducible from the seed."""
-        cfg = self.config
-        k = cfg.parties_per_round or max(1, round(cfg.fraction * len(party_ids)))
-        k = min(k, len(party_ids))
+        k = self.per_round(self.config, len(party_ids))
         if k == len(party_ids):
             return list(party_ids)
         rng = np.random.default_rng(derive_seed(seed, _SAMPLE_STREAM, round_))
@@ -258,8 +259,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
         weights = get_flat(model)
         privacy = None
         if cfg.privacy.mode != PrivacyMode.none:
-            per_round = cfg.parties_per_round or max(1, round(cfg.fraction * len(ids)))
-            privacy = Privacy(cfg.privacy, len(ids), min(per_round, len(ids)), seed)
+            privacy = Privacy(cfg.privacy, len(ids), self.per_round(cfg, len(ids)), seed)
         self._run = _FedAvgRun(
             data=data,
             seed=seed,
