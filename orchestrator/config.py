@@ -102,7 +102,8 @@ class DataConfig:
 
     name: str = field(default="digits", metadata=one_of("dataset"))
     """digits, breast_cancer, wine (bundled with scikit-learn), synthetic, synthetic_images,
-    or parquet."""
+    or parquet; graphs (for the graph trainers): graph (two Parquet tables), sbm (a
+    stochastic block model) or planetoid (PyG's, from data.root)."""
     path: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045 - OmegaConf needs typing.Optional
     """Parquet file to read (data.name=parquet)."""
     label: str = "label"
@@ -125,6 +126,22 @@ class DataConfig:
     """synthetic_images: side of the square single-channel images."""
     image_noise: float = field(default=1.5, metadata=at_least(0))
     """synthetic_images: standard deviation of the pixel noise."""
+    nodes: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
+    """graph: the nodes' Parquet file (``node``, the label column, optional ``split``, the
+    feature columns)."""
+    edges: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
+    """graph: the edges' Parquet file (``src``, ``dst``: node ids; made undirected)."""
+    root: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
+    """planetoid: PyG's data directory (PyG downloads into it when the files are missing)."""
+    dataset: str = "Cora"
+    """planetoid: Cora, CiteSeer or PubMed."""
+    p_in: float = field(default=0.05, metadata=between(0, 1))
+    """sbm: edge probability within a community (n_samples nodes, n_classes communities,
+    n_features features)."""
+    p_out: float = field(default=0.005, metadata=between(0, 1))
+    """sbm: edge probability across communities."""
+    feature_noise: float = field(default=1.0, metadata=at_least(0))
+    """sbm: standard deviation of the noise on each community's mean features."""
     test_fraction: float = field(default=0.2, metadata=between(0, 1, low_open=True, high_open=True))
     """Share of the samples held out for testing, in (0, 1)."""
     shuffle_split: bool = True
@@ -143,6 +160,15 @@ class DataConfig:
                 yield "path", "required when data.name is parquet"
             elif not Path(self.path).is_file():
                 yield "path", f"no such file: {self.path}"
+        if self.name == "graph":
+            for key in ("nodes", "edges"):
+                path = getattr(self, key)
+                if not path:
+                    yield key, "required when data.name is graph"
+                elif not Path(path).is_file():
+                    yield key, f"no such file: {path}"
+        if self.name == "planetoid" and not self.root:
+            yield "root", "required when data.name is planetoid (PyG's data directory)"
 
 
 @dataclass
@@ -161,12 +187,31 @@ class VerticalConfig:
 
 
 @dataclass
+class GraphSplitConfig:
+    """How a graph is split into the global test graph and the clients' subgraphs."""
+
+    test_share: float = field(default=0.3, metadata=between(0, 1, low_open=True, high_open=True))
+    """Share of the nodes held out as the global test graph (FedEgo: 0.3)."""
+    local_test: float = field(default=0.2, metadata=between(0, 1, low_open=True, high_open=True))
+    """Share of each client's nodes held out as its local test nodes."""
+    resolution: float = field(default=1.0, metadata=positive())
+    """louvain: the modularity resolution (larger: more, smaller communities)."""
+    sample_rate: float = field(default=0.5, metadata=between(0, 1, low_open=True))
+    """label_skew: nodes each client draws, as a share of all nodes (FedEgo: 0.5 on Cora)."""
+    major_rate: float = field(default=0.8, metadata=between(0, 1))
+    """label_skew: share of a client's nodes drawn from its major labels."""
+    major_labels: int = field(default=3, metadata=at_least(1))
+    """label_skew: how many labels are each client's major labels."""
+
+
+@dataclass
 class PartitionConfig:
     """How the training split is cut into parties."""
 
     name: str = field(default="iid", metadata=one_of("partitioner"))
-    """iid, dirichlet (label skew) or shards (a few labels per party), across samples; or
-    vertical, across features (party 0 is the active party, holding the labels)."""
+    """iid, dirichlet (label skew) or shards (a few labels per party), across samples;
+    vertical, across features (party 0 is the active party, holding the labels); or, for a
+    graph, louvain (communities), random_nodes or label_skew (FedEgo's)."""
     num_parties: int = field(default=10, metadata=at_least(1))
     """Number of parties."""
     alpha: float = field(default=0.5, metadata=positive())
@@ -177,6 +222,9 @@ class PartitionConfig:
     """Dirichlet: redraw until every party holds at least this many samples."""
     vertical: VerticalConfig = field(default_factory=VerticalConfig)
     """partition.name=vertical: the feature split and the sample alignment."""
+    graph: GraphSplitConfig = field(default_factory=GraphSplitConfig)
+    """A graph's split: the global test share, each client's local test share, and the
+    settings of the louvain and label_skew partitioners."""
     output_dir: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
     """Write each party's samples to <output_dir>/party_<id>.parquet for inspection."""
 

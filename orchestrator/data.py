@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from orchestrator.errors import ConfigError
 from trainers.base import FederatedData, PartyData, PartyRows, derive_seed
 from trainers.cache import CACHE
+from trainers.graph.data import GraphData
 from trainers.registry import Registry
 from trainers.vertical.data import VerticalData
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASETS",
+    "GraphSource",
     "PARTITIONERS",
     "PARQUET",
     "training_rows",
@@ -59,7 +61,22 @@ class TableSource:
     features: list[str]
 
 
-DATASETS: Registry[Callable[[DataConfig, int], TableSource]] = Registry("dataset")
+@dataclass(frozen=True)
+class GraphSource:
+    """A loaded graph (see :mod:`orchestrator.graphs`): labelled nodes by row, and every
+    undirected edge in both directions as row indices."""
+
+    x: np.ndarray
+    """Node features, float32."""
+    y: np.ndarray
+    """Node labels as class indices."""
+    src: np.ndarray
+    dst: np.ndarray
+    features: list[str]
+    classes: list
+
+
+DATASETS: Registry[Callable[[DataConfig, int], TableSource | GraphSource]] = Registry("dataset")
 
 
 def _from_arrays(x: np.ndarray, y: np.ndarray, names: list[str]) -> TableSource:
@@ -119,7 +136,7 @@ def training_rows(cfg: ExperimentConfig) -> int | None:
     d = cfg.data
     if d.name in _BUNDLED_ROWS:
         rows: int | None = _BUNDLED_ROWS[d.name]
-    elif d.name in ("synthetic", "synthetic_images"):
+    elif d.name in ("synthetic", "synthetic_images", "sbm"):
         rows = d.n_samples
     elif d.name == PARQUET and d.path:
         try:
@@ -212,11 +229,13 @@ def check_data(cfg: ExperimentConfig) -> None:
         ConfigError: naming the setting and the column.
     """
     if cfg.data.name == PARQUET:
-        _to_arrays(load_table(cfg.data, cfg.seed))
+        src = load_table(cfg.data, cfg.seed)
+        assert isinstance(src, TableSource)
+        _to_arrays(src)
 
 
-def load_table(cfg: DataConfig, seed: int) -> TableSource:
-    """Loads the configured dataset as an Arrow table."""
+def load_table(cfg: DataConfig, seed: int) -> TableSource | GraphSource:
+    """Loads the configured dataset as an Arrow table (a graph: as its arrays)."""
     return DATASETS.get(cfg.name)(cfg, seed)
 
 
@@ -378,7 +397,7 @@ def _shards(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.
 class Prepared:
     """The data of one experiment, ready for a trainer, with what describes it."""
 
-    data: FederatedData | VerticalData
+    data: FederatedData | VerticalData | GraphData
     feature_names: list[str]
     classes: list
     stats: pa.Table
@@ -394,6 +413,10 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             unreadable files, missing or non-finite values).
     """
     src = load_table(cfg.data, cfg.seed)
+    if isinstance(src, GraphSource):
+        from orchestrator.graphs import prepare_graph
+
+        return prepare_graph(cfg, src)
     x, y, classes = _to_arrays(src)
     if cfg.data.positive:
         unknown = [v for v in cfg.data.positive if v not in classes]
@@ -573,6 +596,10 @@ def write_partitions(prepared: Prepared, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     data = prepared.data
+    if isinstance(data, GraphData):
+        from orchestrator.graphs import write_graph_partitions
+
+        return write_graph_partitions(data, prepared.feature_names, out)
     if isinstance(data, VerticalData):  # each party's columns: aligned rows, then its own
         for pid, held in enumerate(data.columns):
             rows = np.concatenate([data.aligned, data.local[pid]])
@@ -592,3 +619,6 @@ def write_partitions(prepared: Prepared, out_dir: str | Path) -> list[Path]:
         pq.write_table(pa.table(cols), path)
         paths.append(path)
     return paths
+
+
+import orchestrator.graphs  # noqa: E402, F401 - registers the graph data sets and partitioners

@@ -15,11 +15,14 @@ import pyarrow as pa  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from trainers.base import TrainResult  # noqa: E402
+from trainers.graph.data import GraphData  # noqa: E402
 from trainers.registry import Registry  # noqa: E402
 
 __all__ = [
     "RUN_PLOTS",
+    "client_curves",
     "convergence",
+    "graph_partition",
     "label_histogram",
     "learning_curve",
     "network",
@@ -170,6 +173,98 @@ def network(edges: Sequence[dict[str, int]], n: int, title: str = "") -> Figure:
     return fig
 
 
+def client_curves(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """Graph FL per round: each client's local F1 (thin), their mean (thick) and the global
+    test accuracy (dashed); the training loss."""
+    rounds = [h["round"] + 1 for h in history]
+    clients = sorted(
+        {k for h in history for k in h if k.startswith("client_f1/")},
+        key=lambda k: int(k.split("/")[1]),
+    )
+    fig, (ax_f1, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.8))
+    cmap = plt.get_cmap("tab10" if len(clients) <= 10 else "tab20")
+    for i, key in enumerate(clients):
+        shown = key.split("/")[1] if len(clients) <= 20 else None
+        ax_f1.plot(
+            rounds,
+            [h.get(key, np.nan) for h in history],
+            lw=0.8,
+            alpha=0.6,
+            color=cmap(i % cmap.N),
+            label=f"client {shown}" if shown else None,
+        )
+    ax_f1.plot(
+        rounds, [h["local_f1"] for h in history], lw=2.2, color="black", label="mean local F1"
+    )
+    ax_f1.plot(
+        rounds,
+        [h["test_accuracy"] for h in history],
+        lw=1.6,
+        ls="--",
+        color="tab:red",
+        label="global test accuracy",
+    )
+    ax_f1.set_xlabel("round")
+    ax_f1.set_ylabel("micro-F1 / accuracy")
+    ax_f1.grid(alpha=0.3)
+    ax_f1.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax_loss.plot(rounds, [h["train_loss"] for h in history], marker=".")
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("training cross-entropy")
+    ax_loss.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def graph_partition(data: GraphData, max_nodes: int = 20_000) -> Figure | None:
+    """The training graph split into clients: each client's nodes scattered in a disc of its
+    own colour on a circle (grey, in the middle: nodes held by several clients), edges inside
+    a client grey and between clients red; None above ``max_nodes`` nodes."""
+    from matplotlib.collections import LineCollection
+
+    pool = data.pool.graph
+    if len(pool) > max_nodes:
+        return None
+    owner = np.full(len(pool), -1)
+    for cid, c in data.clients.items():
+        at = np.searchsorted(pool.nodes, c.graph.nodes)
+        owner[at] = np.where(owner[at] == -1, cid, -2)
+    k = len(data.clients)
+    angle = 2 * np.pi * np.maximum(owner, 0) / k
+    rng = np.random.default_rng(0)
+    r, t = 0.38 * np.sqrt(rng.random(len(pool))), 2 * np.pi * rng.random(len(pool))
+    pos = np.stack([np.cos(angle) + r * np.cos(t), np.sin(angle) + r * np.sin(t)], axis=1)
+    pos[owner < 0] = np.stack([0.3 * r * np.cos(t), 0.3 * r * np.sin(t)], axis=1)[owner < 0]
+    rows = np.repeat(np.arange(len(pool)), pool.degrees())
+    keep = rows < pool.indices
+    src, dst = rows[keep], pool.indices[keep]
+    cross = (owner[src] != owner[dst]) | (owner[src] < 0)
+    fig, ax = plt.subplots(figsize=(7, 7))
+    for mask, color, width in ((~cross, "#999999", 0.25), (cross, "tab:red", 0.25)):
+        if mask.any():
+            segs = np.stack([pos[src[mask]], pos[dst[mask]]], axis=1)
+            ax.add_collection(LineCollection(list(segs), colors=color, linewidths=width, alpha=0.5))
+    cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    colors = [cmap(o % cmap.N) if o >= 0 else (0.4, 0.4, 0.4, 1.0) for o in owner]
+    ax.scatter(pos[:, 0], pos[:, 1], s=max(1, 1500 / len(pool)), c=colors, zorder=3)
+    for cid in range(k):
+        a = 2 * np.pi * cid / k
+        ax.annotate(f"client {cid}", (1.5 * np.cos(a), 1.5 * np.sin(a)), ha="center", fontsize=8)
+    ax.set_title(
+        f"{k} clients, {len(pool)} nodes; red: {int(cross.sum())} of {len(src)} edges "
+        f"between clients (lost to all but GFL: {data.edges_lost})",
+        fontsize=9,
+    )
+    ax.set_xlim(-1.8, 1.8)
+    ax.set_ylim(-1.8, 1.8)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------- a run's figures, by name
 
 RunPlot = Callable[["TrainResult", str], "Figure | None"]
@@ -209,7 +304,13 @@ def _network(result: TrainResult, title: str) -> Figure | None:
     return network(result.tables["edges"], int(net.get("nodes", 0)), name)
 
 
+def _client_f1(result: TrainResult, title: str) -> Figure | None:
+    rows = _rows_with(result, "local_f1")
+    return client_curves(rows, title) if rows else None
+
+
 RUN_PLOTS.register("learning_curve")(("learning_curve.png", _learning))
+RUN_PLOTS.register("client_f1")(("client_f1.png", _client_f1))
 RUN_PLOTS.register("privacy_curve")(("privacy_curve.png", _privacy))
 RUN_PLOTS.register("convergence")(("convergence.png", _convergence))
 RUN_PLOTS.register("pretraining")(("pretraining.png", _pretraining))

@@ -36,6 +36,7 @@ from orchestrator.validation import validate
 from trainers import TRAINERS
 from trainers.base import Invalid, StopTraining, Trainer, TrainResult
 from trainers.cache import CACHE
+from trainers.graph.data import GraphData
 from trainers.local import warm_up
 from trainers.models import ModelSpec, load_checkpoint, save_checkpoint
 
@@ -324,6 +325,10 @@ def _start_tracker(
             tracker.log_figure(
                 plots.label_histogram(prepared.stats), "partition/label_histogram.png"
             )
+            if isinstance(prepared.data, GraphData):
+                drawing = plots.graph_partition(prepared.data)
+                if drawing is not None:
+                    tracker.log_figure(drawing, "partition/graph.png")
     return tracker
 
 

@@ -31,6 +31,8 @@ __all__ = ["problems", "validate"]
 def validate(cfg: ExperimentConfig) -> None:
     """Raises ConfigError for the first problem: a field's rule, a section's check, or what
     the chosen trainer refuses."""
+    import orchestrator.data  # noqa: F401 - fills the data set and partitioner registries
+
     for key, problem in problems(cfg):
         raise ConfigError(key, problem)
     trainer = TRAINERS.get(cfg.trainer.name)
@@ -46,6 +48,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "partition.name", f"{cfg.trainer.name} is vertical: it needs partition.name=vertical"
         )
+    _check_graph(cfg, trainer.graph)
     if str(cfg.runtime.device) == "cuda" and "cuda" not in trainer.devices:
         raise ConfigError(
             "runtime.device",
@@ -64,6 +67,39 @@ def validate(cfg: ExperimentConfig) -> None:
         trainer.validate(cfg.trainer, cfg.model, Federation(cfg.partition.num_parties, vertical))
     except Invalid as exc:
         raise ConfigError(exc.key, exc.problem) from None
+
+
+def _check_graph(cfg: ExperimentConfig, graph_trainer: bool) -> None:
+    """A graph trainer, a graph data set, a graph partitioner and a graph model go together."""
+    from orchestrator.data import DATASETS, PARTITIONERS
+    from trainers.graph.models import GRAPH_MODELS
+
+    graph_data = bool(getattr(DATASETS.get(cfg.data.name), "graph", False))
+    graph_split = bool(getattr(PARTITIONERS.get(cfg.partition.name), "graph", False))
+    if graph_trainer and not graph_data:
+        graphs = [n for n in DATASETS.names() if getattr(DATASETS.get(n), "graph", False)]
+        raise ConfigError(
+            "data.name",
+            f"{cfg.trainer.name} trains on a graph: use data.name {', '.join(graphs)}",
+        )
+    if graph_data and not graph_trainer:
+        names = [n for n in TRAINERS.names() if TRAINERS.get(n).graph]
+        raise ConfigError(
+            "trainer.name",
+            f"{cfg.data.name} is a graph data set: use a graph trainer ({', '.join(names)})",
+        )
+    if graph_data != graph_split:
+        splits = [n for n in PARTITIONERS.names() if getattr(PARTITIONERS.get(n), "graph", False)]
+        problem = (
+            f"a graph is split by {', '.join(splits)}"
+            if graph_data
+            else f"{cfg.partition.name} splits a graph, and data.name {cfg.data.name} is not one"
+        )
+        raise ConfigError("partition.name", problem)
+    if cfg.model.name in GRAPH_MODELS and not graph_trainer:
+        raise ConfigError(
+            "model.name", f"{cfg.model.name} is a graph model: the graph trainers train it"
+        )
 
 
 def _unread(section: Any, reads: frozenset[str]) -> str | None:

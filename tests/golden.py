@@ -21,6 +21,9 @@ Issue 18 added the horizontal toolkit's cases (``hfl_*``: the two comparison con
 server optimizers, FedNova, SCAFFOLD, DP-FedAvg). They were recorded on their own and merged
 into the file; every case recorded before held exactly with the new code, unre-recorded.
 
+Issue 15 added the graph cases (``fedego_*``, ``gfl_*``, ``graph_*``), recorded on their own
+and merged; every case recorded before held exactly.
+
 The histories hold bit for bit on AVX2 machines, where they were recorded. On an AVX-512
 machine torch, oneDNN and NumPy pick other kernels, and 14 cases differed in their last
 bits; tests/conftest.py caps the test run's processes at AVX2 (``ATEN_CPU_CAPABILITY``,
@@ -51,6 +54,8 @@ _VERTICAL = [
 ]
 _SSL = ["trainer.ssl.pretrain_epochs=2", "trainer.ssl.finetune_epochs=2"]
 _SSL += ["trainer.vfl.attack.mc_epochs=10"]
+
+_GRAPH_SWAP = ["data.name=sbm", "data.n_samples=600", "data.n_features=32", "data.standardize=true"]
 
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("quickstart.yaml", ["trainer.rounds=2"]),
@@ -94,6 +99,51 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "hfl_dp_local": (
         "hfl_digits.yaml",
         ["trainer.rounds=3", "trainer.privacy.mode=local", "trainer.privacy.noise=0.3"],
+    ),
+    # graph FL (issue 15): every graph trainer and FedEgo's ablations on the generated graph;
+    # the Cora configs with their data swapped for the generated graph (CI has no Cora)
+    "fedego_sbm": ("fedego_sbm.yaml", ["trainer.rounds=2"]),
+    "gfl_sbm": ("gfl_sbm.yaml", ["trainer.rounds=2"]),
+    "fedego_cora": ("fedego_cora.yaml", ["trainer.rounds=2", *_GRAPH_SWAP]),
+    "gfl_cora": ("gfl_cora.yaml", ["trainer.rounds=2", *_GRAPH_SWAP]),
+    "fedego_ne_noise": (
+        "fedego_sbm.yaml",
+        ["trainer.rounds=2", "trainer.fedego.variant=ne", "trainer.fedego.sigma=0.1"],
+    ),
+    "fedego_nr_fixed_no_mixup": (
+        "fedego_sbm.yaml",
+        [
+            "trainer.rounds=2",
+            "trainer.fedego.variant=nr",
+            "trainer.fedego.lamb_fixed=true",
+            "trainer.fedego.lamb_c=0.3",
+            "trainer.fedego.mixup=false",
+        ],
+    ),
+    "fedego_np_gcn": (
+        "fedego_sbm.yaml",
+        ["trainer.rounds=2", "trainer.fedego.variant=np", "model.name=gcn"],
+    ),
+    "graph_local_louvain": (
+        "fedego_sbm.yaml",
+        ["trainer.rounds=2", "trainer.name=graph_local", "partition.name=louvain"],
+    ),
+    "graph_fedprox_gcn": (
+        "fedego_sbm.yaml",
+        [
+            "trainer.rounds=2",
+            "trainer.name=graph_fedprox",
+            "model.name=gcn",
+            "trainer.optimizer=sgd",
+        ],
+    ),
+    "graph_centralized_random": (
+        "fedego_sbm.yaml",
+        ["trainer.rounds=2", "trainer.name=graph_centralized", "partition.name=random_nodes"],
+    ),
+    "gfl_gcn_no_share": (
+        "gfl_sbm.yaml",
+        ["trainer.rounds=2", "model.name=gcn", "trainer.gfl.share=false", "trainer.gfl.steps=2"],
     ),
     # variants: the robust, committee, decentralized, vertical-defense and SSL paths
     "fedavg_krum_sign_flip": (

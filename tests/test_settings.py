@@ -42,6 +42,9 @@ CHANGED: dict[str, list[str]] = {
     "server": ["trainer.server.optimizer=momentum"],
     "privacy": ["trainer.privacy.mode=central", "trainer.privacy.noise=0.5"],
     "fednova": ["trainer.fednova.epochs=[1,3]"],
+    "graph": ["trainer.graph.fanout=[3,4]"],
+    "fedego": ["trainer.fedego.lamb_c=0.25"],
+    "gfl": ["trainer.gfl.steps=2"],
 }
 
 # Every trainer on a shipped config at its smoke budget (the golden cases'); a trainer
@@ -64,6 +67,12 @@ BASES: dict[str, tuple[str, list[str]]] = {
     "distill": ("distill_digits", []),
     "fednova": ("hfl_fednova", []),
     "scaffold": ("hfl_scaffold", []),
+    "fedego": ("fedego_sbm", []),
+    "gfl": ("gfl_sbm", []),
+    "graph_local": ("graph_local_louvain", []),
+    "graph_fedavg": ("fedego_sbm", ["trainer.name=graph_fedavg"]),
+    "graph_fedprox": ("graph_fedprox_gcn", []),
+    "graph_centralized": ("graph_centralized_random", []),
 }
 
 # Where a trainer's base already has the value above, or the leaf acts only with another
@@ -72,6 +81,8 @@ EFFECT: dict[tuple[str, str], list[str]] = {
     ("vhnn", "optimizer"): ["trainer.optimizer=sgd"],
     ("fedhssl", "vfl"): ["trainer.vfl.attack.mc_epochs=3"],  # embed_dim is vhnn's
     ("distill", "distill"): ["trainer.distill.epochs=1"],  # temperature is target=logits'
+    ("fedego", "optimizer"): ["trainer.optimizer=sgd"],  # the shipped config's is adam
+    ("gfl", "optimizer"): ["trainer.optimizer=sgd"],
 }
 
 KEYS = [f.name for f in dataclasses.fields(TrainerConfig) if f.name != "name"]
@@ -144,7 +155,18 @@ def _final(trainer: str, extra: list[str]) -> dict[str, float]:
 
 
 # One trainer of each family: every key it reads changes the run's final metrics.
-FAMILIES = ["fedavg", "fedprox", "centralized", "cmfl", "dpsvrg", "vhnn", "fedhssl", "distill"]
+FAMILIES = [
+    "fedavg",
+    "fedprox",
+    "centralized",
+    "cmfl",
+    "dpsvrg",
+    "vhnn",
+    "fedhssl",
+    "distill",
+    "fedego",
+    "gfl",
+]
 
 
 @pytest.mark.slow

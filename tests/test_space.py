@@ -200,6 +200,10 @@ def test_shipped_spaces_are_valid(path):
     if path.stem.startswith("hfl"):
         dp = ["trainer.privacy.mode=central"] if path.stem == "hfl_dp" else []
         cfg = load_config(CONFIGS / "hfl_digits.yaml", dp)
+    if path.stem.startswith(("fedego", "graph")):
+        cfg = load_config(CONFIGS / "fedego_sbm.yaml")
+    if path.stem.startswith("gfl"):
+        cfg = load_config(CONFIGS / "gfl_sbm.yaml")
     check_space(s, cfg)
     assert s.params
 

@@ -32,6 +32,7 @@ FAMILIES = [
     "vhnn_marvell",  # split learning with a defense
     "fedhssl_digits",  # FedHSSL
     "distill_digits",  # distillation
+    "fedego_sbm",  # graph FL: per-client models and the server's optimizer in the state
 ]
 
 _HELD = r"""

@@ -25,6 +25,7 @@ from trainers.config import (
 from trainers.decentralized import DPSVRG, DSGD, DSPG
 from trainers.distill import Distillation
 from trainers.fedavg import Centralized, FedAvg, FedProx
+from trainers.graph import GFL, FedEgo, GraphData
 from trainers.models import MODELS, ModelConfig, ModelSpec, build_model
 from trainers.registry import Registry, UnknownNameError
 from trainers.vertical import DEFENSES, VHNN, VLR, VSNN, VerticalData
@@ -52,6 +53,9 @@ __all__ = [
     "DistillConfig",
     "Distillation",
     "FedAvg",
+    "FedEgo",
+    "GFL",
+    "GraphData",
     "FedProx",
     "FedProxConfig",
     "FederatedData",

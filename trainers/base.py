@@ -269,6 +269,9 @@ class Trainer(abc.ABC, Generic[D, S]):
     """The names of the metrics the trainer reports every round."""
     vertical = False
     """Whether it trains a vertical federation (partition.name=vertical, VerticalData)."""
+    graph = False
+    """Whether it trains clients holding subgraphs of a graph (a graph data set and
+    partitioner, :class:`trainers.graph.GraphData`)."""
     checkpointable = True
     """Whether the final model rebuilds from the experiment's ModelSpec (a light checkpoint);
     a federation of per-party models (vertical FL) is logged as an MLflow model only."""

@@ -585,6 +585,63 @@ class SSLConfig:
     """cls_iso_sigma: the same noise on the representations sent during fine-tuning."""
 
 
+class EgoVariant(Choice):
+    """FedEgo and the ablations of its code."""
+
+    full = "full"
+    np = "np"
+    nr = "nr"
+    ne = "ne"
+
+
+@dataclass
+class GraphTrainConfig:
+    """What every graph trainer shares (graph_local, graph_fedavg, graph_fedprox,
+    graph_centralized, fedego, gfl)."""
+
+    fanout: list[int] = field(default_factory=lambda: [6, 6], metadata=each(at_least(1)))
+    """Neighbours sampled per hop in training, one per graph convolution of the model
+    (FedEgo: 6 and 6, its ego-graphs' 1 + 6 + 36 slots); evaluation reads every neighbour."""
+
+
+@dataclass
+class FedEgoConfig:
+    """FedEgo (Zhang et al.): ego-graph uploads with Mixup, and personalisation mixing."""
+
+    variant: EgoVariant = EgoVariant.full
+    """full; np (no personalisation: no uploads, no server model, no mixing); nr (no
+    FedAvg of the reduction layer); ne (no ego-graphs: only each batch's mixed root
+    embedding is uploaded)."""
+    lamb_c: float = field(default=0.5, metadata=at_least(0))
+    """The mixing exponent: lambda_i = (EMD_i / 2) ** lamb_c (with lamb_fixed: lambda_i =
+    lamb_c, which must then be at most 1)."""
+    lamb_fixed: bool = False
+    """Use lamb_c itself as every client's lambda (the code's lamb_fixed=1)."""
+    sigma: float = field(default=0.0, metadata=at_least(0))
+    """Standard deviation of the Gaussian noise added to the uploaded mixed embeddings."""
+    mixup: bool = True
+    """Average each batch's ego-graphs slot by slot (false: upload the first of each batch)."""
+    server_epochs: int = field(default=5, metadata=at_least(1))
+    """Epochs the server trains its personalisation layers on the uploads, per round."""
+    server_share: float = field(default=0.2, metadata=between(0, 1, low_open=True))
+    """Share of the uploaded ego-graphs each server epoch trains on (FedEgo: 20%)."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.lamb_fixed and self.lamb_c > 1:
+            yield "lamb_c", "is lambda itself with lamb_fixed: at most 1"
+
+
+@dataclass
+class GFLConfig:
+    """GFL (Wu et al., reconstructed): hidden representations shared along cross-client edges."""
+
+    steps: int = field(default=4, metadata=at_least(1))
+    """Q: local steps per round on stale neighbour representations and gradients."""
+    share: bool = True
+    """Share representations across clients (false: cross-client edges are dropped, which is
+    FedAvg of the same model)."""
+
+
 @dataclass
 class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
@@ -592,7 +649,8 @@ class TrainerConfig:
     name: str = field(default="fedavg", metadata=one_of("trainer"))
     """One of the registered trainers: centralized, fedavg, fedprox, fednova, scaffold, cmfl,
     dspg, dpsvrg, dsgd, distill; vertical (partition.name=vertical): vlr, vhnn, vsnn,
-    fedhssl, fedgssl, fedcssl, vfl_supervised."""
+    fedhssl, fedgssl, fedcssl, vfl_supervised; graph (a graph data set): graph_local,
+    graph_fedavg, graph_fedprox, graph_centralized, fedego, gfl."""
     rounds: int = field(default=20, metadata=at_least(1))
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
     fraction: float = field(default=1.0, metadata=between(0, 1, low_open=True))
@@ -639,6 +697,12 @@ class TrainerConfig:
     """Settings of the vertical split-learning trainers (vlr, vhnn, vsnn)."""
     ssl: SSLConfig = field(default_factory=SSLConfig)
     """Settings of fedhssl and its baselines (fedgssl, fedcssl, vfl_supervised)."""
+    graph: GraphTrainConfig = field(default_factory=GraphTrainConfig)
+    """Neighbour sampling of the graph trainers."""
+    fedego: FedEgoConfig = field(default_factory=FedEgoConfig)
+    """Settings of the fedego trainer."""
+    gfl: GFLConfig = field(default_factory=GFLConfig)
+    """Settings of the gfl trainer."""
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Settings that another one makes moot: refused rather than ignored."""
