@@ -22,6 +22,7 @@ __all__ = [
     "RUN_PLOTS",
     "client_curves",
     "convergence",
+    "gradient_curves",
     "graph_partition",
     "label_histogram",
     "learning_curve",
@@ -304,6 +305,31 @@ def _network(result: TrainResult, title: str) -> Figure | None:
     return network(result.tables["edges"], int(net.get("nodes", 0)), name)
 
 
+def gradient_curves(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """GFL per round: the whole objective and its gradient norm at the global model (log
+    scale), beside the clients' training loss on their stale messages."""
+    rounds = [h["round"] + 1 for h in history]
+    fig, (ax_obj, ax_norm) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_obj.semilogy(rounds, [h["objective"] for h in history], label="whole objective")
+    ax_obj.semilogy(rounds, [h["train_loss"] for h in history], label="clients' training loss")
+    ax_obj.set_ylabel("cross-entropy")
+    ax_obj.legend()
+    ax_norm.semilogy(rounds, [h["grad_norm"] for h in history], color="tab:red")
+    ax_norm.set_ylabel("gradient norm of the whole objective")
+    for ax in (ax_obj, ax_norm):
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _gradient(result: TrainResult, title: str) -> Figure | None:
+    rows = _rows_with(result, "grad_norm")
+    return gradient_curves(rows, title) if rows else None
+
+
 def _client_f1(result: TrainResult, title: str) -> Figure | None:
     rows = _rows_with(result, "local_f1")
     return client_curves(rows, title) if rows else None
@@ -311,6 +337,7 @@ def _client_f1(result: TrainResult, title: str) -> Figure | None:
 
 RUN_PLOTS.register("learning_curve")(("learning_curve.png", _learning))
 RUN_PLOTS.register("client_f1")(("client_f1.png", _client_f1))
+RUN_PLOTS.register("gradient")(("gradient.png", _gradient))
 RUN_PLOTS.register("privacy_curve")(("privacy_curve.png", _privacy))
 RUN_PLOTS.register("convergence")(("convergence.png", _convergence))
 RUN_PLOTS.register("pretraining")(("pretraining.png", _pretraining))

@@ -576,3 +576,18 @@ def test_the_readme_s_fedego_run_logs_per_client_curves_and_the_split(workdir, c
     assert "client_f1.png" in artifacts
     parts = {a.path for a in client.list_artifacts(run_id, "partition")}
     assert {"partition/graph.png", "partition/stats.parquet"} <= parts
+
+
+@pytest.mark.slow
+def test_a_gfl_run_draws_the_whole_objective_s_gradient(workdir, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import cli
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    assert cli.main(["run", str(GFL_SBM), "trainer.rounds=2", f"tracking.uri={uri}", "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+    client = MlflowClient(uri)
+    assert {"gradient.png", "client_f1.png"} <= {a.path for a in client.list_artifacts(run_id)}
+    norms = [m.value for m in client.get_metric_history(run_id, "grad_norm")]
+    assert len(norms) == 2 and all(v > 0 for v in norms)

@@ -171,6 +171,9 @@ class GFL(GraphTrainer):
     unused = {**GraphTrainer.unused, "local_epochs": "GFL trains trainer.gfl.steps steps a round"}
     metrics = (*GraphTrainer.metrics, "grad_norm", "objective")
 
+    def plots(self) -> tuple[str, ...]:
+        return ("client_f1", "gradient")
+
     @classmethod
     def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
         super().validate(config, model, federation)
