@@ -66,6 +66,8 @@ class GraphSource:
     """A loaded graph (see :mod:`orchestrator.graphs`): labelled nodes by row, and every
     undirected edge in both directions as row indices."""
 
+    ids: np.ndarray
+    """Each row's id in the nodes table."""
     x: np.ndarray
     """Node features, float32."""
     y: np.ndarray

@@ -11,7 +11,9 @@ The split (every random choice from the run's seed): ``partition.graph.test_shar
 labelled nodes become the global test graph; the rest are dealt to ``partition.num_parties``
 clients by a graph partitioner (``louvain``, ``random_nodes``, ``label_skew``); each client
 keeps the subgraph its nodes induce and holds ``partition.graph.local_test`` of its nodes
-out as its local test nodes.
+out as its local test nodes; a node that any client tests on is no client's training node
+(label_skew's clients overlap), though its features stay visible to its neighbours, as in
+transductive node classification.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def read_graph(nodes: pa.Table, edges: pa.Table, cfg: DataConfig) -> GraphSource
     if len(classes) < 2:
         raise ConfigError("data.label", "fewer than two distinct labels")
     return GraphSource(
+        ids=ids[keep],
         x=x[keep],
         y=y_index.astype(np.int64),
         src=np.concatenate([lo, hi]),
@@ -331,6 +334,17 @@ def prepare_graph(cfg: ExperimentConfig, src: GraphSource) -> Prepared:
             )
         perm = rng.permutation(len(g))
         held.append((np.sort(perm[k:]), np.sort(perm[:k])))
+    # a node one client tests on is no client's training node (clients of label_skew overlap)
+    tested_anywhere = np.concatenate([g.nodes[te] for g, (_, te) in zip(graphs, held)])
+    for cid, (g, (tr, te)) in enumerate(zip(graphs, held)):
+        tr = tr[~np.isin(g.nodes[tr], tested_anywhere)]
+        if not len(tr):
+            raise ConfigError(
+                "partition.graph.local_test",
+                f"leaves client {cid} no training node (the others test on all of its nodes); "
+                "lower it or partition.graph.sample_rate",
+            )
+        held[cid] = (tr, te)
     pool_nodes = np.unique(np.concatenate([g.nodes for g in graphs]))
     pool = Subgraph.induced(pool_nodes, x, src.y, src.src, src.dst)
     externals = _externals(graphs, src, len(src.y)) if splitter.disjoint else [None] * len(graphs)
@@ -352,6 +366,7 @@ def prepare_graph(cfg: ExperimentConfig, src: GraphSource) -> Prepared:
         n_features=x.shape[1],
         n_classes=len(src.classes),
         disjoint=splitter.disjoint,
+        node_ids=src.ids,
         edges_lost=pool.n_edges - _edges_kept(graphs, len(src.y)),
     )
     return Prepared(data, src.features, src.classes, graph_stats(data))
@@ -425,10 +440,11 @@ def write_graph_partitions(data: GraphData, features: list[str], out_dir: Path) 
     for stem, g, test in named:
         split = np.full(len(g), "train", dtype=object)
         split[test] = "test"
-        cols = {"node": g.nodes, "label": g.y, "split": split.astype(str)}
+        ids = data.node_ids[g.nodes]  # the nodes table's ids
+        cols = {"node": ids, "label": g.y, "split": split.astype(str)}
         cols.update({name: g.x[:, i] for i, name in enumerate(features)})
         rows = np.repeat(np.arange(len(g)), g.degrees())
-        edges = {"src": g.nodes[rows], "dst": g.nodes[g.indices]}
+        edges = {"src": ids[rows], "dst": ids[g.indices]}
         for kind, table in (("nodes", cols), ("edges", edges)):
             path = out_dir / f"{stem}.{kind}.parquet"
             pq.write_table(pa.table(table), path)

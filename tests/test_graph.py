@@ -315,6 +315,11 @@ def test_the_label_skew_split_draws_its_share_from_each_client_s_major_labels():
         assert counts[:3].sum() / counts.sum() >= 0.7  # 0.8 drawn; isolated nodes dropped
         assert (c.graph.degrees() > 0).all()  # the connected nodes only
     assert not data.disjoint
+    # clients overlap: a node one of them tests on is none's training node
+    tested = np.concatenate([c.graph.nodes[c.test] for c in data.clients.values()])
+    for c in data.clients.values():
+        assert not np.isin(c.graph.nodes[c.train], tested).any()
+    assert not np.isin(data.pool.graph.nodes[data.pool.train], tested).any()
     # half the graph's size asked; fewer where the major labels hold too few nodes
     assert all(150 < len(c.graph) <= 350 for c in data.clients.values())
 
@@ -331,6 +336,7 @@ def test_each_client_holds_out_its_local_test_share_and_the_partition_is_written
     paths = write_partitions(prepare(cfg), tmp_path)
     assert len(paths) == 2 * (5 + 1)
     nodes = pq.read_table(tmp_path / "party_00000.nodes.parquet")
+    assert set(nodes.column("node").to_pylist()) <= set(range(700))
     assert {"node", "label", "split"} <= set(nodes.column_names)
     edges = pq.read_table(tmp_path / "party_00000.edges.parquet")
     assert set(edges.column("src").to_pylist()) <= set(nodes.column("node").to_pylist())

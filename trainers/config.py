@@ -625,6 +625,9 @@ class FedEgoConfig:
     """Epochs the server trains its personalisation layers on the uploads, per round."""
     server_share: float = field(default=0.2, metadata=between(0, 1, low_open=True))
     """Share of the uploaded ego-graphs each server epoch trains on (FedEgo: 20%)."""
+    train_share: float = field(default=0.2, metadata=between(0, 1, low_open=True))
+    """Share of a client's training nodes each local epoch draws afresh (FedEgo's code: 20%
+    of them, 5 epochs a round: set trainer.local_epochs=5)."""
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.lamb_fixed and self.lamb_c > 1:

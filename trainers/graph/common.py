@@ -82,6 +82,8 @@ class Recipe:
     weight_decay: float
     fanout: tuple[int, ...]
     prox_mu: float = 0.0
+    share: float = 1.0
+    """Share of the training nodes each local epoch draws afresh (FedEgo's code: 20%)."""
 
     @classmethod
     def of(cls, cfg: TrainerConfig, spec: ModelSpec, seed: int, prox_mu: float = 0.0) -> Recipe:
@@ -161,8 +163,8 @@ def train_client(
     party: int,
     optim: dict | None = None,
 ) -> tuple[float, int, dict]:
-    """``recipe.epochs`` passes of minibatch training over the client's training nodes, each
-    batch's roots with their sampled trees; returns the last epoch's loss sum, its node
+    """``recipe.epochs`` passes of minibatch training over the client's training nodes (or a
+    fresh ``recipe.share`` of them each epoch), each batch's roots with their sampled trees; returns the last epoch's loss sum, its node
     count and the optimizer's state (what a client that keeps it passes back next time)."""
     rng = np.random.default_rng(derive_seed(recipe.seed, _TRAIN_STREAM, round_, party))
     params = list(model.parameters())
@@ -176,6 +178,8 @@ def train_client(
         for _ in range(recipe.epochs):
             loss_sum, n = 0.0, 0
             order = rng.permutation(client.train)
+            if recipe.share < 1.0:
+                order = order[: max(1, int(round(recipe.share * len(order))))]
             for start in range(0, len(order), recipe.batch_size):
                 roots = order[start : start + recipe.batch_size]
                 levels = sample_tree(

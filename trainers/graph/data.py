@@ -125,8 +125,8 @@ class GraphClient:
         return self.external
 
     def label_distribution(self, n_classes: int) -> np.ndarray:
-        """The share of each label among the client's nodes (FedEgo's p_i)."""
-        counts = np.bincount(self.graph.y, minlength=n_classes).astype(np.float64)
+        """The share of each label among the client's training nodes (FedEgo's p_i)."""
+        counts = np.bincount(self.graph.y[self.train], minlength=n_classes).astype(np.float64)
         return counts / max(1.0, counts.sum())
 
 
@@ -146,6 +146,8 @@ class GraphData:
     n_classes: int
     disjoint: bool
     """Whether every node is held by one client at most (GFL needs it)."""
+    node_ids: np.ndarray
+    """Each node's id in the graph's nodes table (the subgraphs' ``nodes`` index it)."""
     edges_lost: int
     """Undirected edges among the clients' nodes that no client's subgraph holds."""
 

@@ -4,7 +4,9 @@ as its authors' code runs it (ALGORITHMS.md section 5a).
 Each client's model is the reduction layer (shared: FedAvg'd) and the personalisation layers
 (its graph convolutions and classifier). One round:
 
-1. every client loads the FedAvg of the reduction layers and trains all its layers locally;
+1. every client loads the FedAvg of the reduction layers and trains all its layers locally
+   (``local_epochs`` epochs, each on a fresh ``train_share`` of its training nodes: the
+   code's 5 epochs of 20%);
 2. it uploads mixed ego-graphs: its training nodes in batches of ``batch_size``, each node's
    sampled 2-hop tree of reduction embeddings (1 + 6 + 36 slots), averaged slot by slot over
    the batch (Mixup) with the average of the batch's one-hot labels as the soft label, plus
@@ -18,12 +20,16 @@ Each client's model is the reduction layer (shared: FedAvg'd) and the personalis
    and it is scored on its local test nodes and the global test graph.
 
 Steps 1-2 are one executor call; step 5 is a second one, after the server's training.
+p_i is the label distribution of the client's training nodes. Not built: the code's early
+stopping (stop once the local loss exceeds 1.3 times its minimum); runs go for
+``trainer.rounds``.
 Ablations (``trainer.fedego.variant``): np, nr, ne (see :class:`trainers.config.FedEgoConfig`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import typing
 from dataclasses import dataclass
@@ -218,7 +224,9 @@ class FedEgo(GraphTrainer):
         self._init = get_flat(self._model)
         executor.load(data.clients, sizes=sizes_of(data.clients))
         self._ids = sorted(data.clients)
-        recipe = Recipe.of(self.config, self.spec(data), seed)
+        recipe = dataclasses.replace(
+            Recipe.of(self.config, self.spec(data), seed), share=self.config.fedego.train_share
+        )
         self._recipe = recipe
         self._train = _Train(recipe, self.config.fedego, data.n_classes)
         self._mix = _Personalise(recipe)

@@ -17,7 +17,10 @@ nodes (foreign nodes). Round r, with theta_r the global model:
 
 With weights n_i, the average of the clients' gradients is the gradient of the whole
 objective sum_i n_i loss_i / N, but for the staleness of H and G (and the sampling): the
-bias the paper bounds, which grows with Q. ``trainer.gfl.share=false`` drops the foreign
+bias the paper bounds, which grows with Q. Dropout (``model.dropout``) acts after the graph
+convolution only: the encoder's outputs, shared or not, are never dropped out, so own and
+foreign neighbours enter alike. Bytes count each representation and each gradient once, as
+if sent from client to client (the simulation relays them through the server). ``trainer.gfl.share=false`` drops the foreign
 neighbours: FedAvg of the same model. ``grad_norm`` and ``objective`` are those of the whole
 objective at the new global model, every neighbour read, computed by the server for the
 curves (they cost one pass over the training graph).
@@ -132,9 +135,11 @@ class _Train:
                     client.train, size=min(recipe.batch_size, n_train), replace=False
                 )
                 levels = sample_tree(indptr, indices, roots, recipe.fanout, rng)
-                embedded = [model.embed(mine.x[torch.from_numpy(roots)])]
+                embedded = [model.embed(mine.x[torch.from_numpy(roots)], dropout=False)]
                 for idx in levels[1:]:
-                    own = model.embed(mine.x[torch.from_numpy(np.minimum(idx, n - 1))])
+                    own = model.embed(
+                        mine.x[torch.from_numpy(np.minimum(idx, n - 1))], dropout=False
+                    )
                     far = idx >= n
                     if far.any():
                         other = foreign[torch.from_numpy(np.maximum(idx - n, 0))]
@@ -145,7 +150,7 @@ class _Train:
                 loss = F.cross_entropy(logits, mine.y[torch.from_numpy(roots)])
                 total = loss
                 if received is not None and self.share:
-                    h = model.embed(mine.x[shared])
+                    h = model.embed(mine.x[shared], dropout=False)
                     total = loss + (torch.as_tensor(received.copy()) * h).sum() / n_train
                 opt.zero_grad(set_to_none=True)
                 foreign.grad = None

@@ -13,7 +13,7 @@ pyg-lib or torch-sparse); evaluation on the whole (sub)graph with sparse product
 The two convolutions, with N(v) the neighbours of v:
 
 - ``sage`` (GraphSAGE, mean): W_s h_v + W_n mean_{u in N(v)} h_u (a node without neighbours
-  gets its own term only);
+  is its own: W_s h_v + W_n h_v, in the sampler and the whole graph alike);
 - ``gcn``: W mean_{u in N(v) + v} h_u, the node with its neighbours averaged (the random-walk
   normalisation D^-1 (A + I); on a sampled tree, (h_v + deg(v) mean(sample)) / (1 + deg(v)),
   whose expectation it is; Kipf and Welling's symmetric normalisation would differ between a
@@ -117,9 +117,10 @@ class GraphNet(nn.Module):
         """Values of the reduction layer: the first ones of the flat parameter vector."""
         return sum(p.numel() for p in self.reduce.parameters())
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The reduction layer's output for every row of ``x``."""
-        return F.dropout(F.relu(self.reduce(x)), self.p, self.training)
+    def embed(self, x: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+        """The reduction layer's output for every row of ``x`` (dropped out in training,
+        unless ``dropout`` is false)."""
+        return F.dropout(F.relu(self.reduce(x)), self.p, self.training and dropout)
 
     def tree(
         self, levels: list[torch.Tensor], degrees: list[torch.Tensor] | None = None
