@@ -55,16 +55,22 @@ def test_interpolation_resolves(tmp_path):
         (
             ["trainer.name=fedsgd"],
             "trainer.name",
-            "valid: centralized, cmfl, distill, dpsvrg, dsgd, dspg, fedavg, fedcssl, fedgssl, "
-            "fedhssl, fednova, fedprox, scaffold, vfl_supervised, vhnn, vlr, vsnn",
+            "valid: centralized, cmfl, distill, dpsvrg, dsgd, dspg, fedavg, fedcssl, fedego, "
+            "fedgssl, fedhssl, fednova, fedprox, gfl, graph_centralized, graph_fedavg, "
+            "graph_fedprox, graph_local, scaffold, vfl_supervised, vhnn, vlr, vsnn",
         ),
         (
             ["data.name=mnist"],
             "data.name",
-            "valid: breast_cancer, digits, parquet, synthetic, synthetic_images, wine",
+            "valid: breast_cancer, digits, graph, parquet, planetoid, sbm, synthetic, "
+            "synthetic_images, wine",
         ),
-        (["model.name=resnet"], "model.name", "valid: cnn, logreg, mlp"),
-        (["partition.name=zipf"], "partition.name", "valid: dirichlet, iid, shards"),
+        (["model.name=resnet"], "model.name", "valid: cnn, gcn, logreg, mlp, sage, vit"),
+        (
+            ["partition.name=zipf"],
+            "partition.name",
+            "valid: dirichlet, iid, label_skew, louvain, random_nodes, shards, vertical",
+        ),
         (["runtime.executor=dask"], "runtime.executor", "valid: auto, local, ray"),
         (["data.name=parquet"], "data.path", "required"),
         (["data.name=parquet", "data.path=/nonexistent/x.parquet"], "data.path", "no such file"),
