@@ -134,15 +134,17 @@ _BUNDLED_ROWS = {"digits": 1797, "breast_cancer": 569, "wine": 178}
 
 def training_rows(cfg: ExperimentConfig) -> int | None:
     """About how many training rows a config's data set has, without loading it (bundled
-    sizes, a generator's ``n_samples``, a Parquet file's footer); None when unknown."""
+    sizes, a generator's ``n_samples``, a Parquet file's footer; a graph's nodes); None when
+    unknown."""
     d = cfg.data
+    file = {PARQUET: d.path, "graph": d.nodes}.get(d.name)  # a graph's: its nodes table
     if d.name in _BUNDLED_ROWS:
         rows: int | None = _BUNDLED_ROWS[d.name]
     elif d.name in ("synthetic", "synthetic_images", "sbm"):
         rows = d.n_samples
-    elif d.name == PARQUET and d.path:
+    elif file:
         try:
-            rows = pq.ParquetFile(d.path).metadata.num_rows
+            rows = pq.ParquetFile(file).metadata.num_rows
         except (OSError, pa.ArrowException):
             rows = None
     else:

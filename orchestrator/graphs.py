@@ -148,11 +148,7 @@ def read_graph(nodes: pa.Table, edges: pa.Table, cfg: DataConfig) -> GraphSource
     if not features:
         raise ConfigError("data.nodes", "the nodes table has no numeric feature columns")
     ids = nodes.column("node").to_numpy(zero_copy_only=False).astype(np.int64)
-    raw = nodes.column(label)
-    y = raw.to_numpy(zero_copy_only=False)
-    labelled = np.ones(len(y), dtype=bool) if not raw.null_count else ~np.isnan(y.astype(float))
-    y = np.where(labelled, y, -1).astype(np.int64)
-    labelled &= y >= 0
+    y, labelled = _labels(nodes.column(label), label)
     if len(np.unique(ids)) != len(ids):
         raise ConfigError("data.nodes", "node ids repeat")
     x = np.column_stack([nodes.column(c).to_numpy(zero_copy_only=False) for c in features])
@@ -179,7 +175,7 @@ def read_graph(nodes: pa.Table, edges: pa.Table, cfg: DataConfig) -> GraphSource
     a, b = a[ok], b[ok]
     pairs = np.unique(np.minimum(a, b) * len(keep) + np.maximum(a, b))  # undirected, once
     lo, hi = pairs // max(len(keep), 1), pairs % max(len(keep), 1)
-    classes, y_index = np.unique(y[keep], return_inverse=True)
+    classes, y_index = np.unique(y[keep].tolist(), return_inverse=True)
     if len(classes) < 2:
         raise ConfigError("data.label", "fewer than two distinct labels")
     return GraphSource(
@@ -191,6 +187,23 @@ def read_graph(nodes: pa.Table, edges: pa.Table, cfg: DataConfig) -> GraphSource
         features=features,
         classes=classes.tolist(),
     )
+
+
+def _labels(raw: pa.ChunkedArray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The label column's values and which nodes have one: integers (negative: none, as
+    Planetoid marks them), whole floats or strings; null is no label."""
+    kind = raw.type
+    has = ~raw.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return raw.fill_null("").to_numpy(zero_copy_only=False), has
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise ConfigError(
+            "data.label", f"column {name!r} is {kind}: labels must be numbers or strings"
+        )
+    values = raw.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.float64)
+    if not np.isfinite(values).all() or (values != np.round(values)).any():
+        raise ConfigError("data.label", f"column {name!r} holds labels that are not whole numbers")
+    return values.astype(np.int64), has & (values >= 0)
 
 
 # ---------------------------------------------------------------- graph partitioners
@@ -327,10 +340,11 @@ def prepare_graph(cfg: ExperimentConfig, src: GraphSource) -> Prepared:
     for cid, g in enumerate(graphs):
         k = int(round(part.graph.local_test * len(g)))
         if len(g) - k < 1 or k < 1:
+            short = "local test node" if k < 1 else "training node"
             raise ConfigError(
                 "partition.graph.local_test",
-                f"client {cid} holds {len(g)} nodes: too few for training and local test nodes; "
-                "use fewer clients or a larger graph",
+                f"{part.graph.local_test} of client {cid}'s {len(g)} nodes leaves it no {short}; "
+                "change it, or use fewer clients or a larger graph",
             )
         perm = rng.permutation(len(g))
         held.append((np.sort(perm[k:]), np.sort(perm[:k])))

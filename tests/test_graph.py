@@ -91,6 +91,15 @@ def test_a_bad_edges_table_is_one_line_naming_the_file(edges, key, fragment):
     assert "\n" not in str(info.value)
 
 
+def test_string_labels_are_classes_and_a_bad_label_column_is_one_line():
+    nodes, edges = _tables(n=6, labels=["b", "a", None, "b", "a", "c"])
+    g = read_graph(nodes, edges, _data_cfg().data)
+    assert g.classes == ["a", "b", "c"] and g.y.tolist() == [1, 0, 1, 0, 2]
+    with pytest.raises(ConfigError) as info:
+        read_graph(_tables(n=6, labels=[0.5, 1, 2, 0, 1, 2])[0], edges, _data_cfg().data)
+    assert info.value.key == "data.label" and "whole numbers" in info.value.problem
+
+
 def test_graph_parquet_files_read_through_the_config(tmp_path):
     nodes, edges = _tables(n=60, edges=[(i, (i + 1) % 60) for i in range(60)])
     pq.write_table(nodes, tmp_path / "n.parquet")

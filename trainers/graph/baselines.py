@@ -28,7 +28,9 @@ from trainers.graph.common import (
     Recipe,
     Scores,
     client_scores,
+    local_score,
     mean_scores,
+    test_score,
     train_client,
     view_of,
     views,
@@ -100,8 +102,8 @@ class GraphFedAvg(GraphTrainer):
         executor.load(parties, sizes=sizes_of(parties))
         self._ids = sorted(parties)
         self._task = _Averaged(Recipe.of(self.config, self.spec(data), seed, self.prox_mu()))
-        test = view_of(data.test)
-        self._views = {cid: (view_of(c.graph), test) for cid, c in data.clients.items()}
+        self._test = view_of(data.test)
+        self._views = {cid: view_of(c.graph) for cid, c in data.clients.items()}
         return GraphState(weights=get_flat(self._model))
 
     def advance(self, state: GraphState, executor: Executor) -> tuple[int, dict[str, float]]:
@@ -129,7 +131,10 @@ class GraphFedAvg(GraphTrainer):
     def scores(self) -> list[Scores]:
         """The global model's scores at every client, on the subgraph it holds."""
         clients = self._data.clients
-        return [client_scores(self._model, clients[c], *self._views[c]) for c in self._views]
+        glob = test_score(self._model, self._test)  # one model: scored once
+        return [
+            Scores(local_score(self._model, clients[c], self._views[c]), glob) for c in self._views
+        ]
 
 
 class GraphFedProx(GraphFedAvg):
@@ -157,11 +162,10 @@ class GraphCentralized(GraphFedAvg):
         """Each client's local test nodes read on the whole training graph (the centralized
         model sees every edge), the global test graph as the others."""
         data, model = self._data, self._model
-        pool, test = self._pool, next(iter(self._views.values()))[1]
-        model.eval()
+        pool = self._pool
+        glob = test_score(model, self._test)
         with torch.no_grad():
             logits = model(pool.x, pool.adj, pool.loops).argmax(1)
-            glob = float((model(test.x, test.adj, test.loops).argmax(1) == test.y).float().mean())
         out = []
         for c in data.clients.values():
             at = torch.from_numpy(np.searchsorted(data.pool.graph.nodes, c.graph.nodes[c.test]))

@@ -39,6 +39,8 @@ __all__ = [
     "Scores",
     "View",
     "client_scores",
+    "local_score",
+    "test_score",
     "degrees_of",
     "embed_levels",
     "mean_scores",
@@ -233,12 +235,23 @@ class Scores:
 
 
 @torch.no_grad()
-def client_scores(model: GraphNet, client: GraphClient, mine: View, test: View) -> Scores:
+def local_score(model: GraphNet, client: GraphClient, mine: View) -> float:
+    """Accuracy on the client's local test nodes, read on its own subgraph."""
     model.eval()
     local = model(mine.x, mine.adj, mine.loops)[torch.from_numpy(client.test)]
-    hits = (local.argmax(1) == mine.y[torch.from_numpy(client.test)]).float().mean()
-    glob = (model(test.x, test.adj, test.loops).argmax(1) == test.y).float().mean()
-    return Scores(float(hits), float(glob))
+    return float((local.argmax(1) == mine.y[torch.from_numpy(client.test)]).float().mean())
+
+
+@torch.no_grad()
+def test_score(model: GraphNet, test: View) -> float:
+    """Accuracy on the global test graph."""
+    model.eval()
+    return float((model(test.x, test.adj, test.loops).argmax(1) == test.y).float().mean())
+
+
+def client_scores(model: GraphNet, client: GraphClient, mine: View, test: View) -> Scores:
+    """A client's own model's scores."""
+    return Scores(local_score(model, client, mine), test_score(model, test))
 
 
 @dataclass
@@ -302,12 +315,17 @@ class GraphTrainer(Trainer[GraphData, GraphState]):
         )
 
     def sample_steps(self, n_train: int) -> float:
-        """Each training node passes its sampled tree (1 + f1 + f1 f2 ... nodes)."""
-        tree, width = 1, 1
-        for fan in self.config.graph.fanout[: n_convs(self.model_config.hidden)]:
-            width *= fan
-            tree += width
-        return self.budget().total * self.config.local_epochs * n_train * tree
+        """Each epoch's training nodes (``epoch_share`` of them), a sampled tree costing as
+        much as 1 + (graph convolutions) samples of an MLP: measured, a tree's distinct nodes
+        are embedded once per batch (configs/fedego_sbm.yaml's 84,000 trees train in about
+        5 s on 2 cores, as 135,000 MLP samples do)."""
+        depth = 1 + n_convs(self.model_config.hidden)
+        c = self.config
+        return self.budget().total * c.local_epochs * self.epoch_share() * n_train * depth
+
+    def epoch_share(self) -> float:
+        """Share of a client's training nodes one local epoch trains on."""
+        return 1.0
 
     def spec(self, data: GraphData) -> ModelSpec:
         return ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)

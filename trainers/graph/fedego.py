@@ -218,6 +218,9 @@ class FedEgo(GraphTrainer):
 
     reads = GraphTrainer.reads | {"fedego"}
 
+    def epoch_share(self) -> float:
+        return self.config.fedego.train_share
+
     def begin(self, data: GraphData, executor: Executor, seed: int) -> GraphState:
         self._model = self.initial(data, seed)
         self._seed = seed
@@ -225,7 +228,7 @@ class FedEgo(GraphTrainer):
         executor.load(data.clients, sizes=sizes_of(data.clients))
         self._ids = sorted(data.clients)
         recipe = dataclasses.replace(
-            Recipe.of(self.config, self.spec(data), seed), share=self.config.fedego.train_share
+            Recipe.of(self.config, self.spec(data), seed), share=self.epoch_share()
         )
         self._recipe = recipe
         self._train = _Train(recipe, self.config.fedego, data.n_classes)

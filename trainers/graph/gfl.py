@@ -44,7 +44,9 @@ from trainers.graph.common import (
     GraphTrainer,
     Recipe,
     Scores,
+    local_score,
     mean_scores,
+    test_score,
     view_of,
     views,
     worker_model,
@@ -198,8 +200,8 @@ class GFL(GraphTrainer):
             )
 
     def sample_steps(self, n_train: int) -> float:
-        fan = self.config.graph.fanout[0]
-        return self.config.rounds * self.config.gfl.steps * self.config.batch_size * (1 + fan)
+        """Q batches a round, each a tree of one convolution (see GraphTrainer's)."""
+        return self.config.rounds * self.config.gfl.steps * self.config.batch_size * 2
 
     def begin(self, data: GraphData, executor: Executor, seed: int) -> GraphState:
         self._model = self.initial(data, seed)
@@ -291,19 +293,16 @@ class GFL(GraphTrainer):
         objective = F.cross_entropy(logits[torch.from_numpy(pool.train)], target)
         grads = torch.autograd.grad(objective, list(model.parameters()))
         grad_norm = float(torch.sqrt(typing.cast(torch.Tensor, sum((g**2).sum() for g in grads))))
+        glob = test_score(model, self._test)
         with torch.no_grad():
-            test = self._test
-            glob = float((model(test.x, test.adj, test.loops).argmax(1) == test.y).float().mean())
             scores = []
             for cid, c in data.clients.items():
                 if self.config.gfl.share:
                     at = torch.from_numpy(np.searchsorted(pool.graph.nodes, c.graph.nodes[c.test]))
                     hit = (logits[at].argmax(1) == self._pool.y[at]).float().mean()
+                    scores.append(Scores(float(hit), glob))
                 else:
-                    own = self._own[cid]
-                    out = model(own.x, own.adj, own.loops)[torch.from_numpy(c.test)]
-                    hit = (out.argmax(1) == own.y[torch.from_numpy(c.test)]).float().mean()
-                scores.append(Scores(float(hit), glob))
+                    scores.append(Scores(local_score(model, c, self._own[cid]), glob))
         return scores, grad_norm, objective.item()
 
 
