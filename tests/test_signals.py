@@ -5,6 +5,7 @@ in a terminal state, none of its actors is left, and the work can be resumed."""
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
@@ -62,6 +63,30 @@ sys.exit(cli.main(argv))
 
 def _held(workdir, sessions, argv: list[str], phase: str) -> subprocess.Popen:
     return start_held(workdir, sessions, _HELD, [argv, phase], f"the command to reach {phase}")
+
+
+def _wait_or_tell(predicate, timeout: float, what: str, job) -> None:
+    """wait_for, but an AssertionError from ``predicate`` ends the wait at once, and a
+    timeout tells the job's log and the session Ray's free resources."""
+    import ray
+
+    failure: list[AssertionError] = []
+
+    def watched():
+        try:
+            return predicate()
+        except AssertionError as exc:
+            failure.append(exc)
+            return True
+
+    try:
+        wait_for(watched, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; free in Ray: {ray.available_resources()}; the job's log: {job.logs()[-2000:]}"
+        ) from None
+    if failure:
+        raise failure[0]
 
 
 def _runs(uri: str) -> list:
@@ -215,6 +240,13 @@ def test_a_local_job_signalled_ends_stopped_with_its_run_killed(
     sig, ray_session, workdir, tracking_uri
 ):
     address = ray_session.get_runtime_context().gcs_address
+    # the job's actor needs a CPU of the session's Ray: what earlier tests held is let go first
+    gc.collect()
+    wait_for(
+        lambda: ray_session.available_resources().get("CPU", 0) >= 1,
+        120,
+        f"a free CPU in the session's Ray ({ray_session.available_resources()})",
+    )
     job = submit(
         CONFIGS / "quickstart.yaml",
         None,
@@ -228,8 +260,14 @@ def test_a_local_job_signalled_ends_stopped_with_its_run_killed(
         None,
     )
     pid = json.loads((job.folder / "job.json").read_text())["pid"]
+
+    def first_round() -> bool:
+        if job.status().value not in ("PENDING", "RUNNING"):  # ended before a round: say why
+            raise AssertionError(f"the job ended {job.status().value}: {job.logs()[-2000:]}")
+        return any(r.data.metrics for r in _runs(tracking_uri))
+
     try:
-        wait_for(lambda: any(r.data.metrics for r in _runs(tracking_uri)), 120, "its first round")
+        _wait_or_tell(first_round, 240, "its first round", job)
         psutil.Process(pid).send_signal(sig)
         status = job.wait(timeout=120, poll=0.2)
     finally:
