@@ -21,6 +21,7 @@ from trainers.registry import Registry  # noqa: E402
 __all__ = [
     "RUN_PLOTS",
     "client_curves",
+    "condensation_curves",
     "convergence",
     "gradient_curves",
     "graph_partition",
@@ -29,6 +30,7 @@ __all__ = [
     "network",
     "privacy_curve",
     "ssl_losses",
+    "synthetic_grid",
 ]
 
 
@@ -335,7 +337,79 @@ def _client_f1(result: TrainResult, title: str) -> Figure | None:
     return client_curves(rows, title) if rows else None
 
 
+def condensation_curves(history: Sequence[dict[str, float]], title: str = "") -> Figure:
+    """Dataset distillation per report: the clean accuracy (and ASR) of a network trained on
+    the synthetic set so far, and the matching loss."""
+    its = [h["iteration"] for h in history]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_acc.plot(its, [h["test_accuracy"] for h in history], marker=".", label="clean accuracy")
+    if any("asr" in h for h in history):
+        ax_acc.plot(its, [h.get("asr", np.nan) for h in history], marker=".", label="ASR")
+    last = history[-1]
+    for key, style in (("random_accuracy", ":"), ("full_accuracy", "--")):
+        if key in last:
+            ax_acc.axhline(last[key], color="grey", ls=style, label=key.replace("_", " "))
+    ax_acc.set_xlabel("iteration")
+    ax_acc.set_ylabel("test")
+    ax_acc.legend(fontsize=8)
+    ax_acc.grid(alpha=0.3)
+    ax_loss.plot(its, [h["match_loss"] for h in history], marker=".")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("matching loss")
+    ax_loss.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def synthetic_grid(
+    rows: Sequence[dict], trigger: dict | None = None, title: str = "", per_class: int = 10
+) -> Figure | None:
+    """The synthetic images, one row per class (at most ``per_class`` each; of the first
+    party when several uploaded), and the trigger beside them."""
+    if not rows:
+        return None
+    first = min(r["party"] for r in rows)
+    mine = [r for r in rows if r["party"] == first and r["index"] < per_class]
+    labels = sorted({r["label"] for r in mine})
+    cols = max(r["index"] for r in mine) + 1 + (trigger is not None)
+    side = int(round(len(mine[0]["pixels"]) ** 0.5))
+    fig, axes = plt.subplots(
+        len(labels), cols, figsize=(0.8 * cols + 0.6, 0.8 * len(labels) + 0.6), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for r in mine:
+        ax = axes[labels.index(r["label"]), r["index"]]
+        ax.imshow(np.asarray(r["pixels"]).reshape(side, side), cmap="gray")
+    for i, label in enumerate(labels):
+        axes[i, 0].set_title(f"{label}", fontsize=7, loc="left")
+    if trigger is not None:
+        ax = axes[0, cols - 1]
+        ax.imshow(np.asarray(trigger["pixels"]).reshape(side, side), cmap="gray")
+        ax.set_title(f"trigger -> {trigger['target']}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _condensation(result: TrainResult, title: str) -> Figure | None:
+    rows = _rows_with(result, "match_loss")
+    return condensation_curves(rows, title) if rows else None
+
+
+def _synthetic(result: TrainResult, title: str) -> Figure | None:
+    trigger = result.tables.get("trigger")
+    return synthetic_grid(
+        result.tables.get("synthetic", []), trigger[0] if trigger else None, title
+    )
+
+
 RUN_PLOTS.register("learning_curve")(("learning_curve.png", _learning))
+RUN_PLOTS.register("condensation")(("condensation.png", _condensation))
+RUN_PLOTS.register("synthetic")(("synthetic.png", _synthetic))
 RUN_PLOTS.register("client_f1")(("client_f1.png", _client_f1))
 RUN_PLOTS.register("gradient")(("gradient.png", _gradient))
 RUN_PLOTS.register("privacy_curve")(("privacy_curve.png", _privacy))

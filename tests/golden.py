@@ -57,6 +57,14 @@ _SSL += ["trainer.vfl.attack.mc_epochs=10"]
 
 _GRAPH_SWAP = ["data.name=sbm", "data.n_samples=600", "data.n_features=32", "data.standardize=true"]
 
+_CONDENSE_SMOKE = [
+    "trainer.condense.iterations=4",
+    "trainer.condense.eval_every=2",
+    "trainer.condense.eval_epochs=10",
+    "trainer.condense.eval_models=2",
+    "trainer.condense.ipc=2",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("quickstart.yaml", ["trainer.rounds=2"]),
     "fedprox_digits_shards": ("fedprox_digits_shards.yaml", ["trainer.rounds=2"]),
@@ -227,6 +235,30 @@ CASES: dict[str, tuple[str, list[str]]] = {
         [*_SSL, "trainer.name=fedgssl", "trainer.ssl.freeze=passive"],
     ),
     "vfl_supervised": ("fedhssl_digits.yaml", [*_SSL, "trainer.name=vfl_supervised"]),
+    # dataset distillation (issue 16): gradient and distribution matching, the two backdoors,
+    # and the federated upload with Byzantine distillers and the loss filter
+    "condense_digits": ("condense_digits.yaml", _CONDENSE_SMOKE),
+    "condense_dm_doorping": (
+        "condense_digits.yaml",
+        [
+            *_CONDENSE_SMOKE,
+            "trainer.condense.method=dm",
+            "trainer.backdoor.name=doorping",
+            "trainer.backdoor.trigger_steps=20",
+        ],
+    ),
+    "condense_gm_naive_ipc1": (
+        "condense_digits.yaml",
+        [*_CONDENSE_SMOKE, "trainer.condense.ipc=1", "trainer.backdoor.name=naive"],
+    ),
+    "fed_condense_digits": (
+        "fed_condense_digits.yaml",
+        [
+            "trainer.condense.iterations=5",
+            "trainer.condense.eval_epochs=10",
+            "trainer.condense.eval_models=2",
+        ],
+    ),
 }
 
 

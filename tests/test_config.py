@@ -55,7 +55,8 @@ def test_interpolation_resolves(tmp_path):
         (
             ["trainer.name=fedsgd"],
             "trainer.name",
-            "valid: centralized, cmfl, distill, dpsvrg, dsgd, dspg, fedavg, fedcssl, fedego, "
+            "valid: centralized, cmfl, condense, distill, dpsvrg, dsgd, dspg, fed_condense, fedavg, "
+            "fedcssl, fedego, "
             "fedgssl, fedhssl, fednova, fedprox, gfl, graph_centralized, graph_fedavg, "
             "graph_fedprox, graph_local, scaffold, vfl_supervised, vhnn, vlr, vsnn",
         ),
@@ -65,7 +66,7 @@ def test_interpolation_resolves(tmp_path):
             "valid: breast_cancer, digits, graph, parquet, planetoid, sbm, synthetic, "
             "synthetic_images, wine",
         ),
-        (["model.name=resnet"], "model.name", "valid: cnn, gcn, logreg, mlp, sage, vit"),
+        (["model.name=resnet"], "model.name", "valid: cnn, convnet, gcn, logreg, mlp, sage, vit"),
         (
             ["partition.name=zipf"],
             "partition.name",

@@ -45,6 +45,8 @@ CHANGED: dict[str, list[str]] = {
     "graph": ["trainer.graph.fanout=[3,4]"],
     "fedego": ["trainer.fedego.lamb_c=0.25"],
     "gfl": ["trainer.gfl.steps=2"],
+    "condense": ["trainer.condense.ipc=3"],
+    "backdoor": ["trainer.backdoor.name=naive", "trainer.backdoor.portion=0.05"],
 }
 
 # Every trainer on a shipped config at its smoke budget (the golden cases'); a trainer
@@ -73,6 +75,8 @@ BASES: dict[str, tuple[str, list[str]]] = {
     "graph_fedavg": ("fedego_sbm", ["trainer.name=graph_fedavg"]),
     "graph_fedprox": ("graph_fedprox_gcn", []),
     "graph_centralized": ("graph_centralized_random", []),
+    "condense": ("condense_digits", []),
+    "fed_condense": ("fed_condense_digits", []),
 }
 
 # Where a trainer's base already has the value above, or the leaf acts only with another
@@ -83,6 +87,13 @@ EFFECT: dict[tuple[str, str], list[str]] = {
     ("distill", "distill"): ["trainer.distill.epochs=1"],  # temperature is target=logits'
     ("fedego", "optimizer"): ["trainer.optimizer=sgd"],  # the shipped config's is adam
     ("gfl", "optimizer"): ["trainer.optimizer=sgd"],
+    # fed_condense's Byzantine parties mount the backdoor only: its base sets it, at 0.2
+    ("fed_condense", "attack"): ["trainer.attack.fraction=0.4"],
+}
+
+# Where the leaf above is refused by a trainer that reads the key, one that it takes.
+TAKEN: dict[tuple[str, str], list[str]] = {
+    ("fed_condense", "attack"): EFFECT[("fed_condense", "attack")],
 }
 
 KEYS = [f.name for f in dataclasses.fields(TrainerConfig) if f.name != "name"]
@@ -107,6 +118,7 @@ def test_a_key_the_trainer_does_not_read_is_refused_and_one_it_reads_is_taken(tr
     for key in KEYS:
         config, overrides = _overrides(trainer, CHANGED[key])
         if key in cls.reads:
+            config, overrides = _overrides(trainer, TAKEN.get((trainer, key), CHANGED[key]))
             cfg = load_config(config, overrides)  # accepted
             section = getattr(cfg.trainer, key)
             assert section != getattr(TrainerConfig(), key), key
@@ -166,6 +178,8 @@ FAMILIES = [
     "distill",
     "fedego",
     "gfl",
+    "condense",
+    "fed_condense",
 ]
 
 

@@ -204,6 +204,8 @@ def test_shipped_spaces_are_valid(path):
         cfg = load_config(CONFIGS / "fedego_sbm.yaml")
     if path.stem.startswith("gfl"):
         cfg = load_config(CONFIGS / "gfl_sbm.yaml")
+    if path.stem.startswith(("condense", "doorping")):
+        cfg = load_config(CONFIGS / "condense_digits.yaml", ["model.hidden=[128,64]"])
     check_space(s, cfg)
     assert s.params
 

@@ -33,6 +33,7 @@ FAMILIES = [
     "fedhssl_digits",  # FedHSSL
     "distill_digits",  # distillation
     "fedego_sbm",  # graph FL: per-client models and the server's optimizer in the state
+    "condense_dm_doorping",  # dataset distillation: the synthetic set, its momentum, the trigger
 ]
 
 _HELD = r"""

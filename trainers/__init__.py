@@ -13,6 +13,7 @@ from trainers.base import (
     derive_seed,
 )
 from trainers.cmfl import CMFL
+from trainers.condense import Condense, FedCondense
 from trainers.config import (
     AggregatorConfig,
     AttackConfig,
@@ -49,10 +50,12 @@ __all__ = [
     "AttackConfig",
     "CMFLConfig",
     "Centralized",
+    "Condense",
     "DecentralizedConfig",
     "DistillConfig",
     "Distillation",
     "FedAvg",
+    "FedCondense",
     "FedEgo",
     "GFL",
     "GraphData",

@@ -31,6 +31,7 @@ from trainers.registry import Registry
 
 __all__ = [
     "ATTACKS",
+    "DISTILLATION_ONLY",
     "ALIE",
     "IPM",
     "Adversary",
@@ -197,6 +198,9 @@ ATTACKS.register("explosion")(lambda cfg: Explosion(cfg.magnitude))
 ATTACKS.register("label_flip")(lambda cfg: LabelFlip())
 ATTACKS.register("alie")(lambda cfg: ALIE(cfg.z))
 ATTACKS.register("ipm")(lambda cfg: IPM(cfg.epsilon))
+ATTACKS.register("backdoor")(None)  # planted through dataset distillation (fed_condense)
+DISTILLATION_ONLY = frozenset({"backdoor"})
+"""Attacks only a distilling party mounts (trainer.backdoor): the model trainers refuse them."""
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ def byzantine_parties(party_ids: Iterable[int], cfg: AttackConfig, seed: int) ->
     when there is no attack)."""
     ids = sorted(party_ids)
     k = round(cfg.fraction * len(ids))
-    if cfg.name == "none" or k == 0:
+    if cfg.name == "none" or k == 0:  # backdoor: the distilling parties (fed_condense)
         return frozenset()
     rng = np.random.default_rng(derive_seed(seed, _BYZANTINE_STREAM))
     return frozenset(int(p) for p in rng.choice(ids, size=k, replace=False))

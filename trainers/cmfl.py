@@ -41,7 +41,7 @@ from torch import nn
 from clusters import Executor
 from clusters.base import PartyFn
 from trainers.aggregators import layer_distances
-from trainers.attacks import Adversary, build_adversary, byzantine_parties
+from trainers.attacks import DISTILLATION_ONLY, Adversary, build_adversary, byzantine_parties
 from trainers.availability import Availability
 from trainers.base import (
     BYTES_PER_VALUE,
@@ -164,6 +164,12 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
             Roles.of(federation.parties, config.cmfl)
         except ValueError as exc:
             raise Invalid("trainer.cmfl", str(exc)) from None
+        if config.attack.name in DISTILLATION_ONLY:
+            raise Invalid(
+                "trainer.attack.name",
+                f"{config.attack.name} is planted through dataset distillation: "
+                "trainer.name=fed_condense",
+            )
 
     def begin(self, data: FederatedData, executor: Executor, seed: int) -> CMFLState:
         cfg, ccfg = self.config, self.config.cmfl

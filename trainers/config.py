@@ -20,6 +20,12 @@ __all__ = [
     "AggregatorConfig",
     "AttackConfig",
     "AttackTarget",
+    "BackdoorConfig",
+    "BackdoorName",
+    "CondenseConfig",
+    "CondenseDefense",
+    "CondenseInit",
+    "CondenseMethod",
     "CMFLConfig",
     "DecentralizedConfig",
     "DistillConfig",
@@ -645,6 +651,123 @@ class GFLConfig:
     FedAvg of the same model)."""
 
 
+class CondenseMethod(Choice):
+    """How a synthetic set is distilled."""
+
+    gm = "gm"
+    dm = "dm"
+
+
+class CondenseInit(Choice):
+    """Where the synthetic images start."""
+
+    real = "real"
+    noise = "noise"
+
+
+class CondenseDefense(Choice):
+    """What the server of fed_condense does with the uploaded synthetic sets."""
+
+    none = "none"
+    loss_filter = "loss_filter"
+
+
+class BackdoorName(Choice):
+    """A backdoor planted through the distillation (Liu et al., NDSS 2023)."""
+
+    none = "none"
+    naive = "naive"
+    doorping = "doorping"
+
+
+@dataclass
+class CondenseConfig:
+    """Dataset distillation (condense, fed_condense): gradient matching (Zhao et al. 2021) or
+    distribution matching (Zhao and Bilen 2023) of a small synthetic set."""
+
+    method: CondenseMethod = CondenseMethod.gm
+    """gm: match a random network's gradients on real and synthetic batches, per class, with
+    inner network updates; dm: match random networks' mean embeddings, per class."""
+    ipc: int = field(default=10, metadata=at_least(1))
+    """Synthetic images per class."""
+    iterations: int = field(default=200, metadata=at_least(1))
+    """Outer iterations, each with a freshly initialised network."""
+    outer_loop: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
+    """gm: matching steps per iteration, the network trained on the synthetic set between
+    them (default: dataset condensation's by ipc: 1 for ipc 1, 10 up to ipc 10, then 20, 30,
+    40, 50 up to ipc 20, 30, 40 and beyond)."""
+    inner_loop: Optional[int] = field(default=None, metadata=at_least(1))  # noqa: UP045
+    """gm: network updates on the synthetic set between two matching steps (default, by the
+    same ipc steps: 1, 50, 25, 20, 15, 10)."""
+    lr_img: Optional[float] = field(default=None, metadata=positive())  # noqa: UP045
+    """Learning rate of the synthetic images (SGD, momentum 0.5; default: gm 0.1 as in DC,
+    dm 1.0 as in DM)."""
+    lr_net: float = field(default=0.01, metadata=positive())
+    """gm: learning rate of the inner network updates (SGD)."""
+    batch_real: int = field(default=256, metadata=at_least(1))
+    """Real images per class in a matching step."""
+    init: CondenseInit = CondenseInit.real
+    """real: each class starts from randomly chosen real images of it; noise: N(0, 1)."""
+    eval_every: int = field(default=20, metadata=at_least(1))
+    """Iterations between two reports (each trains one fresh network on the synthetic set)."""
+    eval_models: int = field(default=3, metadata=at_least(1))
+    """Fresh networks trained on the final synthetic set (and on each baseline): the reported
+    accuracy is their mean, with its spread."""
+    eval_epochs: int = field(default=300, metadata=at_least(1))
+    """Epochs a fresh network trains on the synthetic set, and on each baseline (SGD,
+    momentum 0.9, weight decay 5e-4, batches of 256, learning rate divided by 10 halfway)."""
+    eval_lr: float = field(default=0.01, metadata=positive())
+    """Learning rate of those networks."""
+    defense: CondenseDefense = CondenseDefense.none
+    """fed_condense: loss_filter drops each upload's samples whose loss, under a network
+    trained on the other parties' uploads, exceeds filter_loss."""
+    filter_loss: Optional[float] = field(default=None, metadata=positive())  # noqa: UP045
+    """loss_filter's threshold (default: ln(n_classes), a uniform guess's loss)."""
+
+    def loops(self) -> tuple[int, int]:
+        """gm's (outer_loop, inner_loop): as set, or dataset condensation's for the ipc."""
+        steps = [(1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15)]
+        outer, inner = next(((o, i) for top, o, i in steps if self.ipc <= top), (50, 10))
+        return self.outer_loop or outer, self.inner_loop or inner
+
+    def image_lr(self) -> float:
+        """lr_img as set, or the method's default."""
+        return self.lr_img or (0.1 if self.method == CondenseMethod.gm else 1.0)
+
+
+@dataclass
+class BackdoorConfig:
+    """A trigger planted in the distilled set (condense; fed_condense's Byzantine parties):
+    NaiveAttack and DoorPing (Liu et al., NDSS 2023)."""
+
+    name: BackdoorName = BackdoorName.none
+    """naive: a fixed trigger stamped on a portion of the real images, relabelled to target,
+    then distilled; doorping: the same, with the trigger re-optimised after every network
+    update."""
+    portion: float = field(default=0.01, metadata=between(0, 1, low_open=True))
+    """Share of the real training images poisoned (at least one)."""
+    size: int = field(default=2, metadata=at_least(1))
+    """Side of the square trigger, in pixels, in the bottom-right corner."""
+    target: int = field(default=0, metadata=at_least(0))
+    """The class the triggered images are relabelled to."""
+    topk: int = field(default=1, metadata=at_least(1))
+    """doorping: neurons whose activation the trigger raises (ranked by outgoing weight)."""
+    alpha: float = field(default=10.0, metadata=positive())
+    """doorping: the activation aimed at, as a multiple of its value before the update."""
+    layer: int = -1
+    """doorping: which hidden representation (as model.forward_layers lists them; -1: the one
+    the classifier reads, the code's layer -2)."""
+    trigger_lr: float = field(default=0.08, metadata=positive())
+    """doorping: Adam's learning rate on the trigger pixels."""
+    trigger_steps: int = field(default=1000, metadata=at_least(1))
+    """doorping: most Adam steps per trigger update."""
+    trigger_loss: float = field(default=0.5, metadata=positive())
+    """doorping: a trigger update stops once its MSE falls below this."""
+    clip: bool = False
+    """doorping: keep each trigger pixel within that pixel's range in the data (the authors'
+    code does not, and its trigger may grow far outside the images' range)."""
+
+
 @dataclass
 class TrainerConfig:
     """How training runs: rounds, party sampling and each party's local optimisation."""
@@ -653,7 +776,8 @@ class TrainerConfig:
     """One of the registered trainers: centralized, fedavg, fedprox, fednova, scaffold, cmfl,
     dspg, dpsvrg, dsgd, distill; vertical (partition.name=vertical): vlr, vhnn, vsnn,
     fedhssl, fedgssl, fedcssl, vfl_supervised; graph (a graph data set): graph_local,
-    graph_fedavg, graph_fedprox, graph_centralized, fedego, gfl."""
+    graph_fedavg, graph_fedprox, graph_centralized, fedego, gfl; dataset distillation:
+    condense, fed_condense."""
     rounds: int = field(default=20, metadata=at_least(1))
     """Communication rounds (for centralized: rounds of ``local_epochs`` epochs each)."""
     fraction: float = field(default=1.0, metadata=between(0, 1, low_open=True))
@@ -706,6 +830,11 @@ class TrainerConfig:
     """Settings of the fedego trainer."""
     gfl: GFLConfig = field(default_factory=GFLConfig)
     """Settings of the gfl trainer."""
+    condense: CondenseConfig = field(default_factory=CondenseConfig)
+    """Settings of dataset distillation (condense, fed_condense)."""
+    backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
+    """A backdoor planted through the distillation (condense; fed_condense's Byzantine
+    parties, with trainer.attack.name=backdoor)."""
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Settings that another one makes moot: refused rather than ignored."""

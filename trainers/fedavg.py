@@ -35,7 +35,13 @@ from torch import nn
 from clusters import Executor
 from clusters.base import PartyFn
 from trainers.aggregators import Aggregate, Aggregator, AggregatorError, Mean, build_aggregator
-from trainers.attacks import Adversary, LabelFlipping, build_adversary, byzantine_parties
+from trainers.attacks import (
+    DISTILLATION_ONLY,
+    Adversary,
+    LabelFlipping,
+    build_adversary,
+    byzantine_parties,
+)
 from trainers.availability import AVAILABILITY_METRICS, Availability
 from trainers.base import (
     BYTES_PER_VALUE,
@@ -188,6 +194,12 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
     @classmethod
     def validate(cls, config: TrainerConfig, model: ModelConfig, federation: Federation) -> None:
         parties = cls.party_count(federation)
+        if config.attack.name in DISTILLATION_ONLY:
+            raise Invalid(
+                "trainer.attack.name",
+                f"{config.attack.name} is planted through dataset distillation: "
+                "trainer.name=fed_condense",
+            )
         per_round = cls.per_round(config, parties)
         try:
             build_aggregator(config.aggregator, config.attack.fraction).check(per_round)

@@ -39,11 +39,12 @@ class ModelConfig:
     """Which model to train."""
 
     name: str = field(default="mlp", metadata=one_of("model"))
-    """One of the registered models: logreg, mlp, cnn, vit."""
+    """One of the registered models: logreg, mlp, cnn, convnet, vit."""
     hidden: list[int] = field(default_factory=lambda: [128], metadata=each(at_least(1)))
     """Hidden layer widths of the MLP."""
     channels: list[int] = field(default_factory=lambda: [16, 32])
-    """Convolution channels of the CNN (two 3x3 conv + 2x2 max-pool stages)."""
+    """Convolution channels of the CNN (two 3x3 conv + 2x2 max-pool stages) and of the
+    ConvNet (two 3x3 conv + instance norm + 2x2 average-pool stages)."""
     dim: int = field(default=32, metadata=at_least(1))
     """ViT: token width."""
     depth: int = field(default=4, metadata=at_least(1))
@@ -68,9 +69,9 @@ def check_input(cfg: ModelConfig, n_features: int) -> str | None:
     square images of a fitting side."""
     side = int(round(n_features**0.5))
     square = side * side == n_features
-    if cfg.name == "cnn" and (not square or side % 4):
+    if cfg.name in ("cnn", "convnet") and (not square or side % 4):
         return (
-            f"cnn needs square images with a side divisible by 4 (digits: 8x8); "
+            f"{cfg.name} needs square images with a side divisible by 4 (digits: 8x8); "
             f"the data has {n_features} features"
         )
     if cfg.name == "vit" and (not square or side % cfg.patch):
@@ -164,6 +165,29 @@ class _SmallCNN(nn.Module):
 
 
 MODELS.register("cnn")(_SmallCNN)
+
+
+class _ConvNet(_SmallCNN):
+    """Dataset condensation's ConvNet at two stages: 3x3 convolutions of ``channels`` with
+    instance normalisation (a GroupNorm of one channel per group), ReLU and 2x2 average
+    pooling; for square single-channel images of any side divisible by 4."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        c1, c2 = spec.channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.GroupNorm(c1, c1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.GroupNorm(c2, c2),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+        )
+
+
+MODELS.register("convnet")(_ConvNet)
 
 
 class _Attention(nn.Module):
@@ -261,7 +285,7 @@ def forward_layers(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
         z = x.view(-1, 1, model.side, model.side)
         for layer in model.features:
             z = layer(z)
-            if isinstance(layer, nn.MaxPool2d):
+            if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
                 feats.append(z.flatten(1))
         return model.head(model.drop(z.flatten(1))), feats, None
     z = x
