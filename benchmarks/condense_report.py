@@ -98,20 +98,22 @@ def federated_figure(rows: list[dict], path: Path) -> None:
 
 
 def backdoor_figure(rows: list[dict], path: Path) -> None:
-    keys = ("method", "ipc", "portion", "attack")
+    keys = ("data", "method", "ipc", "portion", "attack")
     g = _groups(rows, keys)
     labels = sorted(g)
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, ax = plt.subplots(figsize=(13, 4.2))
     x = np.arange(len(labels))
     cta = [np.mean([r["test_accuracy"] for r in g[k]]) for k in labels]
     asr = [np.mean([r["asr"] for r in g[k]]) for k in labels]
     ax.bar(x - 0.2, cta, 0.4, label="clean accuracy")
     ax.bar(x + 0.2, asr, 0.4, label="ASR")
-    ax.set_xticks(x, [f"{m} ipc{i}\n{p} {a}" for m, i, p, a in labels], fontsize=7, rotation=30)
+    short = {"digits": "digits", "synthetic_images": "images"}
+    ticks = [f"{short[d]} {m} ipc{i}\n{p} {a}" for d, m, i, p, a in labels]
+    ax.set_xticks(x, ticks, fontsize=6, rotation=40)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title("digits: networks trained on the backdoored synthetic set (3 seeds)")
+    ax.set_title("networks trained on the backdoored synthetic set (mean of 3 seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -119,18 +121,17 @@ def backdoor_figure(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("quality")
-    parser.add_argument("backdoor")
+    parser.add_argument("backdoor", help="one or more files, joined by commas")
     parser.add_argument("federated")
     parser.add_argument("--docs", default="docs")
     args = parser.parse_args()
-    q, b, f = (
-        json.loads(Path(p).read_text()) for p in (args.quality, args.backdoor, args.federated)
-    )
+    q, f = (json.loads(Path(p).read_text()) for p in (args.quality, args.federated))
+    b = [row for p in args.backdoor.split(",") for row in json.loads(Path(p).read_text())]
     print(quality(q), "\n")
     print(backdoor(b), "\n")
     print(federated(f), "\n")
     docs = Path(args.docs)
-    backdoor_figure(b, docs / "condense_backdoor_digits.png")
+    backdoor_figure(b, docs / "condense_backdoor.png")
     federated_figure(f, docs / "condense_federated_digits.png")
 
 

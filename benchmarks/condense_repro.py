@@ -3,6 +3,7 @@ subsets, NaiveAttack against DoorPing, and the federated upload with Byzantine d
 
     python benchmarks/condense_repro.py --part quality --out quality.json
     python benchmarks/condense_repro.py --part backdoor --out backdoor.json
+    python benchmarks/condense_repro.py --part backdoor_images --out backdoor_images.json
     python benchmarks/condense_repro.py --part federated --out federated.json
 
 Each part runs its grid (3 seeds) in this process, without MLflow, and writes one JSON row per
@@ -50,11 +51,13 @@ def _quality(quick: bool):
         )
 
 
-def _backdoor(quick: bool):
+def _backdoor(quick: bool, images: bool = False):
     grid = [
         *itertools.product([("digits", "dm", 10)], ("naive", "doorping", "doorping_clip")),
         *itertools.product([("digits", "gm", 1)], ("naive", "doorping")),
     ]
+    if images:  # the seeded synthetic images (its own part: run after the digits grid)
+        grid = [*itertools.product([("synthetic_images", "dm", 10)], ("naive", "doorping"))]
     for ((data, method, ipc), attack), portion, seed in itertools.product(
         grid, (0.01, 0.05), SEEDS
     ):
@@ -119,7 +122,12 @@ def _federated(quick: bool):
         )
 
 
-PARTS = {"quality": _quality, "backdoor": _backdoor, "federated": _federated}
+PARTS = {
+    "quality": _quality,
+    "backdoor": _backdoor,
+    "backdoor_images": lambda quick: _backdoor(quick, images=True),
+    "federated": _federated,
+}
 
 
 def main() -> None:
