@@ -31,6 +31,7 @@ __all__ = [
     "privacy_curve",
     "ssl_losses",
     "synthetic_grid",
+    "trigger_image",
 ]
 
 
@@ -395,6 +396,25 @@ def synthetic_grid(
     return fig
 
 
+def trigger_image(trigger: dict, title: str = "") -> Figure:
+    """A backdoor's final trigger alone, on a black image (the data's lowest values)."""
+    pixels = np.asarray(trigger["pixels"])
+    side = int(round(len(pixels) ** 0.5))
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    shown = ax.imshow(pixels.reshape(side, side), cmap="gray")
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{title + ': ' if title else ''}trigger -> class {trigger['target']}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _trigger(result: TrainResult, title: str) -> Figure | None:
+    rows = result.tables.get("trigger")
+    return trigger_image(rows[0], title) if rows else None
+
+
 def _condensation(result: TrainResult, title: str) -> Figure | None:
     rows = _rows_with(result, "match_loss")
     return condensation_curves(rows, title) if rows else None
@@ -410,6 +430,7 @@ def _synthetic(result: TrainResult, title: str) -> Figure | None:
 RUN_PLOTS.register("learning_curve")(("learning_curve.png", _learning))
 RUN_PLOTS.register("condensation")(("condensation.png", _condensation))
 RUN_PLOTS.register("synthetic")(("synthetic.png", _synthetic))
+RUN_PLOTS.register("trigger")(("trigger.png", _trigger))
 RUN_PLOTS.register("client_f1")(("client_f1.png", _client_f1))
 RUN_PLOTS.register("gradient")(("gradient.png", _gradient))
 RUN_PLOTS.register("privacy_curve")(("privacy_curve.png", _privacy))

@@ -215,7 +215,7 @@ def test_condense_run_logs_its_set_its_figures_and_its_baselines(workdir, tracki
     run = client.get_run(result.run_id)
     assert run.data.metrics["asr"] == last["asr"]
     names = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"synthetic.png", "condensation.png", "tables"} <= names
+    assert {"synthetic.png", "condensation.png", "trigger.png", "tables"} <= names
     tables = {a.path for a in client.list_artifacts(result.run_id, "tables")}
     assert {"tables/synthetic.parquet", "tables/trigger.parquet"} <= tables
     import pyarrow.parquet as pq

@@ -49,7 +49,7 @@ from trainers.condense.distil import (
     synthetic_bytes,
     train_fresh,
 )
-from trainers.config import BackdoorName, CondenseDefense, TrainerConfig
+from trainers.config import BackdoorName, CondenseConfig, CondenseDefense, TrainerConfig
 from trainers.models import ModelConfig, ModelSpec, build_model, forward_layers
 
 __all__ = ["Condense", "FedCondense", "synthetic_rows"]
@@ -68,6 +68,13 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         torch.from_numpy(np.array(x, dtype=np.float32)),
         torch.from_numpy(np.array(y, dtype=np.int64)),
     )
+
+
+def _trained(
+    spec: ModelSpec, cfg: CondenseConfig, x: torch.Tensor, y: torch.Tensor, seed: int
+) -> nn.Module:
+    """A fresh network trained on (x, y) as every judge here is (eval_epochs at eval_lr)."""
+    return train_fresh(spec, x, y, seed, cfg.eval_epochs, cfg.eval_lr)
 
 
 def synthetic_rows(x: np.ndarray, y: np.ndarray, party: int = -1) -> list[dict]:
@@ -181,7 +188,8 @@ class Condense(Trainer[FederatedData, CondenseState]):
             _check_layer(self.config, self.model_config, data)
 
     def plots(self) -> tuple[str, ...]:
-        return ("condensation", "synthetic")
+        trigger = ("trigger",) if attacking(self.config.backdoor) else ()
+        return ("condensation", "synthetic", *trigger)
 
     def budget(self) -> Budget:
         return Budget(
@@ -263,23 +271,11 @@ class Condense(Trainer[FederatedData, CondenseState]):
                 ]
             )
             pick = torch.from_numpy(rows)
-            net = train_fresh(
-                self._spec,
-                x[pick],
-                y[pick],
-                derive_seed(self._seed, _RANDOM_STREAM, m, 1),
-                c.eval_epochs,
-                c.eval_lr,
+            net = _trained(
+                self._spec, c, x[pick], y[pick], derive_seed(self._seed, _RANDOM_STREAM, m, 1)
             )
             rand.append(score(net, self._x_test, self._y_test, None)[0])
-            net = train_fresh(
-                self._spec,
-                x,
-                y,
-                derive_seed(self._seed, _FULL_STREAM, m),
-                c.eval_epochs,
-                c.eval_lr,
-            )
+            net = _trained(self._spec, c, x, y, derive_seed(self._seed, _FULL_STREAM, m))
             full.append(score(net, self._x_test, self._y_test, None)[0])
         size = synthetic_bytes(len(syn.y), syn.x.shape[1])
         out = {"synthetic_bytes": float(size)}
@@ -291,13 +287,8 @@ class Condense(Trainer[FederatedData, CondenseState]):
         syn = state.syn
         assert syn is not None
         history = state.history
-        net = train_fresh(
-            self._spec,
-            syn.x,
-            syn.y,
-            derive_seed(self._seed, _FINAL_STREAM),
-            self.config.condense.eval_epochs,
-            self.config.condense.eval_lr,
+        net = _trained(
+            self._spec, self.config.condense, syn.x, syn.y, derive_seed(self._seed, _FINAL_STREAM)
         )
         tables = {"synthetic": synthetic_rows(syn.x.numpy(), syn.y.numpy())}
         poisoned = self._distiller.poisoned
@@ -417,7 +408,8 @@ class FedCondense(Trainer[FederatedData, FedCondenseState]):
             _check_layer(self.config, self.model_config, data)
 
     def plots(self) -> tuple[str, ...]:
-        return ("synthetic",)
+        trigger = ("trigger",) if self.config.attack.name == "backdoor" else ()
+        return ("synthetic", *trigger)
 
     def budget(self) -> Budget:
         return Budget(1, "round")
@@ -459,14 +451,7 @@ class FedCondense(Trainer[FederatedData, FedCondenseState]):
         accs, asrs = [], []
         self._model = None
         for m in range(c.eval_models):
-            net = train_fresh(
-                self._spec,
-                x,
-                y,
-                derive_seed(self._seed, _SERVER_STREAM, m),
-                c.eval_epochs,
-                c.eval_lr,
-            )
+            net = _trained(self._spec, c, x, y, derive_seed(self._seed, _SERVER_STREAM, m))
             accs.append(score(net, self._x_test, self._y_test, None)[0])
             if triggers:
                 asrs.append(
@@ -524,13 +509,8 @@ class FedCondense(Trainer[FederatedData, FedCondenseState]):
             x_o, y_o = _tensors(
                 np.concatenate([v["x"] for v in others]), np.concatenate([v["y"] for v in others])
             )
-            judge = train_fresh(
-                self._spec,
-                x_o,
-                y_o,
-                derive_seed(self._seed, _FILTER_STREAM, u["party"]),
-                c.eval_epochs,
-                c.eval_lr,
+            judge = _trained(
+                self._spec, c, x_o, y_o, derive_seed(self._seed, _FILTER_STREAM, u["party"])
             )
             with torch.no_grad():
                 xs, ys = _tensors(u["x"], u["y"])
