@@ -98,6 +98,15 @@ def _check_backdoor(config: TrainerConfig, model: ModelConfig, n_classes: int | 
         raise Invalid("trainer.backdoor.target", f"must be a class below {n_classes}")
 
 
+def _check_data(config: TrainerConfig, model: ModelConfig, data: FederatedData) -> None:
+    """What a backdoor needs of the loaded data: the target among its classes, square images,
+    and DoorPing's layer among the model's hidden representations."""
+    _check_backdoor(config, model, data.n_classes)
+    if attacking(config.backdoor):
+        _check_images(config, data.n_features)
+        _check_layer(config, model, data)
+
+
 def _check_layer(config: TrainerConfig, model: ModelConfig, data: FederatedData) -> None:
     """DoorPing's layer must be one of the model's hidden representations."""
     if config.backdoor.name != BackdoorName.doorping:
@@ -182,10 +191,7 @@ class Condense(Trainer[FederatedData, CondenseState]):
 
     def check(self, data: FederatedData) -> None:
         super().check(data)
-        _check_backdoor(self.config, self.model_config, data.n_classes)
-        if attacking(self.config.backdoor):
-            _check_images(self.config, data.n_features)
-            _check_layer(self.config, self.model_config, data)
+        _check_data(self.config, self.model_config, data)
 
     def plots(self) -> tuple[str, ...]:
         trigger = ("trigger",) if attacking(self.config.backdoor) else ()
@@ -402,10 +408,7 @@ class FedCondense(Trainer[FederatedData, FedCondenseState]):
 
     def check(self, data: FederatedData) -> None:
         super().check(data)
-        _check_backdoor(self.config, self.model_config, data.n_classes)
-        if attacking(self.config.backdoor):
-            _check_images(self.config, data.n_features)
-            _check_layer(self.config, self.model_config, data)
+        _check_data(self.config, self.model_config, data)
 
     def plots(self) -> tuple[str, ...]:
         trigger = ("trigger",) if self.config.attack.name == "backdoor" else ()
@@ -428,8 +431,10 @@ class FedCondense(Trainer[FederatedData, FedCondenseState]):
         self._x_test, self._y_test = _tensors(data.x_test, data.y_test)
         # the trigger every Byzantine party starts from (the same corner, the same target):
         # ASR is measured with it, or with a party's own DoorPing trigger when optimised
-        x_all, _ = _tensors(data.pooled().x, data.pooled().y)
-        self._trigger = Trigger.corner(x_all, self.config.backdoor) if self._byzantine else None
+        self._trigger = None
+        if self._byzantine:
+            x_all = torch.from_numpy(np.array(data.pooled().x, dtype=np.float32))
+            self._trigger = Trigger.corner(x_all, self.config.backdoor)
         executor.load(data.parties)
         self._model: nn.Module | None = None
         return FedCondenseState()
