@@ -98,6 +98,10 @@ class PartyTable(Mapping[int, Any]):
     def __contains__(self, party_id: object) -> bool:
         return isinstance(party_id, (int, np.integer)) and _position(self.ids, party_id) >= 0
 
+    def adopt(self, stored: PartyTable) -> None:  # noqa: B027 - an optional hook
+        """Reads ``stored``'s copy of the same data from now on (an executor's shipped copy,
+        read in place), so that the data is in memory once. By default: keeps its own."""
+
     def position(self, party_id: int) -> int:
         """The party's row in :attr:`ids`.
 

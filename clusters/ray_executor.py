@@ -193,6 +193,7 @@ class RayExecutor(Executor):
             self._owner = _Owners(ids, assign_workers(ids, work, self.num_workers))
             table = ray.put(parties)
             self._loads = [(table, self._owner.hosted_by(w)) for w in range(self.num_workers)]
+            parties.adopt(ray.get(table))  # the driver reads the store's copy too
         else:
             ids = np.fromiter(parties, dtype=np.int64, count=len(parties))
             work = np.array([1 if sizes is None else sizes.get(p, 1) for p in ids.tolist()])

@@ -75,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         jp.add_argument(
             "--cluster", help="the Ray dashboard address, for a job submitted elsewhere"
         )
+    data = sub.add_parser(
+        "data", help="load and partition a config's data without training: table and heatmap"
+    )
+    data.add_argument("config", help="experiment YAML file")
+    data.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    data.add_argument(
+        "--out",
+        help="where the heatmap, the per-party table and the party files go "
+        "(default: data-<config name>)",
+    )
     show = sub.add_parser("show", help="print the resolved config")
     show.add_argument("config", help="experiment YAML file")
     show.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -88,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--traceback", action="store_true", help="on a failure, print its whole traceback"
         )
-    for command in (run, sw, sm, show):
+    data.add_argument(
+        "--traceback", action="store_true", help="on a failure, print its whole traceback"
+    )
+    for command in (run, sw, sm, show, data):
         command.add_argument(
             "--allow-env",
             action="store_true",
@@ -191,6 +204,8 @@ def _command(args: argparse.Namespace) -> int:
 
             print(to_yaml(load_config(args.config, args.overrides)), end="")
             return 0
+        if args.command == "data":
+            return _data(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "run":
@@ -209,6 +224,19 @@ def _command(args: argparse.Namespace) -> int:
         cause = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
         print(f"error: {cause} (--traceback shows where)", file=sys.stderr)
         return 1
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orchestrator.config import load_config
+    from orchestrator.preview import preview
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or f"data-{Path(args.config).stem}")
+    for line in preview(cfg, out):
+        print(line)
+    return 0
 
 
 def _release() -> None:

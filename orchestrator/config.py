@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import enum
 import functools
+import glob
 import os
 import re
 import typing
@@ -35,6 +36,7 @@ from trainers.models import ModelConfig
 from trainers.rules import Choice, at_least, between, file_path, is_path, one_of, positive
 
 __all__ = [
+    "ClassAssignment",
     "ConfigError",
     "DataConfig",
     "Device",
@@ -63,6 +65,14 @@ class VerticalSplit(Choice):
     columns = "columns"
     random = "random"
     image = "image"
+
+
+class ClassAssignment(Choice):
+    """Which labels a pathological party holds (Flower Datasets' class_assignment_mode)."""
+
+    random = "random"
+    deterministic = "deterministic"
+    first_deterministic = "first_deterministic"
 
 
 class Device(Choice):
@@ -102,14 +112,23 @@ class DataConfig:
 
     name: str = field(default="digits", metadata=one_of("dataset"))
     """digits, breast_cancer, wine (bundled with scikit-learn), synthetic, synthetic_images,
-    or parquet; graphs (for the graph trainers): graph (two Parquet tables), sbm (a
-    stochastic block model) or planetoid (PyG's, from data.root)."""
-    path: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045 - OmegaConf needs typing.Optional
-    """Parquet file to read (data.name=parquet)."""
+    parquet (a file), hf (a Hugging Face data set) or torchvision (one under data.root);
+    graphs (for the graph trainers): graph (two Parquet tables), sbm (a stochastic block
+    model) or planetoid (PyG's, from data.root)."""
+    path: Optional[str] = field(default=None, metadata=file_path(or_name=True))  # noqa: UP045 - OmegaConf needs typing.Optional
+    """parquet: the file to read. hf: a directory written by ``save_to_disk``, local data
+    files (``.parquet``, ``.csv``, ``.json``, ``.jsonl``; a glob is fine) or a hub id (read
+    only where the machine reaches the hub)."""
+    split: str = "train"
+    """hf: the split that trains (and, without test_split, gives the test share too)."""
+    test_split: Optional[str] = None  # noqa: UP045
+    """hf: the split that tests (default: test_fraction of data.split, drawn at random)."""
     label: str = "label"
-    """Label column of the Parquet file."""
+    """Label column (parquet, hf)."""
     features: Optional[list[str]] = None  # noqa: UP045
-    """Feature columns of the Parquet file (default: every numeric column but the label)."""
+    """Feature columns (parquet, hf; default: every numeric column, fixed-length numeric
+    list and image column but the label and partition.by). Image and list columns become
+    one feature per value."""
     n_samples: int = field(default=2000, metadata=at_least(10))
     """Synthetic: number of samples."""
     n_features: int = field(default=20, metadata=at_least(1))
@@ -132,9 +151,17 @@ class DataConfig:
     edges: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
     """graph: the edges' Parquet file (``src``, ``dst``: node ids; made undirected)."""
     root: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
-    """planetoid: PyG's data directory (PyG downloads into it when the files are missing)."""
+    """planetoid: PyG's data directory (PyG downloads into it when the files are missing).
+    torchvision: the root the data set lies under, in torchvision's own layout."""
     dataset: str = "Cora"
-    """planetoid: Cora, CiteSeer or PubMed."""
+    """planetoid: Cora, CiteSeer or PubMed. torchvision: MNIST, FashionMNIST, KMNIST,
+    EMNIST, CIFAR10, CIFAR100 or SVHN (the training set trains, the test set tests)."""
+    variant: Optional[str] = None  # noqa: UP045
+    """torchvision: EMNIST's split (byclass, bymerge, balanced (default), letters, digits,
+    mnist); CIFAR100's labels (fine (default) or coarse)."""
+    download: bool = False
+    """torchvision: fetch missing files into data.root with torchvision (needs torchvision
+    and the internet)."""
     p_in: float = field(default=0.05, metadata=between(0, 1))
     """sbm: edge probability within a community (n_samples nodes, n_classes communities,
     n_features features)."""
@@ -160,6 +187,23 @@ class DataConfig:
                 yield "path", "required when data.name is parquet"
             elif not Path(self.path).is_file():
                 yield "path", f"no such file: {self.path}"
+        if self.name != "hf":
+            if self.split != "train":
+                yield "split", "read by data.name=hf only"
+            if self.test_split is not None:
+                yield "test_split", "read by data.name=hf only"
+        if self.name != "torchvision":
+            if self.variant is not None:
+                yield "variant", "read by data.name=torchvision only"
+            if self.download:
+                yield "download", "read by data.name=torchvision only"
+        if self.name == "hf" and not self.path:
+            yield (
+                "path",
+                "required when data.name is hf (a save_to_disk directory, files or a hub id)",
+            )
+        if self.name == "torchvision" and not self.root:
+            yield "root", "required when data.name is torchvision (the data set's directory)"
         if self.name == "graph":
             for key in ("nodes", "edges"):
                 path = getattr(self, key)
@@ -209,17 +253,28 @@ class PartitionConfig:
     """How the training split is cut into parties."""
 
     name: str = field(default="iid", metadata=one_of("partitioner"))
-    """iid, dirichlet (label skew) or shards (a few labels per party), across samples;
-    vertical, across features (party 0 is the active party, holding the labels); or, for a
-    graph, louvain (communities), random_nodes or label_skew (FedEgo's)."""
+    """Across samples: iid; label skew: dirichlet, shards, pathological (k labels per
+    party), inner_dirichlet (fixed sizes, Dirichlet labels); size skew: linear, square,
+    exponential, quantity_skew (Dirichlet sizes); natural (one party per value of
+    partition.by). Across features: vertical (party 0 is the active party, holding the
+    labels). For a graph: louvain (communities), random_nodes or label_skew (FedEgo's)."""
     num_parties: int = field(default=10, metadata=at_least(1))
-    """Number of parties."""
+    """Number of parties (natural: how many of the column's values become parties, drawn
+    from the seed when the column holds more)."""
     alpha: float = field(default=0.5, metadata=positive())
-    """Dirichlet concentration: small values give each party few labels."""
+    """Dirichlet concentration (dirichlet, inner_dirichlet: of each party's labels;
+    quantity_skew: of the parties' sizes): small values skew more."""
     labels_per_party: int = field(default=2, metadata=at_least(1))
-    """Shards: label shards each party receives."""
+    """shards, pathological: labels each party holds."""
+    class_assignment: ClassAssignment = ClassAssignment.random
+    """pathological: which labels a party holds: random, deterministic (party i: labels i
+    to i+k-1, cyclically) or first_deterministic (label i mod C, then random ones)."""
+    by: Optional[str] = None  # noqa: UP045
+    """natural: the column whose values are the parties (writer, user, hospital)."""
+    sizes: Optional[list[int]] = None  # noqa: UP045
+    """inner_dirichlet: each party's sample count (default: equal shares)."""
     min_samples: int = field(default=1, metadata=at_least(1))
-    """Dirichlet: redraw until every party holds at least this many samples."""
+    """dirichlet, quantity_skew: redraw until every party holds at least this many samples."""
     vertical: VerticalConfig = field(default_factory=VerticalConfig)
     """partition.name=vertical: the feature split and the sample alignment."""
     graph: GraphSplitConfig = field(default_factory=GraphSplitConfig)
@@ -227,6 +282,19 @@ class PartitionConfig:
     settings of the louvain and label_skew partitioners."""
     output_dir: Optional[str] = field(default=None, metadata=file_path())  # noqa: UP045
     """Write each party's samples to <output_dir>/party_<id>.parquet for inspection."""
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.by is not None and self.name != "natural":
+            yield "by", f"read by the natural partitioner, not {self.name}"
+        if self.by is None and self.name == "natural":
+            yield "by", "natural needs the column whose values are the parties"
+        if self.sizes is not None:
+            if self.name != "inner_dirichlet":
+                yield "sizes", f"read by the inner_dirichlet partitioner, not {self.name}"
+            elif any(s < 0 for s in self.sizes):
+                yield "sizes", "must be sample counts, 0 or more"
+        if self.class_assignment != ClassAssignment.random and self.name != "pathological":
+            yield "class_assignment", f"read by the pathological partitioner, not {self.name}"
 
 
 @dataclass
@@ -627,8 +695,11 @@ def _resolve_paths(cfg: Any) -> None:
         if dataclasses.is_dataclass(value):
             _resolve_paths(value)
         elif is_path(f.metadata) and isinstance(value, str) and value:
-            if not Path(value).is_absolute():
-                setattr(cfg, f.name, str(Path(value).resolve()))
+            if Path(value).is_absolute():
+                continue
+            if f.metadata["path"] == "or_name" and not (Path(value).exists() or glob.glob(value)):
+                continue  # a name, not a path: a hub id
+            setattr(cfg, f.name, str(Path(value).resolve()))
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ derives from the run's seed, so the same config gives the same parties.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orchestrator.errors import ConfigError
@@ -33,6 +35,9 @@ __all__ = [
     "GraphSource",
     "PARTITIONERS",
     "PARQUET",
+    "USER_DATA",
+    "check_data",
+    "pick_columns",
     "training_rows",
     "VERTICAL",
     "Prepared",
@@ -54,11 +59,33 @@ PARQUET = "parquet"
 
 @dataclass(frozen=True)
 class TableSource:
-    """A loaded dataset: the table and which of its columns are label and features."""
+    """A loaded dataset: the table and which of its columns are label and features.
+
+    A feature column holds a number per row, or a fixed-length list of numbers (an image,
+    flattened channel by channel, row by row), which becomes one feature per value.
+    """
 
     table: pa.Table
     label: str
     features: list[str]
+    test: pa.Table | None = None
+    """The data set's own test split (same columns), which then replaces the random one."""
+    image: tuple[int, int, int] | None = None
+    """(channels, height, width) of the image the features are, for the image models."""
+    read: Callable[[str], pa.ChunkedArray] | None = None
+    """Reads a column ``table`` does not hold, when it is needed: a Parquet file's table
+    holds its label only, and each feature is read when it is copied, so that a large file
+    is never in memory whole beside its matrix."""
+    schema: pa.Schema | None = None
+    """Every column's type, ``table``'s or, with ``read``, the file's."""
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        if name in self.table.column_names or self.read is None:
+            return self.table.column(name)
+        return self.read(name)
+
+    def names(self) -> list[str]:
+        return list((self.schema or self.table.schema).names)
 
 
 @dataclass(frozen=True)
@@ -81,10 +108,12 @@ class GraphSource:
 DATASETS: Registry[Callable[[DataConfig, int], TableSource | GraphSource]] = Registry("dataset")
 
 
-def _from_arrays(x: np.ndarray, y: np.ndarray, names: list[str]) -> TableSource:
+def _from_arrays(
+    x: np.ndarray, y: np.ndarray, names: list[str], image: tuple[int, int, int] | None = None
+) -> TableSource:
     cols = {n: pa.array(x[:, i].astype(np.float32)) for i, n in enumerate(names)}
     cols["label"] = pa.array(y.astype(np.int64))
-    return TableSource(pa.table(cols), "label", names)
+    return TableSource(pa.table(cols), "label", names, image=image)
 
 
 def _sklearn(loader_name: str) -> Callable[[DataConfig, int], TableSource]:
@@ -107,7 +136,8 @@ def _bundled(loader_name: str) -> TableSource:
 
         bunch = getattr(sklearn.datasets, loader_name)()
         names = [str(n).replace(" ", "_") for n in bunch.feature_names]
-        return _from_arrays(bunch.data, bunch.target, names)
+        image = (1, 8, 8) if loader_name == "load_digits" else None
+        return _from_arrays(bunch.data, bunch.target, names, image)
 
     return CACHE.get("data.bundled", loader_name, parse)
 
@@ -126,7 +156,7 @@ def _digits_without_sklearn() -> TableSource | None:
         return None
     raw = np.loadtxt(path, delimiter=",")
     names = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
-    return _from_arrays(raw[:, :-1], raw[:, -1].astype(int), names)
+    return _from_arrays(raw[:, :-1], raw[:, -1].astype(int), names, (1, 8, 8))
 
 
 _BUNDLED_ROWS = {"digits": 1797, "breast_cancer": 569, "wine": 178}
@@ -188,54 +218,126 @@ def _synthetic_images(cfg: DataConfig, seed: int) -> TableSource:
     images = images * rng.uniform(0.7, 1.3, (n, 1, 1)) + rng.normal(
         0, cfg.image_noise, images.shape
     )
-    return _from_arrays(images.reshape(n, -1), y, [f"px{i}" for i in range(side * side)])
+    names = [f"px{i}" for i in range(side * side)]
+    return _from_arrays(images.reshape(n, -1), y, names, (1, side, side))
 
 
 @DATASETS.register(PARQUET)
 def _parquet(cfg: DataConfig, seed: int) -> TableSource:
+    """The file's label column now, every other column when it is used (one at a time)."""
+    path = cfg.path
+
+    def fail(exc: Exception) -> ConfigError:
+        return ConfigError("data.path", f"cannot read Parquet file {path}: {exc}")
+
     try:
-        table = pq.read_table(cfg.path)
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+        rows = file.metadata.num_rows
     except (OSError, pa.ArrowException) as exc:
-        raise ConfigError("data.path", f"cannot read Parquet file {cfg.path}: {exc}") from None
-    columns = table.column_names
-    if cfg.label not in columns:
-        raise ConfigError("data.label", f"no column {cfg.label!r}; columns: {', '.join(columns)}")
-    if cfg.features:
-        missing = [c for c in cfg.features if c not in columns]
+        raise fail(exc) from None
+    label, features = pick_columns(schema, cfg.label, cfg.features)
+    if rows < 10:
+        raise ConfigError("data.path", f"{rows} rows; at least 10 are needed")
+
+    def read(name: str) -> pa.ChunkedArray:
+        try:
+            return pq.ParquetFile(path).read(columns=[name]).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise fail(exc) from None
+
+    return TableSource(pa.table({label: read(label)}), label, features, read=read, schema=schema)
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
+def _is_feature_type(kind: pa.DataType) -> bool:
+    """A number, or a list of numbers (an image's or an embedding's values)."""
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _is_feature_type(kind.value_type)
+    return _is_number(kind)
+
+
+def pick_columns(
+    schema: pa.Schema, label: str, features: Sequence[str] | None, exclude: Sequence[str] = ()
+) -> tuple[str, list[str]]:
+    """The label column and the feature columns of a table (default: every numeric or
+    numeric-list column but the label and ``exclude``).
+
+    Raises:
+        ConfigError: a missing column, a feature that is not numeric, or no features.
+    """
+    columns = schema.names
+    if label not in columns:
+        raise ConfigError("data.label", f"no column {label!r}; columns: {', '.join(columns)}")
+    if features:
+        missing = [c for c in features if c not in columns]
         if missing:
             raise ConfigError("data.features", f"no such columns: {', '.join(missing)}")
-        features = list(cfg.features)
+        picked = list(features)
     else:
-        features = [
+        picked = [
             f.name
-            for f in table.schema
-            if f.name != cfg.label and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+            for f in schema
+            if f.name != label
+            and f.name not in exclude
+            and _is_feature_type(f.type)
+            and not pa.types.is_boolean(f.type)
         ]
-    for name in features:
-        kind = table.schema.field(name).type
-        if not (
-            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-        ):
+    for name in picked:
+        kind = schema.field(name).type
+        if not _is_feature_type(kind):
             raise ConfigError("data.features", f"column {name!r} is {kind}, not numeric")
-    if not features:
-        raise ConfigError("data.features", "the file has no numeric feature columns")
-    if table.num_rows < 10:
-        raise ConfigError("data.path", f"{table.num_rows} rows; at least 10 are needed")
-    return TableSource(table, cfg.label, features)
+    if not picked:
+        raise ConfigError("data.features", "the data has no numeric feature columns")
+    return label, picked
+
+
+@DATASETS.register("hf")
+def _hf(cfg: DataConfig, seed: int) -> TableSource:
+    from orchestrator.hf import load_hf
+
+    return load_hf(cfg)
+
+
+@DATASETS.register("torchvision")
+def _torchvision(cfg: DataConfig, seed: int) -> TableSource:
+    """A torchvision data set's training and test sets, each image one ``uint8`` list."""
+    from orchestrator.vision import read_vision
+
+    assert cfg.root is not None
+    got = read_vision(cfg.dataset, cfg.root, cfg.variant, cfg.download)
+    _, c, h, w = got.x_train.shape
+
+    def table(x: np.ndarray, y: np.ndarray) -> pa.Table:
+        pixels = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), c * h * w)
+        return pa.table({"image": pixels, "label": pa.array(y, pa.int64())})
+
+    return TableSource(
+        table(got.x_train, got.y_train),
+        "label",
+        ["image"],
+        table(got.x_test, got.y_test),
+        (int(c), int(h), int(w)),
+    )
+
+
+USER_DATA = (PARQUET, "hf", "torchvision")
+"""The data sets that are a user's own files: read and checked before anything starts."""
 
 
 def check_data(cfg: ExperimentConfig) -> None:
-    """Reads a user's data file (``data.name=parquet``) and checks every value a run would
-    use, so that a sweep or a job is refused before it starts anything rather than failing in
+    """Reads a user's data (parquet, hf, torchvision) and checks every value a run would use,
+    so that a sweep or a job is refused before it starts anything rather than failing in
     every trial; generated and bundled data sets need no check.
 
     Raises:
         ConfigError: naming the setting and the column.
     """
-    if cfg.data.name == PARQUET:
-        src = load_table(cfg.data, cfg.seed)
-        assert isinstance(src, TableSource)
-        _to_arrays(src)
+    if cfg.data.name in USER_DATA:
+        prepare(cfg)
 
 
 def load_table(cfg: DataConfig, seed: int) -> TableSource | GraphSource:
@@ -243,29 +345,11 @@ def load_table(cfg: DataConfig, seed: int) -> TableSource | GraphSource:
     return DATASETS.get(cfg.name)(cfg, seed)
 
 
-def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
-    table = src.table
-    columns = []
-    for name in src.features:
-        col = table.column(name)
-        wide = col.to_numpy(zero_copy_only=False).astype(np.float64)
-        if col.null_count or np.isnan(wide).any():
-            raise ConfigError("data.features", f"column {name!r} has missing values")
-        if not np.isfinite(wide).all():
-            raise ConfigError("data.features", f"column {name!r} holds infinite values")
-        values = wide.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise ConfigError(
-                "data.features", f"column {name!r} holds values beyond float32's range (3.4e38)"
-            )
-        columns.append(values)
-    x = np.column_stack(columns)
-    labels = table.column(src.label)
-    if labels.null_count:
-        raise ConfigError(
-            "data.label", f"column {src.label!r}: {labels.null_count} rows have no label"
-        )
-    kind = labels.type
+def _label_values(col: pa.ChunkedArray, name: str) -> np.ndarray:
+    """The label column's values, refused when they cannot name classes."""
+    if col.null_count:
+        raise ConfigError("data.label", f"column {name!r}: {col.null_count} rows have no label")
+    kind = col.type
     if not (
         pa.types.is_integer(kind)
         or pa.types.is_floating(kind)
@@ -274,23 +358,104 @@ def _to_arrays(src: TableSource) -> tuple[np.ndarray, np.ndarray, list]:
         or pa.types.is_boolean(kind)
     ):
         raise ConfigError(
-            "data.label", f"column {src.label!r} is {kind}: labels must be numbers or strings"
+            "data.label", f"column {name!r} is {kind}: labels must be numbers or strings"
         )
-    raw = labels.to_numpy(zero_copy_only=False)
+    raw = col.to_numpy()
     if pa.types.is_floating(kind):
         if not np.isfinite(raw).all():
-            raise ConfigError("data.label", f"column {src.label!r} holds NaN or infinite labels")
+            raise ConfigError("data.label", f"column {name!r} holds NaN or infinite labels")
         fractional = raw[raw != np.round(raw)]
         if fractional.size:  # a regression target, not classes
             raise ConfigError(
                 "data.label",
-                f"column {src.label!r} holds non-integer labels ({fractional[0]:g}): "
+                f"column {name!r} holds non-integer labels ({fractional[0]:g}): "
                 "a label names a class",
             )
-    classes, y = np.unique(raw, return_inverse=True)
-    if len(classes) < 2:
-        raise ConfigError("data.label", "fewer than two distinct labels")
-    return x, y.astype(np.int64), classes.tolist()
+    return raw
+
+
+def _width(col: pa.ChunkedArray, name: str) -> int:
+    """Values per row of a feature column (1, or a list's length, the same in every row)."""
+    kind = col.type
+    if pa.types.is_fixed_size_list(kind):
+        return int(kind.list_size)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        lengths = pc.list_value_length(col)
+        low, high = pc.min_max(lengths).values()
+        if low.as_py() != high.as_py():
+            raise ConfigError(
+                "data.features",
+                f"column {name!r} holds lists of {low} to {high} values; every row needs the same",
+            )
+        return int(low.as_py() or 0)
+    return 1
+
+
+def _check_feature(col: pa.ChunkedArray, name: str) -> int:
+    """A feature column's values per row, refused when a value is missing or infinite."""
+    width = _width(col, name)
+    flat = col if _is_number(col.type) else pc.list_flatten(col)
+    if col.null_count or flat.null_count:
+        raise ConfigError("data.features", f"column {name!r} has missing values")
+    if pa.types.is_floating(flat.type):
+        if pc.any(pc.is_nan(flat)).as_py():
+            raise ConfigError("data.features", f"column {name!r} has missing values")
+        if pc.any(pc.is_inf(flat)).as_py():
+            raise ConfigError("data.features", f"column {name!r} holds infinite values")
+    return width
+
+
+def _values(col: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A checked feature column as an (n, width) array of its own type."""
+    flat = col if _is_number(col.type) else pc.list_flatten(col)
+    return flat.to_numpy().reshape(len(col), width)
+
+
+def _features(
+    columns: Sequence[tuple[str, Callable[[], pa.ChunkedArray], int]],
+    rows: Sequence[np.ndarray],
+) -> tuple[list[np.ndarray], list[str]]:
+    """A float32 feature matrix for each array of rows (those rows, in that order), and a
+    name per feature, from the columns (name, a function giving it, values per row), each
+    checked as it is read.
+
+    The matrices are allocated once and filled column by column, each column read only then
+    and dropped once copied: a large file costs about one copy of its data, not two.
+    """
+    width = sum(w for _, _, w in columns)
+    out = [np.empty((len(r), width), dtype=np.float32) for r in rows]
+    names: list[str] = []
+    at = 0
+    for name, get, w in columns:
+        col = get()
+        _check_feature(col, name)
+        values = _values(col, w)
+        del col
+        for x, r in zip(out, rows):
+            block = x[:, at : at + w]
+            if values.dtype == np.float32:
+                np.take(values, r, axis=0, out=block)
+            else:
+                block[...] = values[r]
+                if values.dtype.kind == "f" and not np.isfinite(block).all():
+                    raise ConfigError(
+                        "data.features",
+                        f"column {name!r} holds values beyond float32's range (3.4e38)",
+                    )
+        del values
+        names += [name] if w == 1 else [f"{name}_{i}" for i in range(w)]
+        at += w
+    pa.default_memory_pool().release_unused()
+    return out, names
+
+
+def _type_width(kind: pa.DataType) -> int | None:
+    """Values per row a column of this type holds (None: a list whose length varies)."""
+    if pa.types.is_fixed_size_list(kind):
+        return int(kind.list_size)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return None
+    return 1
 
 
 # ---------------------------------------------------------------- partitioners
@@ -394,6 +559,192 @@ def _shards(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.
     return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
 
 
+@PARTITIONERS.register("pathological")
+def _pathological(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """Flower Datasets' PathologicalPartitioner: each party holds ``labels_per_party``
+    labels, chosen by ``class_assignment``; each label's samples are cut into equal runs
+    among the parties holding it (in party order). A label no party holds is left out."""
+    k, m = cfg.labels_per_party, cfg.num_parties
+    present = np.flatnonzero(np.bincount(y, minlength=n_classes))
+    if k > len(present):
+        raise ConfigError(
+            "partition.labels_per_party", f"{k} labels per party but the data has {len(present)}"
+        )
+    held: list[list[int]] = []
+    for party in range(m):
+        if cfg.class_assignment == "deterministic":
+            labels = [int(present[(party + i) % len(present)]) for i in range(k)]
+        elif cfg.class_assignment == "first_deterministic":
+            labels = [int(present[party % len(present)])]
+            while len(labels) < k:
+                label = int(rng.choice(present))
+                if label not in labels:
+                    labels.append(label)
+        else:
+            labels = rng.choice(present, size=k, replace=False).tolist()
+        held.append(labels)
+    holders: list[list[int]] = [[] for _ in range(n_classes)]
+    for party, labels in enumerate(held):
+        for label in labels:
+            holders[label].append(party)
+    parts: list[list[np.ndarray]] = [[] for _ in range(m)]
+    for label, owners in enumerate(holders):
+        if not owners:
+            continue
+        idx = np.flatnonzero(y == label)
+        if len(owners) > len(idx):
+            raise ConfigError(
+                "partition.num_parties",
+                f"label {label} goes to {len(owners)} parties but has {len(idx)} samples; "
+                "use fewer parties or labels per party, or class_assignment=deterministic",
+            )
+        for party, run in zip(owners, np.array_split(idx, len(owners))):
+            parts[party].append(run)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _cut(perm: np.ndarray, sizes: np.ndarray) -> Cut:
+    """Consecutive runs of ``perm`` of the given sizes, each run sorted."""
+    n, k = len(perm), len(sizes)
+    used = int(sizes.sum())
+    key = np.repeat(np.arange(k, dtype=np.int64), sizes) * n + perm[:used]
+    key.sort()
+    return Cut(key % n, sizes)
+
+
+def _id_sizes(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Partitioner:
+    """Flower Datasets' IdToSizeFncPartitioner: party i (1-based) holds a share of the
+    samples proportional to ``fn(i)``, rounded down, the remainder going to the last party;
+    the samples are dealt at random from the seed."""
+
+    def split(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+        m, n = cfg.num_parties, len(y)
+        units = fn(np.linspace(1, m, m))
+        sizes = np.array(units / units.sum() * n, dtype=np.int64)
+        sizes[-1] += n - sizes.sum()
+        if sizes.min() < 1:
+            raise ConfigError(
+                "partition.num_parties",
+                f"{name} sizes leave party {int(np.argmin(sizes))} without samples "
+                f"({m} parties, {n} samples); use fewer parties",
+            )
+        return _cut(rng.permutation(n), sizes)
+
+    split.__doc__ = f"Size skew: party i's share of the samples grows as {name}(i)."
+    return split
+
+
+PARTITIONERS.register("linear")(_id_sizes("linear", lambda i: i))
+PARTITIONERS.register("square")(_id_sizes("square", np.square))
+# e^i scaled by e^-m, so a thousand parties do not overflow; the shares are Flower's
+PARTITIONERS.register("exponential")(_id_sizes("exponential", lambda i: np.exp(i - i[-1])))
+
+
+@PARTITIONERS.register("quantity_skew")
+def _quantity_skew(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """Dirichlet quantity skew (NIID-Bench's): the parties' shares of the samples are drawn
+    from Dirichlet(alpha), and the shuffled samples are cut at those shares. Redraws (up to
+    100 times) until every party holds at least ``min_samples``."""
+    m, n = cfg.num_parties, len(y)
+    perm = rng.permutation(n)
+    for _ in range(100):
+        share = rng.dirichlet(np.full(m, cfg.alpha))
+        cuts = (np.cumsum(share) * n).astype(np.int64)[:-1]
+        sizes = np.diff(np.concatenate([[0], cuts, [n]]))
+        if sizes.min() >= cfg.min_samples:
+            return _cut(perm, sizes)
+    raise ConfigError(
+        "partition.alpha",
+        f"alpha={cfg.alpha} left some of {m} parties with fewer than {cfg.min_samples} "
+        "samples in 100 draws; raise alpha or lower partition.min_samples",
+    )
+
+
+@PARTITIONERS.register("inner_dirichlet")
+def _inner_dirichlet(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Generator):
+    """Flower Datasets' InnerDirichletPartitioner: each party's size is fixed
+    (``partition.sizes``, default equal shares) and its label mix is drawn from
+    Dirichlet(alpha); each of its samples is a label drawn from that mix, and a label that
+    has run out is removed from every party's mix (renormalised) and the sample redrawn."""
+    m, n = cfg.num_parties, len(y)
+    if cfg.sizes is None:
+        sizes = np.full(m, n // m, dtype=np.int64)
+        sizes[: n % m] += 1
+    else:
+        sizes = np.asarray(cfg.sizes, dtype=np.int64)
+        if len(sizes) != m:
+            raise ConfigError("partition.sizes", f"{len(sizes)} sizes for {m} parties")
+        if sizes.min() < 0 or sizes.sum() > n:
+            raise ConfigError(
+                "partition.sizes", f"sizes must be >= 0 and sum to at most {n} (the samples)"
+            )
+    left = np.bincount(y, minlength=n_classes)
+    prior = _renormalised(rng.dirichlet(np.full(n_classes, cfg.alpha), size=m), left)
+    # every slot of every party draws its label; where a label is asked for more often than
+    # it has samples left, the first askers get them and the rest draw again without it
+    slots = rng.permutation(np.repeat(np.arange(m), sizes))
+    label_of = np.empty(len(slots), dtype=np.int64)
+    todo = np.arange(len(slots))
+    while len(todo):
+        cdf = np.cumsum(prior[slots[todo]], axis=1)
+        draw = (rng.random(len(todo))[:, None] > cdf).sum(axis=1)
+        draw = np.minimum(draw, n_classes - 1)
+        order = np.argsort(draw, kind="stable")
+        rank = np.empty(len(todo), dtype=np.int64)
+        counts = np.bincount(draw, minlength=n_classes)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank[order] = np.arange(len(todo)) - np.repeat(starts, counts)
+        ok = rank < left[draw]
+        label_of[todo[ok]] = draw[ok]
+        left -= np.bincount(draw[ok], minlength=n_classes)
+        prior = _renormalised(prior, left)
+        todo = todo[~ok]
+    # each label's samples, shuffled, go to the slots that drew it, in slot order
+    by_label = np.argsort(label_of, kind="stable")
+    counts = np.bincount(label_of, minlength=n_classes)
+    pool = [rng.permutation(np.flatnonzero(y == c))[: counts[c]] for c in range(n_classes)]
+    row_of = np.empty(len(slots), dtype=np.int64)
+    row_of[by_label] = np.concatenate(pool)
+    by_party = np.argsort(slots, kind="stable")
+    parts = np.split(row_of[by_party], np.cumsum(sizes)[:-1])
+    return [np.sort(p) for p in parts]
+
+
+def _renormalised(prior: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Each party's label mix without the labels that have run out; a party whose mix held
+    only those (Dirichlet draws of small alpha can be exactly 0) draws uniformly instead."""
+    prior[:, left == 0] = 0
+    totals = prior.sum(axis=1, keepdims=True)
+    dead = totals[:, 0] == 0
+    prior[dead] = left > 0
+    totals[dead] = (left > 0).sum()
+    return np.divide(prior, totals, out=np.zeros_like(prior), where=totals > 0)
+
+
+@PARTITIONERS.register("natural")
+def _natural(ids: np.ndarray, cfg: PartitionConfig, n_ids: int, rng: np.random.Generator):
+    """One party per value of ``partition.by`` (Flower Datasets' NaturalIdPartitioner), the
+    values in sorted order; where the column holds more than ``num_parties`` values, that
+    many are drawn from the seed (a sample of the writers or users) and the rest left out.
+
+    Receives each training row's value as an index into the sorted distinct values."""
+    if cfg.num_parties > n_ids:
+        raise ConfigError(
+            "partition.num_parties",
+            f"{cfg.num_parties} parties but column {cfg.by!r} holds {n_ids} values",
+        )
+    kept = np.arange(n_ids)
+    if cfg.num_parties < n_ids:
+        kept = np.sort(rng.choice(n_ids, size=cfg.num_parties, replace=False))
+    order = np.argsort(ids, kind="stable")
+    starts = np.searchsorted(ids[order], kept)
+    ends = np.searchsorted(ids[order], kept, side="right")
+    return [order[a:b] for a, b in zip(starts, ends)]
+
+
+_natural.by_column = True  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------- the whole path
 
 
@@ -412,6 +763,11 @@ class Prepared:
 def prepare(cfg: ExperimentConfig) -> Prepared:
     """Loads, splits and partitions the data of ``cfg``.
 
+    The labels decide the split and the parties first; the features are then copied once,
+    straight from the Arrow columns (a Parquet file's read one at a time) into one float32
+    matrix of the training rows in party order, of which every party's samples are a
+    slice, and one of the test rows.
+
     Raises:
         ConfigError: for data that cannot serve the config (too few samples for the parties,
             unreadable files, missing or non-finite values).
@@ -421,50 +777,135 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         from orchestrator.graphs import prepare_graph
 
         return prepare_graph(cfg, src)
-    x, y, classes = _to_arrays(src)
+    part = cfg.partition
+    if src.test is not None:
+        src = dataclasses.replace(src, table=_stack(src.table, src.test))
+    n_given_test = 0 if src.test is None else src.test.num_rows
+    features = src.features
+    if part.by is not None:  # the config's check: natural, and only natural, names one
+        if part.by not in src.names():
+            raise ConfigError(
+                "partition.by", f"no column {part.by!r}; columns: {', '.join(src.names())}"
+            )
+        if cfg.data.features is None:
+            features = [f for f in features if f != part.by]
+    raw = _label_values(src.column(src.label), src.label)
+    classes_arr, y = np.unique(raw, return_inverse=True)
+    classes = classes_arr.tolist()
+    if len(classes) < 2:
+        raise ConfigError("data.label", "fewer than two distinct labels")
+    y = y.astype(np.int64)
     if cfg.data.positive:
         unknown = [v for v in cfg.data.positive if v not in classes]
         if unknown:
             raise ConfigError("data.positive", f"no such labels: {unknown}; labels: {classes}")
-        y = np.isin(np.asarray(classes)[y], cfg.data.positive).astype(np.int64)
+        y = np.isin(classes_arr[y], cfg.data.positive).astype(np.int64)
         if y.min() == y.max():
             raise ConfigError("data.positive", "every sample falls in one class")
         classes = [0, 1]
+    groups = None if part.by is None else src.column(part.by)
+    kinds = src.schema or src.table.schema
+    columns = []
+    for name in features:
+        get = functools.partial(src.column, name)
+        width = _type_width(kinds.field(name).type)
+        columns.append((name, get, width if width is not None else _width(get(), name)))
+    image = src.image if features == src.features else None
     n = len(y)
-    n_test = max(1, int(round(cfg.data.test_fraction * n)))
-    if cfg.data.shuffle_split:
-        order = np.random.default_rng(derive_seed(cfg.seed, _SPLIT_STREAM)).permutation(n)
+    if n_given_test:
+        train_idx, test_idx = np.arange(n - n_given_test), np.arange(n - n_given_test, n)
     else:
-        order = np.arange(n)
-    train_idx, test_idx = order[: n - n_test], order[n - n_test :]
-    x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+        n_test = max(1, int(round(cfg.data.test_fraction * n)))
+        if cfg.data.shuffle_split:
+            order = np.random.default_rng(derive_seed(cfg.seed, _SPLIT_STREAM)).permutation(n)
+        else:
+            order = np.arange(n)
+        train_idx, test_idx = order[: n - n_test], order[n - n_test :]
+    y_train, y_test = y[train_idx], y[test_idx]
+    if part.name == VERTICAL:
+        (x_train, x_test), names = _features(columns, [train_idx, test_idx])
+        if cfg.data.standardize:
+            _standardize(x_train, x_test)
+        return _prepare_vertical(cfg, x_train, y_train, x_test, y_test, names, classes)
+    try:
+        rng = np.random.default_rng(derive_seed(cfg.seed, _PARTITION_STREAM))
+        parts = _partition(part, y_train, groups, train_idx, len(classes), rng)
+    except ConfigError:  # a bad feature column says so first: the likelier mistake
+        for name, get, _ in columns:
+            _check_feature(get(), name)
+        raise
+    if isinstance(parts, Cut):
+        local, sizes = parts.rows, parts.sizes
+    else:
+        sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        local = np.concatenate(parts) if len(parts) else np.zeros(0, dtype=np.int64)
+    del parts
+    (x_train, x_test), names = _features(columns, [train_idx[local], test_idx])
     if cfg.data.standardize:
-        mean = x_train.mean(axis=0)
-        std = x_train.std(axis=0)
-        std[std == 0] = 1.0
-        x_train -= mean  # in place: x_train is this function's own copy
-        x_train /= std
-        x_test = (x_test - mean) / std
-    if cfg.partition.name == VERTICAL:
-        return _prepare_vertical(cfg, x_train, y_train, x_test, y_test, src.features, classes)
-    if cfg.partition.num_parties > len(y_train):
+        _standardize(x_train, x_test)
+    ids = np.flatnonzero(sizes)
+    if not len(ids):
+        raise ConfigError("partition", "every party came out empty")
+    offsets = np.concatenate([[0], np.cumsum(sizes[ids])]).astype(np.int64)
+    parties = PartyRows(x_train, y_train[local], offsets, ids)
+    data = FederatedData(parties, x_test, y_test, x_train.shape[1], len(classes), image)
+    return Prepared(data, names, classes, partition_stats(parties, len(classes)))
+
+
+def _partition(
+    part: PartitionConfig,
+    y_train: np.ndarray,
+    groups: pa.ChunkedArray | None,
+    train_idx: np.ndarray,
+    n_classes: int,
+    rng: np.random.Generator,
+) -> Sequence[np.ndarray]:
+    """The parties' training rows, by the configured partitioner (``natural`` reads the
+    values of ``partition.by`` in the training rows)."""
+    if part.num_parties > len(y_train):
         raise ConfigError(
             "partition.num_parties",
-            f"{cfg.partition.num_parties} parties but only {len(y_train)} training samples",
+            f"{part.num_parties} parties but only {len(y_train)} training samples",
         )
-    rng = np.random.default_rng(derive_seed(cfg.seed, _PARTITION_STREAM))
-    parts = PARTITIONERS.get(cfg.partition.name)(y_train, cfg.partition, len(classes), rng)
-    n_features, features = x.shape[1], src.features
-    del x, y, src  # the rows below are the last copy of the training data
-    if isinstance(parts, Cut):
-        parties = PartyRows.cut(x_train, y_train, parts.rows, parts.sizes)
-    else:
-        parties = PartyRows.gather(x_train, y_train, parts)
-    del x_train, parts
-    if not len(parties):
-        raise ConfigError("partition", "every party came out empty")
-    data = FederatedData(parties, x_test, y_test, n_features, len(classes))
-    return Prepared(data, features, classes, partition_stats(parties, len(classes)))
+    split = PARTITIONERS.get(part.name)
+    if not getattr(split, "by_column", False):
+        return split(y_train, part, n_classes, rng)
+    assert groups is not None
+    if groups.null_count:
+        raise ConfigError(
+            "partition.by", f"column {part.by!r}: {groups.null_count} rows hold no value"
+        )
+    values = groups.to_numpy(zero_copy_only=False)[train_idx]
+    distinct, codes = np.unique(values, return_inverse=True)
+    return split(codes.astype(np.int64), part, len(distinct), rng)
+
+
+def _stack(train: pa.Table, test: pa.Table) -> pa.Table:
+    """The training rows, then the test rows, as one table (no copy: chunks side by side)."""
+    try:
+        return pa.concat_tables([train, test.select(train.column_names).cast(train.schema)])
+    except (KeyError, pa.ArrowException) as exc:
+        raise ConfigError("data.test_split", f"does not match the training split: {exc}") from None
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray, block: int = 65536) -> None:
+    """Scales both in place to the training rows' zero mean and unit variance, the moments
+    summed in float64 over blocks of rows (no copy of the whole matrix)."""
+    n = len(x_train)
+    total = np.zeros(x_train.shape[1])
+    for a in range(0, n, block):
+        total += x_train[a : a + block].sum(axis=0, dtype=np.float64)
+    mean = total / max(n, 1)
+    square = np.zeros_like(total)
+    for a in range(0, n, block):
+        square += np.square(x_train[a : a + block] - mean).sum(axis=0)
+    std = np.sqrt(square / max(n, 1))
+    std[std == 0] = 1.0
+    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+    for x in (x_train, x_test):
+        for a in range(0, len(x), block):
+            x[a : a + block] -= mean32
+            x[a : a + block] /= std32
 
 
 def feature_split(

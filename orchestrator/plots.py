@@ -25,6 +25,7 @@ __all__ = [
     "convergence",
     "gradient_curves",
     "graph_partition",
+    "label_heatmap",
     "label_histogram",
     "learning_curve",
     "network",
@@ -133,6 +134,37 @@ def label_histogram(stats: pa.Table, max_parties: int = 200) -> Figure:
     )
     ax.set_title("label histogram per party")
     fig.tight_layout()
+    return fig
+
+
+def label_heatmap(stats: pa.Table, classes: Sequence[str] = (), max_parties: int = 100) -> Figure:
+    """Labels by parties: each cell the share of the party's samples with that label (the
+    first ``max_parties``), with each party's size above it."""
+    labels = [c for c in stats.column_names if c.startswith("label_")]
+    n = min(stats.num_rows, max_parties)
+    counts = np.stack([stats.column(c).to_numpy()[:n] for c in labels]).astype(np.float64)
+    sizes = counts.sum(axis=0)
+    share = counts / np.maximum(sizes, 1)
+    fig, (top, ax) = plt.subplots(
+        2,
+        1,
+        figsize=(min(3 + 0.22 * n, 20), 1.6 + 0.28 * len(labels)),
+        sharex=True,
+        gridspec_kw={"height_ratios": [1, max(2, len(labels) // 3)]},
+    )
+    top.bar(np.arange(n), sizes, width=0.9, color="0.4")
+    top.set_ylabel("samples")
+    image = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="none")
+    names = list(classes) if len(classes) == len(labels) else [c[6:] for c in labels]
+    if len(labels) <= 40:
+        ax.set_yticks(np.arange(len(labels)), names, fontsize=7)
+    ax.set_ylabel("label")
+    parties = stats.column("party").to_numpy()[:n]
+    ax.set_xlabel("party" if n == stats.num_rows else f"party (first {n} of {stats.num_rows})")
+    if n <= 40:
+        ax.set_xticks(np.arange(n), [str(p) for p in parties], fontsize=7)
+    fig.colorbar(image, ax=[top, ax], label="share of the party's samples", fraction=0.03)
+    top.set_title("labels by party")
     return fig
 
 

@@ -29,12 +29,12 @@ from orchestrator.config import (
     to_dict,
     to_yaml,
 )
-from orchestrator.data import PARQUET, Prepared, prepare, training_rows, write_partitions
+from orchestrator.data import USER_DATA, Prepared, prepare, training_rows, write_partitions
 from orchestrator.errors import ConfigError
 from orchestrator.timings import Timings
 from orchestrator.validation import validate
 from trainers import TRAINERS
-from trainers.base import Invalid, StopTraining, Trainer, TrainResult
+from trainers.base import Invalid, PartyRows, StopTraining, Trainer, TrainResult
 from trainers.cache import CACHE
 from trainers.graph.data import GraphData
 from trainers.local import warm_up
@@ -241,11 +241,11 @@ def run(
     # A user's data file is read (and refused, when bad) before anything starts; generated
     # and bundled data load while the Ray actors warm up.
     with t.phase("data"):
-        early = prepare(cfg) if cfg.data.name == PARQUET else None
+        early = prepare(cfg) if cfg.data.name in USER_DATA else None
     own_executor = executor is None
     if executor is None:
         with t.phase("executor start"):
-            rows = training_rows(cfg)
+            rows = training_rows(cfg) if early is None else _training_rows(early)
             executor = make_executor(
                 cfg.runtime, None if rows is None else trainer.sample_steps(rows)
             )
@@ -275,6 +275,11 @@ def run(
         if own_executor:
             with t.phase("executor close"):
                 executor.close()
+
+
+def _training_rows(prepared: Prepared) -> int | None:
+    parties = getattr(prepared.data, "parties", None)
+    return len(parties.y) if isinstance(parties, PartyRows) else None
 
 
 def _load_teacher(cfg: ExperimentConfig, trainer: Trainer[Any, Any]) -> dict[str, str]:
@@ -659,7 +664,9 @@ def _log_model(
 ) -> tuple[str | None, str | None]:
     """Logs the final model; returns its URI (None: a checkpoint of a recorded run, whose URI
     exists once it is written, or one the trainer cannot make) and its checkpoint's path."""
-    spec = ModelSpec.from_config(cfg.model, prepared.data.n_features, prepared.data.n_classes)
+    data = prepared.data
+    image = getattr(data, "image", None)  # a vertical or graph federation has none
+    spec = ModelSpec.from_config(cfg.model, data.n_features, data.n_classes, image)
     path = _CHECKPOINT if trainer.checkpointable else None
     if path is not None:
         # The architecture and weights (milliseconds), so that any run's model can be

@@ -63,14 +63,19 @@ def test_interpolation_resolves(tmp_path):
         (
             ["data.name=mnist"],
             "data.name",
-            "valid: breast_cancer, digits, graph, parquet, planetoid, sbm, synthetic, "
-            "synthetic_images, wine",
+            "valid: breast_cancer, digits, graph, hf, parquet, planetoid, sbm, synthetic, "
+            "synthetic_images, torchvision, wine",
         ),
-        (["model.name=resnet"], "model.name", "valid: cnn, convnet, gcn, logreg, mlp, sage, vit"),
+        (
+            ["model.name=resnet50"],
+            "model.name",
+            "valid: cnn, convnet, gcn, image_cnn, logreg, mlp, resnet, sage, vit",
+        ),
         (
             ["partition.name=zipf"],
             "partition.name",
-            "valid: dirichlet, iid, label_skew, louvain, random_nodes, shards, vertical",
+            "valid: dirichlet, exponential, iid, inner_dirichlet, label_skew, linear, louvain, "
+            "natural, pathological, quantity_skew, random_nodes, shards, square, vertical",
         ),
         (["runtime.executor=dask"], "runtime.executor", "valid: auto, local, ray"),
         (["data.name=parquet"], "data.path", "required"),

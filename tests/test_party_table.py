@@ -177,6 +177,26 @@ def test_ray_ships_the_table_once_and_parties_read_it_in_place(ray_session):
 
 
 @pytest.mark.ray
+def test_after_shipping_the_driver_reads_the_stores_copy(ray_session):
+    """The data is in memory once: the driver's own matrix is dropped for the stored one."""
+    import gc
+    import weakref
+
+    from clusters import RayExecutor
+
+    table, *_ = _rows((3,) * 20)
+    before = table.x.copy()
+    own = weakref.ref(table.x)
+    with RayExecutor(num_workers=2) as ex:
+        ex.load(table)
+        gc.collect()
+        assert own() is None  # the driver's copy is gone
+        assert not table.x.flags.writeable  # a view of Ray's object store
+        np.testing.assert_array_equal(table.x, before)
+        assert [pid for pid, _ in ex.map(_note, list(range(20)), False)] == list(range(20))
+
+
+@pytest.mark.ray
 def test_many_sampled_parties_on_ray_match_in_process(ray_session):
     def cfg(executor: str) -> dict:
         return tiny(

@@ -99,6 +99,12 @@ class PartyRows(PartyTable):
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def adopt(self, stored: PartyTable) -> None:
+        """Reads ``stored``'s arrays from now on: the same values, kept elsewhere (Ray's
+        object store, read in place and read-only), so that the data is in memory once."""
+        assert isinstance(stored, PartyRows) and stored.x.shape == self.x.shape
+        self.x, self.y = stored.x, stored.y
+
     def __getitem__(self, party_id: int) -> PartyData:
         i = self.position(party_id)
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
@@ -115,6 +121,9 @@ class FederatedData:
     y_test: np.ndarray
     n_features: int
     n_classes: int
+    image: tuple[int, int, int] | None = None
+    """(channels, height, width) when every sample is an image, flattened (the image models
+    read it)."""
 
     def pooled(self) -> PartyData:
         """All parties' samples in one, in party-id order (the centralized baseline's data)."""
@@ -306,7 +315,7 @@ class Trainer(abc.ABC, Generic[D, S]):
         default: the model must read the data's features."""
         from trainers.models import check_input
 
-        problem = check_input(self.model_config, data.n_features)
+        problem = check_input(self.model_config, data.n_features, getattr(data, "image", None))
         if problem:
             raise Invalid("model.name", problem)
 

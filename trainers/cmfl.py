@@ -173,7 +173,7 @@ class CMFL(Trainer[FederatedData, "CMFLState"]):
 
     def begin(self, data: FederatedData, executor: Executor, seed: int) -> CMFLState:
         cfg, ccfg = self.config, self.config.cmfl
-        spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
+        spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes, data.image)
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
         weights = get_flat(model)
         ids = sorted(data.parties)

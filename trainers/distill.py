@@ -208,7 +208,7 @@ class Distillation(Trainer[FederatedData, "DistillState"]):
         if d.assistant is not None:
             models.append(("trainer.distill.assistant", d.assistant))
         for key, cfg in models:
-            problem = check_input(cfg, data.n_features)
+            problem = check_input(cfg, data.n_features, data.image)
             if problem:
                 raise Invalid(f"{key}.name" if key != "model" else "model.name", problem)
 
@@ -262,7 +262,7 @@ class Distillation(Trainer[FederatedData, "DistillState"]):
             teacher = self.teacher
             if teacher is None:
                 spec = ModelSpec.from_config(
-                    c.teacher.model, run.data.n_features, run.data.n_classes
+                    c.teacher.model, run.data.n_features, run.data.n_classes, run.data.image
                 )
                 teacher = build_model(spec, seed=derive_seed(run.seed, _TEACHER_STREAM))
                 teacher = train_supervised(
@@ -278,7 +278,7 @@ class Distillation(Trainer[FederatedData, "DistillState"]):
         final = state.stage == len(run.stages) - 1
         if state.epoch == c.epochs + (c.finetune_epochs if final else 0):  # the stage is done
             spec = ModelSpec.from_config(
-                run.stages[state.stage], run.data.n_features, run.data.n_classes
+                run.stages[state.stage], run.data.n_features, run.data.n_classes, run.data.image
             )
             state.lineage.append(
                 {"stage": state.stage, "model": spec.name, "params": _params(state.student)}
@@ -296,7 +296,7 @@ class Distillation(Trainer[FederatedData, "DistillState"]):
         """A stage's student, its optimizer and its batch order's generator."""
         c, run = self.config.distill, self._run
         spec = ModelSpec.from_config(
-            run.stages[state.stage], run.data.n_features, run.data.n_classes
+            run.stages[state.stage], run.data.n_features, run.data.n_classes, run.data.image
         )
         student = build_model(spec, seed=derive_seed(run.seed, _STUDENT_STREAM, state.stage))
         targets, s_index, feats = self._stage_targets(state.teacher, student)

@@ -259,7 +259,7 @@ class FedAvg(Trainer[FederatedData, "FedAvgState"]):
 
     def begin(self, data: FederatedData, executor: Executor, seed: int) -> FedAvgState:
         cfg = self.config
-        spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
+        spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes, data.image)
         model = build_model(spec, seed=derive_seed(seed, _INIT_STREAM))
         parties = self.parties(data)
         sizes = party_sizes(parties)

@@ -39,12 +39,14 @@ class ModelConfig:
     """Which model to train."""
 
     name: str = field(default="mlp", metadata=one_of("model"))
-    """One of the registered models: logreg, mlp, cnn, convnet, vit."""
+    """One of the registered models: logreg, mlp, cnn, convnet, vit (8x8-style square
+    single-channel images), image_cnn, resnet (images of any shape and channels)."""
     hidden: list[int] = field(default_factory=lambda: [128], metadata=each(at_least(1)))
     """Hidden layer widths of the MLP."""
     channels: list[int] = field(default_factory=lambda: [16, 32])
     """Convolution channels of the CNN (two 3x3 conv + 2x2 max-pool stages) and of the
-    ConvNet (two 3x3 conv + instance norm + 2x2 average-pool stages)."""
+    ConvNet (two 3x3 conv + instance norm + 2x2 average-pool stages); image_cnn and resnet:
+    one stage per entry, any number of them."""
     dim: int = field(default=32, metadata=at_least(1))
     """ViT: token width."""
     depth: int = field(default=4, metadata=at_least(1))
@@ -58,17 +60,31 @@ class ModelConfig:
     rate (vit, rising linearly over the blocks)."""
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        if len(self.channels) != 2 or min(self.channels) < 1:
+        if self.name in _ANY_IMAGE:
+            if not self.channels or min(self.channels) < 1:
+                yield "channels", "must be positive channel counts, one per stage"
+        elif len(self.channels) != 2 or min(self.channels) < 1:
             yield "channels", "must be two positive channel counts"
         if self.name == "vit" and self.heads >= 1 and self.dim % self.heads:
             yield "dim", f"must be divisible by heads ({self.heads})"
 
 
-def check_input(cfg: ModelConfig, n_features: int) -> str | None:
+_ANY_IMAGE = ("image_cnn", "resnet")
+
+
+def check_input(
+    cfg: ModelConfig, n_features: int, image: tuple[int, int, int] | None = None
+) -> str | None:
     """Why the model cannot read ``n_features`` inputs (None: it can): the image models need
-    square images of a fitting side."""
+    images, given by the data's ``image`` shape or (one channel) square feature counts."""
     side = int(round(n_features**0.5))
     square = side * side == n_features
+    if cfg.name in _ANY_IMAGE and image is None and not square:
+        return (
+            f"{cfg.name} reads images: an image data set (torchvision, hf with an image "
+            f"column, digits, synthetic_images) or square single-channel features; the data "
+            f"has {n_features} features"
+        )
     if cfg.name in ("cnn", "convnet") and (not square or side % 4):
         return (
             f"{cfg.name} needs square images with a side divisible by 4 (digits: 8x8); "
@@ -97,9 +113,17 @@ class ModelSpec:
     heads: int = 4
     patch: int = 2
     dropout: float = 0.0
+    image: tuple[int, int, int] | None = None
+    """(channels, height, width) of the input images (None: square, one channel)."""
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, n_features: int, n_classes: int) -> ModelSpec:
+    def from_config(
+        cls,
+        cfg: ModelConfig,
+        n_features: int,
+        n_classes: int,
+        image: tuple[int, int, int] | None = None,
+    ) -> ModelSpec:
         return cls(
             cfg.name,
             n_features,
@@ -111,7 +135,17 @@ class ModelSpec:
             heads=cfg.heads,
             patch=cfg.patch,
             dropout=cfg.dropout,
+            image=None if image is None else tuple(image),  # type: ignore[arg-type]
         )
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """The images' (channels, height, width): given, or square single-channel."""
+        if self.image is not None:
+            return self.image
+        side = int(round(self.n_features**0.5))
+        if side * side != self.n_features:
+            raise ValueError(f"{self.name} reads images; got {self.n_features} features")
+        return (1, side, side)
 
 
 MODELS: Registry[Callable[[ModelSpec], nn.Module]] = Registry("model")
@@ -188,6 +222,98 @@ class _ConvNet(_SmallCNN):
 
 
 MODELS.register("convnet")(_ConvNet)
+
+
+class _ImageCNN(nn.Module):
+    """A CNN for images of any shape and channel count: per entry of ``channels``, a 3x3
+    convolution, group norm (no batch statistics: a model is its parameters), ReLU and, while
+    the image is larger than 4x4, a 2x2 max-pool; then global average pooling and a linear
+    head."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.shape = spec.image_shape()
+        c, h, w = self.shape
+        stages: list[nn.Module] = []
+        for width in spec.channels:
+            layers: list[nn.Module] = [
+                nn.Conv2d(c, width, 3, padding=1),
+                nn.GroupNorm(_groups(width), width),
+                nn.ReLU(),
+            ]
+            if min(h, w) > 4:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            stages.append(nn.Sequential(*layers))
+            c = width
+        self.stages = nn.ModuleList(stages)
+        self.drop = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(c, spec.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward_layers(self, x)[0]
+
+
+def _groups(width: int) -> int:
+    """Group norm's groups: 8 channels each where they divide, else one per channel."""
+    return width // 8 if width % 8 == 0 else width
+
+
+MODELS.register("image_cnn")(_ImageCNN)
+
+
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions with group norm and a shortcut (a strided
+    1x1 convolution where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(_groups(c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(_groups(c_out), c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(y)) + self.shortcut(x))
+
+
+class _ResNet(_ImageCNN):
+    """A small ResNet for images of any shape and channel count: a 3x3 stem of
+    ``channels[0]``, one basic block per entry of ``channels`` (stride 2 from the second on,
+    while the image is larger than 4x4), global average pooling and a linear head. Group
+    norm stands in for batch norm, as in federated ResNets (Hsieh et al., 2020)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        nn.Module.__init__(self)
+        self.shape = spec.image_shape()
+        c, h, w = self.shape
+        first = spec.channels[0]
+        stages: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(c, first, 3, padding=1, bias=False),
+                nn.GroupNorm(_groups(first), first),
+                nn.ReLU(),
+            )
+        ]
+        c = first
+        for i, width in enumerate(spec.channels):
+            stride = 2 if i and min(h, w) > 4 else 1
+            if stride > 1:
+                h, w = (h + 1) // 2, (w + 1) // 2
+            stages.append(_BasicBlock(c, width, stride))
+            c = width
+        self.stages = nn.ModuleList(stages)
+        self.drop = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(c, spec.n_classes)
+
+
+MODELS.register("resnet")(_ResNet)
 
 
 class _Attention(nn.Module):
@@ -281,6 +407,12 @@ def forward_layers(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     if isinstance(model, _ViT):
         return model.forward_all(x)
     feats: list[torch.Tensor] = []
+    if isinstance(model, _ImageCNN):
+        z = x.view(-1, *model.shape)
+        for stage in model.stages:
+            z = stage(z)
+            feats.append(z.flatten(1))
+        return model.head(model.drop(z.mean(dim=(2, 3)))), feats, None
     if isinstance(model, _SmallCNN):
         z = x.view(-1, 1, model.side, model.side)
         for layer in model.features:
@@ -328,6 +460,8 @@ def load_checkpoint(data: bytes) -> tuple[nn.Module, ModelSpec]:
     blob = torch.load(io.BytesIO(data), weights_only=True)
     raw = dict(blob["spec"])
     raw["hidden"], raw["channels"] = tuple(raw["hidden"]), tuple(raw["channels"])
+    if raw.get("image") is not None:
+        raw["image"] = tuple(raw["image"])
     spec = ModelSpec(**raw)  # fields added since default as before
     model = build_model(spec, seed=0)
     model.load_state_dict(blob["state_dict"])

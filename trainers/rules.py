@@ -146,9 +146,10 @@ def each(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {"rule": Each(metadata["rule"])}
 
 
-def file_path() -> dict[str, Any]:
-    """Field metadata: a file-system path, made absolute when the config is loaded."""
-    return {"path": True}
+def file_path(or_name: bool = False) -> dict[str, Any]:
+    """Field metadata: a file-system path, made absolute when the config is loaded; with
+    ``or_name``, only when something lies there (else it may name a remote thing: a hub id)."""
+    return {"path": "or_name" if or_name else True}
 
 
 def field_rule(metadata: Mapping[str, Any]) -> Rule | Each | None:

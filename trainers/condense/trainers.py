@@ -111,7 +111,7 @@ def _check_layer(config: TrainerConfig, model: ModelConfig, data: FederatedData)
     """DoorPing's layer must be one of the model's hidden representations."""
     if config.backdoor.name != BackdoorName.doorping:
         return
-    spec = ModelSpec.from_config(model, data.n_features, data.n_classes)
+    spec = ModelSpec.from_config(model, data.n_features, data.n_classes, data.image)
     with torch.no_grad():
         _, feats, _ = forward_layers(build_model(spec, 0), torch.zeros(1, data.n_features))
     n, layer = len(feats), config.backdoor.layer
@@ -214,7 +214,9 @@ class Condense(Trainer[FederatedData, CondenseState]):
         x, y = _tensors(pooled.x, pooled.y)
         self._x, self._y = x, y
         self._x_test, self._y_test = _tensors(data.x_test, data.y_test)
-        self._spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
+        self._spec = ModelSpec.from_config(
+            self.model_config, data.n_features, data.n_classes, data.image
+        )
         self._seed = seed
         backdoor = self.config.backdoor if attacking(self.config.backdoor) else None
         self._distiller = Distiller(
@@ -424,7 +426,9 @@ class FedCondense(Trainer[FederatedData, FedCondenseState]):
 
     def begin(self, data: FederatedData, executor: Executor, seed: int) -> FedCondenseState:
         self._data, self._seed = data, seed
-        self._spec = ModelSpec.from_config(self.model_config, data.n_features, data.n_classes)
+        self._spec = ModelSpec.from_config(
+            self.model_config, data.n_features, data.n_classes, data.image
+        )
         ids = sorted(data.parties)
         self._ids = ids
         self._byzantine = byzantine_parties(ids, self.config.attack, seed)
