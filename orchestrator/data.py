@@ -436,7 +436,8 @@ def _features(
             if values.dtype == np.float32:
                 np.take(values, r, axis=0, out=block)
             else:
-                block[...] = values[r]
+                with np.errstate(over="ignore"):  # refused just below, by the column
+                    block[...] = values[r]
                 if values.dtype.kind == "f" and not np.isfinite(block).all():
                     raise ConfigError(
                         "data.features",

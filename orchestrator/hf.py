@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["load_hf"]
 
+_SHOW_PROGRESS = 20_000
+"""Images from which decoding shows a progress bar (some seconds of Pillow)."""
 _BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
@@ -125,10 +127,18 @@ def _images(column: pa.ChunkedArray, name: str) -> tuple[pa.Array, tuple[int, in
     """Encoded images (``{bytes, path}`` structs) as one fixed-length ``uint8`` list per
     row, channels first."""
     from PIL import Image
+    from tqdm import tqdm
 
     shape: tuple[int, ...] | None = None
     out: np.ndarray | None = None
-    for i, cell in enumerate(column.to_pylist()):
+    cells = tqdm(
+        column.to_pylist(),
+        desc=f"decoding {name}",
+        unit="image",
+        disable=len(column) < _SHOW_PROGRESS,
+        leave=False,
+    )
+    for i, cell in enumerate(cells):
         if cell is None:
             raise ConfigError("data.features", f"column {name!r}: row {i} holds no image")
         source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
