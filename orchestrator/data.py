@@ -80,7 +80,7 @@ class TableSource:
     """Every column's type, ``table``'s or, with ``read``, the file's."""
 
     def column(self, name: str) -> pa.ChunkedArray:
-        if name in self.table.column_names or self.read is None:
+        if self.read is None or self.table.schema.get_field_index(name) >= 0:
             return self.table.column(name)
         return self.read(name)
 
@@ -391,24 +391,19 @@ def _width(col: pa.ChunkedArray, name: str) -> int:
     return 1
 
 
-def _check_feature(col: pa.ChunkedArray, name: str) -> int:
-    """A feature column's values per row, refused when a value is missing or infinite."""
-    width = _width(col, name)
+def _checked(col: pa.ChunkedArray, name: str, width: int) -> np.ndarray:
+    """A feature column as an (n, width) array of its own type, refused when a value is
+    missing or infinite."""
     flat = col if _is_number(col.type) else pc.list_flatten(col)
     if col.null_count or flat.null_count:
         raise ConfigError("data.features", f"column {name!r} has missing values")
-    if pa.types.is_floating(flat.type):
-        if pc.any(pc.is_nan(flat)).as_py():
+    values = flat.to_numpy().reshape(len(col), width)
+    if values.dtype.kind == "f":
+        if np.isnan(values).any():
             raise ConfigError("data.features", f"column {name!r} has missing values")
-        if pc.any(pc.is_inf(flat)).as_py():
+        if not np.isfinite(values).all():
             raise ConfigError("data.features", f"column {name!r} holds infinite values")
-    return width
-
-
-def _values(col: pa.ChunkedArray, width: int) -> np.ndarray:
-    """A checked feature column as an (n, width) array of its own type."""
-    flat = col if _is_number(col.type) else pc.list_flatten(col)
-    return flat.to_numpy().reshape(len(col), width)
+    return values
 
 
 def _features(
@@ -427,10 +422,7 @@ def _features(
     names: list[str] = []
     at = 0
     for name, get, w in columns:
-        col = get()
-        _check_feature(col, name)
-        values = _values(col, w)
-        del col
+        values = _checked(get(), name, w)
         for x, r in zip(out, rows):
             block = x[:, at : at + w]
             if values.dtype == np.float32:
@@ -832,8 +824,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         rng = np.random.default_rng(derive_seed(cfg.seed, _PARTITION_STREAM))
         parts = _partition(part, y_train, groups, train_idx, len(classes), rng)
     except ConfigError:  # a bad feature column says so first: the likelier mistake
-        for name, get, _ in columns:
-            _check_feature(get(), name)
+        for name, get, width in columns:
+            _checked(get(), name, width)
         raise
     if isinstance(parts, Cut):
         local, sizes = parts.rows, parts.sizes
