@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from orchestrator.errors import ConfigError
 from orchestrator.secrets import MASK, reads_environment, redact
 from orchestrator.validation import validate
+from orchestrator.vision import VISION_DATASETS
 from trainers.config import TrainerConfig
 from trainers.models import ModelConfig
 from trainers.rules import Choice, at_least, between, file_path, is_path, one_of, positive
@@ -197,6 +198,10 @@ class DataConfig:
                 yield "variant", "read by data.name=torchvision only"
             if self.download:
                 yield "download", "read by data.name=torchvision only"
+        if self.name == "hf" and self.test_split == self.split:
+            yield "test_split", f"is the training split ({self.split}): name another split"
+        if self.name == "torchvision" and self.dataset not in VISION_DATASETS:
+            yield "dataset", f"torchvision reads {', '.join(VISION_DATASETS)}; got {self.dataset!r}"
         if self.name == "hf" and not self.path:
             yield (
                 "path",
@@ -695,11 +700,12 @@ def _resolve_paths(cfg: Any) -> None:
         if dataclasses.is_dataclass(value):
             _resolve_paths(value)
         elif is_path(f.metadata) and isinstance(value, str) and value:
-            if Path(value).is_absolute():
-                continue
-            if f.metadata["path"] == "or_name" and not (Path(value).exists() or glob.glob(value)):
+            where = Path(value).expanduser()
+            if f.metadata["path"] == "or_name" and not (where.exists() or glob.glob(str(where))):
                 continue  # a name, not a path: a hub id
-            setattr(cfg, f.name, str(Path(value).resolve()))
+            if not where.is_absolute():
+                where = where.resolve()
+            setattr(cfg, f.name, str(where))
 
 
 @functools.lru_cache(maxsize=1)

@@ -241,8 +241,8 @@ def _parquet(cfg: DataConfig, seed: int) -> TableSource:
         raise ConfigError("data.path", f"{rows} rows; at least 10 are needed")
 
     def read(name: str) -> pa.ChunkedArray:
-        try:
-            return pq.ParquetFile(path).read(columns=[name]).column(0)
+        try:  # one open file: a wide file's footer is parsed once, not per column
+            return file.read(columns=[name]).column(0)
         except (OSError, pa.ArrowException) as exc:
             raise fail(exc) from None
 
@@ -254,9 +254,9 @@ def _is_number(kind: pa.DataType) -> bool:
 
 
 def _is_feature_type(kind: pa.DataType) -> bool:
-    """A number, or a list of numbers (an image's or an embedding's values)."""
+    """A number, or a list of numbers (an image's or an embedding's values; one level)."""
     if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _is_feature_type(kind.value_type)
+        return _is_number(kind.value_type)
     return _is_number(kind)
 
 
@@ -289,7 +289,11 @@ def pick_columns(
     for name in picked:
         kind = schema.field(name).type
         if not _is_feature_type(kind):
-            raise ConfigError("data.features", f"column {name!r} is {kind}, not numeric")
+            raise ConfigError(
+                "data.features",
+                f"column {name!r} is {kind}, not numeric (a feature is a number or a flat "
+                "list of numbers)",
+            )
     if not picked:
         raise ConfigError("data.features", "the data has no numeric feature columns")
     return label, picked

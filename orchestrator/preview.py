@@ -83,6 +83,8 @@ def preview(cfg: ExperimentConfig, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     stats = prepared.stats
     pq.write_table(stats, out / "parties.parquet")
+    for old in (out / "parties").glob("party_*.parquet"):  # a previous, larger partition's
+        old.unlink()
     files = write_partitions(prepared, out / "parties")
     lines = [_headline(cfg, prepared), *_table(stats)]
     written = [str(out / "parties.parquet"), f"{len(files)} party files in {out / 'parties'}"]

@@ -235,9 +235,38 @@ def test_the_image_models_train_on_colour_images_from_the_data(tmp_path, model):
     assert result.metrics["test_accuracy"] > 0.8, result.metrics
 
 
-def test_image_models_refuse_data_that_is_not_images():
+def test_image_models_refuse_data_that_is_not_images(tmp_path):
     with pytest.raises(ConfigError, match="model.name: resnet reads images"):
         orchestrator.run(tiny(), ["data.name=breast_cancer", "model.name=resnet"])
+    # a colour image of a square pixel count is not a one-channel square image
+    rng = np.random.default_rng(5)
+    x = _images(rng, 60, (3, 32, 32))
+    write_cifar10(tmp_path, x[:50], rng.integers(0, 3, 50), x[50:], rng.integers(0, 3, 10))
+    with pytest.raises(ConfigError, match="model.name: cnn reads one-channel square images"):
+        orchestrator.run(
+            tiny(),
+            [
+                "data.name=torchvision",
+                "data.dataset=CIFAR10",
+                f"data.root={tmp_path}",
+                "model.name=cnn",
+            ],
+        )
+
+
+def test_nested_lists_and_a_test_split_that_trains_are_refused(tmp_path):
+    nested = pa.table({"v": [[[1.0, 2.0]]] * 20, "label": [0, 1] * 10})
+    pq.write_table(nested, tmp_path / "nested.parquet")
+    cfg = load_config(
+        tiny(),
+        ["data.name=parquet", f"data.path={tmp_path / 'nested.parquet'}", "data.features=[v]"],
+    )
+    with pytest.raises(ConfigError, match="data.features: column 'v' is list<element: list"):
+        prepare(cfg)
+    with pytest.raises(ConfigError, match=r"data.test_split: is the training split \(train\)"):
+        load_config(tiny(), ["data.name=hf", "data.path=x", "data.test_split=train"])
+    with pytest.raises(ConfigError, match="data.dataset: torchvision reads MNIST, .*; got 'Cora'"):
+        load_config(tiny(), ["data.name=torchvision", f"data.root={tmp_path}"])
 
 
 # ---------------------------------------------------------------- partitioners
@@ -413,6 +442,9 @@ def test_fedsweep_data_prints_the_table_and_draws_the_heatmap(tmp_path, capsys):
     assert summary.label_tv > 0.2  # alpha 0.2 is skewed
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((out / "parties").glob("party_*.parquet"))) == 6
+    # again with fewer parties: only theirs are left
+    assert main([*argv, "partition.num_parties=4"]) == 0
+    assert len(list((out / "parties").glob("party_*.parquet"))) == 4
 
 
 def test_skew_of_an_even_partition_is_none():

@@ -79,6 +79,11 @@ def check_input(
     images, given by the data's ``image`` shape or (one channel) square feature counts."""
     side = int(round(n_features**0.5))
     square = side * side == n_features
+    if cfg.name in ("cnn", "convnet", "vit") and image is not None and image[0] != 1:
+        return (
+            f"{cfg.name} reads one-channel square images; the data's are {image[0]}x"
+            f"{image[1]}x{image[2]}: use image_cnn or resnet"
+        )
     if cfg.name in _ANY_IMAGE and image is None and not square:
         return (
             f"{cfg.name} reads images: an image data set (torchvision, hf with an image "
