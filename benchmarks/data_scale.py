@@ -257,8 +257,7 @@ def fedsweep_run(path: str) -> dict[str, Any]:
         warm["partition"] = {"name": "iid", "num_parties": 10}
         run(load_config(warm), executor=executor)
         gc.collect()
-        with PeakPss() as idle:  # a moment's sample of the warmed pool at rest
-            time.sleep(1.0)
+        at_rest = PeakPss()._sample()  # the warmed pool at rest
         before_rss = PeakMemory(tree=True)._sample()
         with PeakMemory(tree=True) as mem, PeakPss() as pss:
             start = time.perf_counter()
@@ -273,7 +272,7 @@ def fedsweep_run(path: str) -> dict[str, Any]:
         "peak": mem.peak,
         "start_rss_tree": before_rss,
         "peak_pss": pss.peak,
-        "start_pss_tree": idle.peak,
+        "start_pss_tree": at_rest,
         "phases": dict(result.timings),
         "metrics": {k: float(v) for k, v in result.metrics.items()},
     }

@@ -261,10 +261,10 @@ def _is_feature_type(kind: pa.DataType) -> bool:
 
 
 def pick_columns(
-    schema: pa.Schema, label: str, features: Sequence[str] | None, exclude: Sequence[str] = ()
+    schema: pa.Schema, label: str, features: Sequence[str] | None
 ) -> tuple[str, list[str]]:
     """The label column and the feature columns of a table (default: every numeric or
-    numeric-list column but the label and ``exclude``).
+    numeric-list column but the label).
 
     Raises:
         ConfigError: a missing column, a feature that is not numeric, or no features.
@@ -281,10 +281,7 @@ def pick_columns(
         picked = [
             f.name
             for f in schema
-            if f.name != label
-            and f.name not in exclude
-            and _is_feature_type(f.type)
-            and not pa.types.is_boolean(f.type)
+            if f.name != label and _is_feature_type(f.type) and not pa.types.is_boolean(f.type)
         ]
     for name in picked:
         kind = schema.field(name).type
@@ -470,10 +467,7 @@ def _iid(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.random.Gen
     n, k = len(y), cfg.num_parties
     sizes = np.full(k, n // k, dtype=np.int64)  # np.array_split's cut
     sizes[: n % k] += 1
-    # each part sorted, all parts at once: by (part, row) as one integer key
-    key = np.repeat(np.arange(k, dtype=np.int64), sizes) * n + perm
-    key.sort()
-    return Cut(key % n, sizes)
+    return _cut(perm, sizes)
 
 
 class Cut(Sequence[np.ndarray]):
@@ -601,7 +595,8 @@ def _pathological(y: np.ndarray, cfg: PartitionConfig, n_classes: int, rng: np.r
 
 
 def _cut(perm: np.ndarray, sizes: np.ndarray) -> Cut:
-    """Consecutive runs of ``perm`` of the given sizes, each run sorted."""
+    """Consecutive runs of ``perm`` of the given sizes, each run sorted (all at once: by
+    (run, row) as one integer key)."""
     n, k = len(perm), len(sizes)
     used = int(sizes.sum())
     key = np.repeat(np.arange(k, dtype=np.int64), sizes) * n + perm[:used]

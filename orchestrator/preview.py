@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ def _headline(cfg: ExperimentConfig, prepared: Prepared) -> str:
     shape = f" ({'x'.join(map(str, image))} images)" if image else ""
     stats = prepared.stats
     held = (
-        f"{int(pa.compute.sum(stats.column('n_samples')).as_py())} training rows, "
+        f"{int(stats.column('n_samples').to_numpy().sum())} training rows, "
         if "n_samples" in stats.column_names
         else ""
     )
