@@ -83,6 +83,8 @@ def _load(path: str) -> Any:
             raise ConfigError(
                 "data.path", f"{path} is neither a save_to_disk directory nor data files"
             )
+        if where.suffix.lower() in _BUILDERS:  # a data file that is not there, not a hub id
+            raise ConfigError("data.path", f"no such file: {path}")
         return datasets.load_dataset(path)
     except ConfigError:
         raise

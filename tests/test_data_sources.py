@@ -164,6 +164,10 @@ def test_hf_hub_id_offline_and_mixed_image_sizes_are_refused(tmp_path, monkeypat
     assert cfg.data.path == "nobody/no-such-data-set"  # a hub id is not made a path
     with pytest.raises(ConfigError, match="data.path: cannot load nobody/no-such-data-set"):
         prepare(cfg)
+    # a data file's name that is not there is a missing file, never asked of the hub
+    missing = load_config(tiny(), ["data.name=hf", "data.path=nowhere/x.parquet"])
+    with pytest.raises(ConfigError, match="data.path: no such file: nowhere/x.parquet"):
+        prepare(missing)
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(_images(rng, 1, (8 + i % 2, 8))[0]) for i in range(12)]
     ds = datasets.Dataset.from_dict(
