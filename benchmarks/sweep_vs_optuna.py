@@ -166,11 +166,14 @@ def main() -> None:
         venv_python = callback_venv(root)
         template = empty_store(root)
         me = str(Path(__file__).resolve())
+        # the command's script beside this interpreter (as the other ways run it directly),
+        # not a version manager's shim on the PATH, which costs its own start
+        fedsweep = shutil.which("fedsweep", path=str(Path(sys.executable).parent)) or "fedsweep"
         ways: dict[str, tuple[list[str], str | None]] = {
             "plain": ([sys.executable, me, "--mode", "plain"], None),
             "callback": ([venv_python, me, "--mode", "callback"], "mlflow.db"),
-            "fedsweep --parallel 1": (["fedsweep", "sweep", "--parallel", "1"], "mlflow.db"),
-            "fedsweep --parallel 2": (["fedsweep", "sweep", "--parallel", "2"], "mlflow.db"),
+            "fedsweep --parallel 1": ([fedsweep, "sweep", "--parallel", "1"], "mlflow.db"),
+            "fedsweep --parallel 2": ([fedsweep, "sweep", "--parallel", "2"], "mlflow.db"),
         }
         runs: dict[str, list[float]] = {name: [] for name in ways}
         writes, best = {}, {}
@@ -181,7 +184,7 @@ def main() -> None:
                 config, space = write_inputs(work)
                 if store:
                     shutil.copy(template, work / store)
-                if cmd[0] == "fedsweep":
+                if cmd[0] == fedsweep:
                     argv = [*cmd[:2], str(config), "--space", str(space), "--trials", str(n)]
                     argv += [*cmd[2:], "--json"]
                 else:

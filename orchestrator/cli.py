@@ -148,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def entry() -> int:
+    """The ``fedsweep`` command: :func:`main`, in a process of its own."""
+    from orchestrator import process
+
+    process.own()
+    try:
+        return main()
+    finally:
+        process.freeze()  # what is left is freed by the exit, not walked by a last collection
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator import signals
 
@@ -571,4 +582,4 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

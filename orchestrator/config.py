@@ -765,12 +765,13 @@ def _field_type(owner: Any, name: Any) -> Any:
     return args[0] if len(args) == 1 else hint
 
 
-def to_yaml(cfg: ExperimentConfig, *, logged: bool = False) -> str:
+def to_yaml(cfg: ExperimentConfig | dict[str, Any], *, logged: bool = False) -> str:
     """The resolved config as YAML (libyaml's emitter where PyYAML has it: every run writes
     its config.yaml, and the pure-Python emitter takes ~8 ms of a trial for it); ``logged``:
-    as it may be logged (see :func:`to_dict`)."""
+    as it may be logged (see :func:`to_dict`). A dict is taken as :func:`to_dict` made it."""
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(to_dict(cfg, logged=logged), Dumper=dumper, sort_keys=False)
+    plain = cfg if isinstance(cfg, dict) else to_dict(cfg, logged=logged)
+    return yaml.dump(plain, Dumper=dumper, sort_keys=False)
 
 
 def to_dict(cfg: Any, *, logged: bool = False) -> dict[str, Any]:

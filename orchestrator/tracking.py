@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import os
 import tempfile
 import time
@@ -292,6 +293,10 @@ class MlflowTracker:
 
     def delete_model_version(self, name: str, version: str) -> None:
         self.client.delete_model_version(name, version)
+
+    def delete_logged_model(self, model_uri: str) -> None:
+        """Deletes a logged model (``models:/<model id>``)."""
+        self.client.delete_logged_model(model_uri.removeprefix("models:/"))
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Buffers one step's metrics; writes when ``flush_every`` steps are buffered."""
@@ -697,7 +702,8 @@ def fetch_checkpoint(ref: str, uri: str | None = None) -> tuple[bytes, dict[str,
 
 
 def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | None = None) -> str:
-    """Writes a recorded run in a few transactions (create, one batch, end); returns its id."""
+    """Writes a recorded run in a few transactions (create, one batch, end; on a SQL store:
+    create, then one for the rest); returns its id."""
     uri = resolve_tracking_uri(uri)
     client = _client(uri)
     exp_id = _experiment_id(client, uri, record.experiment)
@@ -710,15 +716,78 @@ def write_record(record: RunRecord, uri: str, extra_tags: Mapping[str, str] | No
     run_id = info.run_id
     params = [Param(k, v) for k, v in record.params.items()]
     metrics = [Metric(k, v, ts, step) for k, v, ts, step in record.metrics]
+    if record.files:
+        _write_artifacts(client, run_id, info.artifact_uri, record.files)
+    status, end_ms = RunStatus(record.status).value, record.end_ms or int(time.time() * 1000)
+    if _insert_new_run(client, run_id, params, metrics, status, end_ms):
+        return run_id
     while params or metrics:
         chunk_p, params = params[:_MAX_PARAMS], params[_MAX_PARAMS:]
         room = _MAX_METRICS - len(chunk_p)
         chunk_m, metrics = metrics[:room], metrics[room:]
         client.log_batch(run_id, metrics=chunk_m, params=chunk_p)
-    if record.files:
-        _write_artifacts(client, run_id, info.artifact_uri, record.files)
-    client.set_terminated(run_id, status=RunStatus(record.status).value, end_time=record.end_ms)
+    client.set_terminated(run_id, status=status, end_time=end_ms)
     return run_id
+
+
+def _insert_new_run(
+    client: MlflowClient,
+    run_id: str,
+    params: list[Param],
+    metrics: list[Metric],
+    status: str,
+    end_ms: int,
+) -> bool:
+    """Writes a run just created here, its params, its whole metric history and its end, in
+    one transaction on a SQL store; returns False (nothing written) for any other store.
+
+    MLflow's ``log_batch`` makes an ORM object of every value and looks up each key's latest
+    value before it inserts: about 40 ms for a trial's 510 values on SQLite, on the sweep's
+    writer thread, taking the GIL from the next trial's training. A run nobody else has
+    written to needs neither: its rows go in as two bulk inserts (values, and each key's
+    latest by MLflow's own order: step, timestamp, value), in MLflow's own tables, with
+    MLflow's own checks of each value and its rule for NaN and infinities."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if not isinstance(store, SqlAlchemyStore):
+        return False
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun
+    from mlflow.utils.validation import _validate_batch_log_data
+
+    _validate_batch_log_data(metrics, params, [])
+    rows: dict[tuple, dict[str, object]] = {}
+    latest: dict[str, dict[str, object]] = {}
+    for m in metrics:
+        is_nan, value = store.sanitize_metric_value(m.value)
+        row = {
+            "run_uuid": run_id,
+            "key": m.key,
+            "value": value,
+            "timestamp": m.timestamp,
+            "step": m.step,
+            "is_nan": is_nan,
+        }
+        rows.setdefault((m.key, m.timestamp, m.step, value, is_nan), row)
+        best = latest.get(m.key)
+        if best is None or (m.step, m.timestamp, value) > (
+            best["step"],
+            best["timestamp"],
+            best["value"],
+        ):
+            latest[m.key] = row
+    maker = store.ManagedSessionMaker
+    writing = {"read_only": False} if "read_only" in inspect.signature(maker).parameters else {}
+    with maker(**writing) as session:
+        if params:
+            values = [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in params]
+            session.execute(SqlParam.__table__.insert(), values)
+        if rows:
+            session.execute(SqlMetric.__table__.insert(), list(rows.values()))
+            session.execute(SqlLatestMetric.__table__.insert(), list(latest.values()))
+        ended = SqlRun.__table__.update().where(SqlRun.__table__.c.run_uuid == run_id)
+        session.execute(ended.values(status=status, end_time=end_ms))
+    return True
 
 
 def _write_artifacts(

@@ -268,3 +268,189 @@ def test_a_sweeps_ray_workers_import_before_the_first_trial(ray_session):
     for handle in [runner.submit(_imported, "trainers.fedavg") for _ in range(4)]:
         pid, imported = runner.result(handle)
         assert imported or pid not in pids  # a warmed worker holds the trainers already
+
+
+_ONE_LR = (
+    "objective: [test_accuracy]\n"
+    "params:\n  trainer.lr: {type: float, low: 0.01, high: 0.2, log: true}\n"
+    "sampler: {name: random, seed: 0}\n"
+)
+
+
+def _sweep_here(tmp_path: Path, study: str):
+    import yaml
+
+    from clusters import InProcessTaskRunner
+    from orchestrator.sweeps import sweep
+    from search_spaces import parse_space
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    overrides = ["trainer.rounds=2", f"tracking.uri={uri}"]
+    result = sweep(
+        CONFIGS / "quickstart.yaml",
+        parse_space(yaml.safe_load(_ONE_LR)),
+        overrides,
+        trials=3,
+        runner=InProcessTaskRunner(),
+        study=study,
+    )
+    return result, uri
+
+
+def _loads_and_predicts(model_uri: str, uri: str) -> None:
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(model_uri)
+    out = model(torch.from_numpy(np.zeros((3, 64), dtype=np.float32)))
+    assert tuple(out.shape) == (3, 10)
+
+
+def test_a_long_sweep_here_packages_its_best_model_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """Trials in the driver's process that leave time: the best checkpoint becomes an MLflow
+    model in a child process (warmed while the trials ran), which is gone after the sweep."""
+    import psutil
+
+    from orchestrator.sweeps import _finish, _packager
+
+    monkeypatch.setattr(_finish, "PACKAGER_MIN_S", 0.0)  # a 3-trial study counts as long
+    children: list[int] = []
+    answers: list[str] = []
+    start, result = _packager.Packager.__init__, _packager.Packager.result
+
+    def spawned(self):
+        start(self)
+        children.append(self.pid)
+
+    def answered(self):
+        answers.append(result(self))
+        return answers[-1]
+
+    monkeypatch.setattr(_packager.Packager, "__init__", spawned)
+    monkeypatch.setattr(_packager.Packager, "result", answered)
+    early: list[str] = []
+    submit = _packager.Packager.submit
+
+    def asked(self, *args, **kw):
+        if kw.get("early"):
+            early.append(args[2])
+        return submit(self, *args, **kw)
+
+    monkeypatch.setattr(_packager.Packager, "submit", asked)
+    out, uri = _sweep_here(tmp_path, "long")
+    assert len(children) == 1 and not psutil.pid_exists(children[0])
+    assert len(early) == 1  # the best checkpoint, asked for while the last trial trained
+    assert out.best is not None and answers[-1] == out.best["model_uri"]
+    assert answers[-1].startswith("models:/")
+    assert out.registered[0]["version"] == "1"
+    _loads_and_predicts(f"models:/{out.registered[0]['name']}/1", uri)
+    # a model packaged early for a trial the last one beat is not left behind
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("quickstart").experiment_id
+    kept = {m.model_id for m in client.search_logged_models([exp])}
+    assert kept == {answers[-1].removeprefix("models:/")}
+
+
+class _FakePackager:
+    def __init__(self, early: str | None) -> None:
+        self.early, self.asked, self.answers = early, [], ["models:/m-early"]
+
+    def submit(self, tracking_uri, experiment, uri, run_id, fmt, early=False):
+        self.asked.append(uri)
+
+    def result(self) -> str:
+        return self.answers.pop(0)
+
+
+class _FakeTracker:
+    uri, experiment = "sqlite:///x.db", "e"
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def model_versions(self, name, tags):
+        return []
+
+    def delete_logged_model(self, model_uri: str) -> None:
+        self.deleted.append(model_uri)
+
+
+def test_the_best_packaged_early_is_used_and_one_the_last_trial_beat_is_dropped():
+    from orchestrator import load_config
+    from orchestrator.sweeps._finish import _package_ahead
+
+    base = load_config(CONFIGS / "quickstart.yaml")
+    best = {"number": 5, "model_uri": "runs:/r5/checkpoint/model.pt", "run_id": "r5"}
+    same, tracker = _FakePackager(best["model_uri"]), _FakeTracker()
+    assert _package_ahead(same, tracker, [dict(best)], base, "m", "s") == {0}
+    assert same.asked == [] and tracker.deleted == [] and same.early is None
+    beaten, tracker = _FakePackager("runs:/r2/checkpoint/model.pt"), _FakeTracker()
+    assert _package_ahead(beaten, tracker, [dict(best)], base, "m", "s") == {0}
+    assert beaten.asked == [best["model_uri"]] and tracker.deleted == ["models:/m-early"]
+
+
+def test_a_packaging_process_that_died_leaves_the_packaging_to_the_finish(tmp_path, monkeypatch):
+    from orchestrator.sweeps import _finish, _packager
+
+    monkeypatch.setattr(_finish, "PACKAGER_MIN_S", 0.0)
+    start = _packager.Packager.__init__
+
+    def dead(self):
+        start(self)
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+
+    monkeypatch.setattr(_packager.Packager, "__init__", dead)
+    out, uri = _sweep_here(tmp_path, "dead")
+    assert out.registered[0]["version"] == "1"
+    assert out.best is not None and str(out.best["model_uri"]).startswith("models:/")
+    _loads_and_predicts(f"models:/{out.registered[0]['name']}/1", uri)
+
+
+def test_only_trials_here_with_time_left_get_a_packaging_process():
+    from orchestrator.sweeps._finish import PACKAGER_MIN_S, FinishAhead
+
+    for here, left, expected in [
+        (True, PACKAGER_MIN_S, True),
+        (True, PACKAGER_MIN_S / 2, False),  # over before its start would pay
+        (False, 10 * PACKAGER_MIN_S, False),  # on Ray: the driver's thread has time
+    ]:
+        ahead = FinishAhead(package=True, trials_here=here)
+        ahead.start(left)
+        try:
+            assert (ahead.packager is not None) == expected, (here, left)
+        finally:
+            ahead.wait()
+            ahead.close()
+
+
+def test_only_the_commands_own_process_freezes_its_objects(tmp_path):
+    """The command's process moves what it built out of the collector's reach (its exit is
+    no longer a last walk over every object); a process that calls the API keeps its own."""
+    import gc
+
+    from orchestrator import process
+
+    before = gc.get_freeze_count()
+    process.freeze()
+    assert gc.get_freeze_count() == before
+    code = (
+        "import gc, sys\n"
+        "from orchestrator.cli import entry\n"
+        "sys.argv = ['fedsweep', 'show', sys.argv[1]]\n"
+        "code = entry()\n"
+        "print(code, gc.get_freeze_count() > 0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(CONFIGS / "quickstart.yaml")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0 True"

@@ -170,3 +170,57 @@ def test_nested_under_parent(tracking_uri):
     parent_run = parent.create_run(exp).info.run_id
     child = run(tracked(tracking_uri, tracking={"log_model": False}), parent_run_id=parent_run)
     assert parent.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent_run
+
+
+def test_a_recorded_run_reads_back_as_mlflow_would_have_written_it(tracking_uri, monkeypatch):
+    """A recorded run's values go into a SQL store in one bulk transaction; what MLflow reads
+    back (histories, each key's latest value, NaN and infinities, params) is what its own
+    log_batch writes for the same record."""
+    import math
+
+    from orchestrator import tracking
+    from orchestrator.tracking import RunRecord, RunStatus, write_record
+
+    now = 1_700_000_000_000
+    metrics = [("loss", 1.0 / (s + 1), now + s, s) for s in range(30)]
+    metrics += [("acc", 0.5, now + 5, 3), ("acc", 0.7, now + 5, 3), ("acc", 0.6, now + 9, 2)]
+    metrics += [("odd", math.nan, now, 0), ("odd", math.inf, now, 1), ("low", -math.inf, now, 0)]
+    metrics += [("loss", 1.0, now, 0)]  # a duplicate row: written once
+    record = RunRecord(
+        "tests",
+        run_name="r",
+        params={"trainer.lr": "0.1", "seed": "7"},
+        metrics=metrics,
+        status=RunStatus.FINISHED,
+        start_ms=now,
+        end_ms=now + 100,
+    )
+    bulk = tracking._insert_new_run
+    took: list[bool] = []
+    monkeypatch.setattr(tracking, "_insert_new_run", lambda *a: took.append(bulk(*a)) or took[-1])
+    # (the MLflow way: log_batch, then set_terminated)
+    fast = write_record(record, tracking_uri)
+    assert took == [True]  # the bulk way, on SQLite
+    monkeypatch.setattr(tracking, "_insert_new_run", lambda *a: False)
+    slow = write_record(record, tracking_uri)
+
+    client = MlflowClient(tracking_uri)
+
+    def read(run_id: str) -> tuple:
+        data = client.get_run(run_id).data
+        history = {
+            k: sorted(
+                (m.step, m.timestamp, "nan" if math.isnan(m.value) else m.value)
+                for m in client.get_metric_history(run_id, k)
+            )
+            for k in ("loss", "acc", "odd", "low")
+        }
+        latest = {k: "nan" if math.isnan(v) else v for k, v in data.metrics.items()}
+        return data.params, latest, history
+
+    assert read(fast) == read(slow)
+    params, latest, history = read(fast)
+    assert latest["acc"] == 0.7 and latest["loss"] == 1.0 / 30 and len(history["loss"]) == 30
+    assert history["odd"][1][2] == 1.7976931348623157e308
+    assert client.get_run(fast).info.status == "FINISHED"
+    assert client.get_run(fast).info.end_time == now + 100

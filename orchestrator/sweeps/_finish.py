@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
+from orchestrator import process
 from orchestrator.config import ExperimentConfig, ModelFormat, flatten, to_dict, to_yaml
 from orchestrator.study_report import Best
 from orchestrator.sweeps._optuna import INTERRUPTED
+from orchestrator.sweeps._packager import PackageFailed, Packager, package_checkpoint
 from search_spaces import Space
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ __all__ = [
     "SweepResult",
     "Tallies",
     "finish",
+    "package_early",
     "parent_run",
     "tallies",
 ]
@@ -34,6 +37,10 @@ __all__ = [
 PARENT_ATTR = "mlflow_parent_run_id"
 """Study user attribute naming the study's parent MLflow run."""
 _FOUNDER_WAIT_S = 60.0
+PACKAGER_MIN_S = 15.0
+"""Trials still to run for this long (by the first trial's time) give the best model's
+packaging a process of its own: its start (about 4 s of CPU at a low priority) then has time
+to be done before the last trial."""
 """How long a driver that did not create the study waits for its creator's parent run."""
 
 
@@ -158,11 +165,15 @@ def _space_yaml(space: Space) -> str:
 
 
 class FinishAhead:
-    """What the study's finish needs that no trial's result changes, done on a thread of its
-    own while the trials run, so the finish does not pay for it after the last trial: the
-    plotting and importance modules imported (matplotlib, scikit-learn under Optuna's fANOVA),
+    """What the study's finish needs that no trial's result changes, done while the trials
+    run, so the finish does not pay for it after the last trial: the plotting and importance
+    modules imported (matplotlib, scikit-learn under Optuna's fANOVA) on a thread of its own,
     and, when the best model will be packaged as an MLflow model, MLflow's PyTorch flavour
     imported and PyTorch's export traced once (its first trace costs about a second).
+
+    Where the trials train in this process and will go on long enough, the packaging has a
+    process of its own (:class:`~orchestrator.sweeps._packager.Packager`): its imports and
+    trace would otherwise hold the interpreter's lock from the trial training beside them.
 
     Nothing here touches a random generator or the study: a trial in this process trains as
     it would without it. Whatever fails here is left for the finish to do (or fail) itself.
@@ -171,20 +182,29 @@ class FinishAhead:
         package: whether the finish will package a checkpoint as an MLflow model.
         importances: whether the finish will plot the parameters' importances (fANOVA:
             scikit-learn), which it does not for a one-parameter space.
+        trials_here: whether the trials train in this process.
     """
 
-    def __init__(self, package: bool, importances: bool = True) -> None:
-        self.package, self.importances = package, importances
+    def __init__(self, package: bool, importances: bool = True, trials_here: bool = False):
+        self.package, self.importances, self.trials_here = package, importances, trials_here
+        self.packager: Packager | None = None
         self._thread = threading.Thread(target=self._run, name="fedsweep-finish-ahead", daemon=True)
         self._lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self, seconds_left: float = 0.0) -> None:
         """Starts the work (once; later calls do nothing). The driver calls it when its first
-        trial is told: by then a trial in this process has imported what it needs, so the
-        two threads never import at once, and the first trial is not slowed."""
+        trial is told, with the time it expects the other trials to take: by then a trial
+        in this process has imported what it needs, so the two threads never import at
+        once, and the first trial is not slowed."""
         with self._lock:
-            if not self._thread.is_alive() and self._thread.ident is None:
-                self._thread.start()
+            if self._thread.ident is not None:
+                return
+            if self.package and self.trials_here and seconds_left >= PACKAGER_MIN_S:
+                try:
+                    self.packager = Packager()
+                except OSError:  # no process to be had: the thread prepares it instead
+                    self.packager = None
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -197,7 +217,7 @@ class FinishAhead:
             if self.importances:
                 import optuna.importance  # noqa: F401 - fANOVA: scikit-learn
 
-            if self.package:
+            if self.package and self.packager is None:
                 import mlflow.pytorch  # noqa: F401
                 import torch
 
@@ -207,14 +227,20 @@ class FinishAhead:
                 torch.export.export(layer, (torch.zeros(1, 2),))
         except Exception:  # noqa: BLE001 - the finish does it itself
             pass
+        process.freeze()  # the modules just imported live as long as the process
 
     def wait(self) -> None:
-        """Returns once the work is done, if it started (the finish runs after it, never
-        beside it)."""
+        """Returns once the thread's work is done, if it started (the finish runs after it,
+        never beside it)."""
         with self._lock:
             started = self._thread.ident is not None
         if started:
             self._thread.join()
+
+    def close(self) -> None:
+        """Ends the packaging process, if there is one."""
+        if self.packager is not None:
+            self.packager.close()
 
 
 def _entry(t: optuna.trial.FrozenTrial) -> Best:
@@ -234,10 +260,12 @@ def finish(
     base: ExperimentConfig,
     name: str,
     step: Callable[[str], None] = lambda name: None,
+    packager: Packager | None = None,
 ) -> SweepResult:
     """Sums the study up: the best trial(s); with a parent run, the trial table, the plots,
     the report, and the best models made MLflow models and registered. ``step`` is told the
-    name of each step as it begins (a progress bar shows it)."""
+    name of each step as it begins (a progress bar shows it). A ``packager`` packages the
+    best models while the tables and plots are made."""
     from orchestrator.grid_report import build_report
 
     counts = tallies(study)
@@ -249,12 +277,14 @@ def finish(
     registered: list[dict[str, object]] = []
     report = build_report(study, space)
     if tracker is not None:
+        model_name = base.sweep.register_as or f"{name}-best"
+        sent = _package_ahead(packager, tracker, entries, base, model_name, name)
         _log_summary(study, space, tracker, entries, counts, step)
         if report is not None:
             step("report")
             report.log(tracker)
         step("best model")
-        registered = _register(tracker, entries, base, name)
+        registered = _register(tracker, entries, base, model_name, name, packager, sent)
     best: Best | list[Best] | None
     if space.multi_objective:
         best = entries
@@ -309,25 +339,110 @@ def _log_summary(
     study_report.log_plots(study, space, tracker)
 
 
+def _marks(name: str, entry: Best) -> dict[str, str]:
+    return {"study": name, "trial": str(entry.get("number"))}
+
+
+def _needs_package(entry: Best) -> bool:
+    uri = entry["model_uri"]
+    return isinstance(uri, str) and uri.endswith("checkpoint/model.pt")
+
+
+def _package_ahead(
+    packager: Packager | None,
+    tracker: MlflowTracker,
+    entries: list[Best],
+    base: ExperimentConfig,
+    model_name: str,
+    name: str,
+) -> set[int]:
+    """Asks the packaging process for each best checkpoint not registered yet; returns the
+    indexes of the entries asked for (their answers come in order)."""
+    sent: set[int] = set()
+    if packager is None:
+        return sent
+    fmt = _format(base.tracking.model_format)
+    early, packager.early = packager.early, None
+    for i, entry in enumerate(entries):
+        if not _needs_package(entry) or tracker.model_versions(model_name, _marks(name, entry)):
+            continue
+        if early is not None and entry["model_uri"] == early:
+            sent.add(i)  # asked for while the last trials ran: its answer comes first
+            early = None
+            continue
+        if early is not None:  # the last trials found a better one: that model is dropped
+            _drop_early(packager, tracker)
+            early = None
+        try:
+            packager.submit(
+                tracker.uri, tracker.experiment, str(entry["model_uri"]), str(entry["run_id"]), fmt
+            )
+        except PackageFailed:
+            break
+        sent.add(i)
+    if early is not None:
+        _drop_early(packager, tracker)
+    return sent
+
+
+def _drop_early(packager: Packager, tracker: MlflowTracker) -> None:
+    """Waits for the model packaged early and deletes it: it is not the best trial's."""
+    try:
+        uri = packager.result()
+    except PackageFailed:
+        return
+    tracker.delete_logged_model(uri)
+
+
+def package_early(
+    packager: Packager, tracker: MlflowTracker, study: optuna.Study, base: ExperimentConfig
+) -> None:
+    """Asks for the best trial's packaging now, while the last trials train: the finish
+    then mostly finds it done (one objective only; a better last trial asks again)."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        return
+    uri, run_id = best.user_attrs.get("model_uri"), best.user_attrs.get("mlflow_run_id")
+    if not (isinstance(uri, str) and uri.endswith("checkpoint/model.pt") and run_id):
+        return
+    fmt = _format(base.tracking.model_format)
+    try:
+        packager.submit(tracker.uri, tracker.experiment, uri, str(run_id), fmt, early=True)
+    except PackageFailed:
+        pass
+
+
 def _register(
-    tracker: MlflowTracker, entries: list[Best], base: ExperimentConfig, name: str
+    tracker: MlflowTracker,
+    entries: list[Best],
+    base: ExperimentConfig,
+    model_name: str,
+    name: str,
+    packager: Packager | None = None,
+    sent: Collection[int] = (),
 ) -> list[dict[str, object]]:
     """Each best trial's model, as an MLflow model in its run, in the Model Registry."""
     registered: list[dict[str, object]] = []
-    model_name = base.sweep.register_as or f"{name}-best"
-    for entry in entries:
-        marks = {"study": name, "trial": str(entry.get("number"))}
+    fmt = _format(base.tracking.model_format)
+    for i, entry in enumerate(entries):
+        marks = _marks(name, entry)
         existing = tracker.model_versions(model_name, marks)
         if existing:  # registered already (a resumed study, or another driver's finish)
             registered.append(
                 {"name": model_name, "version": existing[0], "trial": entry.get("number")}
             )
             continue
+        if _needs_package(entry):
+            checkpoint, run_id = str(entry["model_uri"]), str(entry["run_id"])
+            packaged: str | None = None
+            if packager is not None and i in sent:
+                try:
+                    packaged = packager.result()
+                except PackageFailed:  # packaged here instead
+                    packaged = None
+            entry["model_uri"] = packaged or package_checkpoint(tracker, checkpoint, run_id, fmt)
         uri = entry["model_uri"]
-        if isinstance(uri, str) and uri.endswith("checkpoint/model.pt"):
-            uri = entry["model_uri"] = _package_checkpoint(
-                tracker, uri, str(entry["run_id"]), base.tracking.model_format
-            )
         if not isinstance(uri, str):
             continue
         lineage = tracker.run_tags(str(entry["run_id"]), "lineage.")  # a student's teacher
@@ -342,15 +457,6 @@ def _register(
     return registered
 
 
-def _package_checkpoint(
-    tracker: MlflowTracker, uri: str, run_id: str, model_format: ModelFormat
-) -> str:
-    """Turns a best trial's checkpoint into an MLflow model logged in that trial's run."""
-    import numpy as np
-
-    from trainers.models import load_checkpoint
-
-    model, spec = load_checkpoint(tracker.read_bytes(uri))
-    example = np.zeros((2, spec.n_features), dtype=np.float32)
-    fmt = str(model_format) if model_format in (ModelFormat.pt2, ModelFormat.pickle) else "pt2"
-    return tracker.log_model(model, example, serialization=fmt, run_id=run_id)
+def _format(model_format: ModelFormat) -> str:
+    """The MLflow model a checkpoint becomes: pickle when asked for, else pt2."""
+    return "pickle" if model_format == ModelFormat.pickle else "pt2"
