@@ -10,22 +10,29 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
 
-def _ray_token() -> Path:
+def _ray_token() -> tuple[Path, bool]:
     """Ray's token authentication, explicitly: one token file for the test run, named in this
     process's environment (and so in every process the tests start; a lab sets its own).
-    Set when this file is imported, before any test module imports Ray, which reads it then."""
+    Set when this file is imported, before any test module imports Ray, which reads it then.
+    A process the test run started that imports this file again (a Ray worker unpickling a
+    test's function) keeps the run's token instead of making (and leaving) one of its own.
+    Returns the file and whether this process made it."""
     import os
     import secrets
     import tempfile
 
+    inherited = os.environ.get("FEDSWEEP_TEST_RAY_TOKEN")
+    if inherited and Path(inherited).is_file():
+        return Path(inherited), False
     path = Path(tempfile.mkdtemp(prefix="fedsweep-ray-auth-")) / "token"
     path.write_text(secrets.token_hex(32))
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
-    return path
+    os.environ["FEDSWEEP_TEST_RAY_TOKEN"] = str(path)
+    return path, True
 
 
-RAY_TOKEN = _ray_token()
+RAY_TOKEN, _MADE_TOKEN = _ray_token()
 
 
 def _recorded_instruction_set() -> None:
@@ -62,7 +69,8 @@ def ray_token():
     import shutil
 
     yield RAY_TOKEN
-    shutil.rmtree(RAY_TOKEN.parent, ignore_errors=True)
+    if _MADE_TOKEN:
+        shutil.rmtree(RAY_TOKEN.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -454,3 +454,21 @@ def test_only_the_commands_own_process_freezes_its_objects(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "0 True"
+
+
+def test_answers_that_arrive_together_are_each_read():
+    """The child's readiness and its first answer may reach the pipe at once: reading the
+    first must not buffer the second out of ``select``'s sight (it waited out its timeout)."""
+    from orchestrator.sweeps._packager import PackageFailed, Packager
+
+    both = '{"ready": true}\n{"model_uri": "models:/m-1"}\n{"error": "no such run"}\n'
+    child = [sys.executable, "-c", f"import sys; sys.stdout.write({both!r}); sys.stdout.flush()"]
+    child[-1] += "; sys.stdin.read()"
+    packager = Packager(child, wait_s=30)
+    try:
+        packager.submit("sqlite:///x.db", "e", "runs:/r/checkpoint/model.pt", "r", "pt2")
+        assert packager.result() == "models:/m-1"
+        with pytest.raises(PackageFailed, match="no such run"):
+            packager.result()
+    finally:
+        packager.close()

@@ -49,12 +49,15 @@ def package_checkpoint(tracker: MlflowTracker, uri: str, run_id: str, fmt: str) 
 class Packager:
     """The driver's side: starts the child, sends requests, reads the answers in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None, wait_s: float = _READY_WAIT_S) -> None:
+        self.wait_s = wait_s
+        """Longest wait for one answer."""
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.sweeps._packager"],
+            command or [sys.executable, "-m", "orchestrator.sweeps._packager"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            bufsize=0,  # unbuffered: a line read ahead into a buffer would hide from select
         )
         self._ready = False
         self.early: str | None = None
@@ -78,8 +81,6 @@ class Packager:
         the child's low priority, and is remembered (:attr:`early`) for the finish."""
         request: dict[str, object] = {"tracking_uri": tracking_uri, "experiment": experiment}
         request |= {"uri": uri, "run_id": run_id, "format": fmt, "hurry": not early}
-        if early:
-            self.early = uri
         proc = self._live()
         try:
             assert proc.stdin is not None
@@ -87,6 +88,8 @@ class Packager:
             proc.stdin.flush()
         except OSError as exc:
             raise self._failed(f"it stopped ({exc})") from None
+        if early:
+            self.early = uri
 
     def result(self) -> str:
         """The URI of the next model asked for; raises :class:`PackageFailed`."""
@@ -123,8 +126,8 @@ class Packager:
     def _answer(self) -> dict[str, object]:
         proc = self._live()
         assert proc.stdout is not None
-        if not _readable(proc.stdout, _READY_WAIT_S):
-            raise self._failed(f"no answer in {_READY_WAIT_S:.0f} s")
+        if not _readable(proc.stdout, self.wait_s):
+            raise self._failed(f"no answer in {self.wait_s:.0f} s")
         line = proc.stdout.readline()
         if not line:
             raise self._failed(f"it exited ({proc.wait()})")
