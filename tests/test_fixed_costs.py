@@ -321,7 +321,8 @@ def test_a_long_sweep_here_packages_its_best_model_in_a_process_of_its_own(tmp_p
     start, result = _packager.Packager.__init__, _packager.Packager.result
 
     def spawned(self):
-        start(self)
+        start(self, idle=False)  # at the usual priority: ready on a busy machine too
+        assert self.wait_ready(300)
         children.append(self.pid)
 
     def answered(self):
@@ -470,5 +471,21 @@ def test_answers_that_arrive_together_are_each_read():
         assert packager.result() == "models:/m-1"
         with pytest.raises(PackageFailed, match="no such run"):
             packager.result()
+    finally:
+        packager.close()
+
+
+def test_a_child_still_starting_at_the_finish_is_not_waited_for():
+    """On a machine too busy for the child to start during the trials (it takes only idle
+    CPU), the finish waits seconds for it, then packages the model itself."""
+    from orchestrator.sweeps._packager import PackageFailed, Packager
+
+    silent = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    packager = Packager(silent, ready_wait_s=0.5)
+    try:
+        packager.submit("sqlite:///x.db", "e", "runs:/r/checkpoint/model.pt", "r", "pt2")
+        with pytest.raises(PackageFailed, match="no answer"):
+            packager.result()
+        assert packager.pid is None  # given up: the child is ended
     finally:
         packager.close()

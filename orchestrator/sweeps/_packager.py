@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["PackageFailed", "Packager", "package_checkpoint"]
 
-_READY_WAIT_S = 120.0
-"""Longest wait for the child's start and one packaging (it runs at a low priority)."""
+_ANSWER_WAIT_S = 60.0
+"""Longest wait for one packaging, once the child is ready (it takes about 0.5 s)."""
+_READY_WAIT_S = 2.0
+"""Longest wait, at the finish, for a child still starting: on a machine too busy for it to
+have started during the trials, the finish packages the model itself (about 2.5 s)."""
 
 
 class PackageFailed(RuntimeError):
@@ -49,11 +52,18 @@ def package_checkpoint(tracker: MlflowTracker, uri: str, run_id: str, fmt: str) 
 class Packager:
     """The driver's side: starts the child, sends requests, reads the answers in order."""
 
-    def __init__(self, command: list[str] | None = None, wait_s: float = _READY_WAIT_S) -> None:
-        self.wait_s = wait_s
-        """Longest wait for one answer."""
+    def __init__(
+        self,
+        command: list[str] | None = None,
+        wait_s: float = _ANSWER_WAIT_S,
+        ready_wait_s: float = _READY_WAIT_S,
+        idle: bool = True,
+    ) -> None:
+        self.wait_s, self.ready_wait_s = wait_s, ready_wait_s
+        """Longest waits for one answer, and for the child's start once an answer is due."""
+        default = [sys.executable, "-m", "orchestrator.sweeps._packager"]
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            command or [sys.executable, "-m", "orchestrator.sweeps._packager"],
+            command or (default if idle else [*default, "--normal-priority"]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -77,10 +87,10 @@ class Packager:
         early: bool = False,
     ) -> None:
         """Asks for one checkpoint's packaging; :meth:`result` answers, in order. An
-        ``early`` request (the best checkpoint while the last trials still train) keeps
-        the child's low priority, and is remembered (:attr:`early`) for the finish."""
+        ``early`` request (the best checkpoint while the last trials still train) is
+        remembered (:attr:`early`) for the finish."""
         request: dict[str, object] = {"tracking_uri": tracking_uri, "experiment": experiment}
-        request |= {"uri": uri, "run_id": run_id, "format": fmt, "hurry": not early}
+        request |= {"uri": uri, "run_id": run_id, "format": fmt}
         proc = self._live()
         try:
             assert proc.stdin is not None
@@ -94,8 +104,8 @@ class Packager:
     def result(self) -> str:
         """The URI of the next model asked for; raises :class:`PackageFailed`."""
         if not self._ready:
-            self._ready = self._answer().get("ready") is True
-        reply = self._answer()
+            self._ready = self._answer(self.ready_wait_s).get("ready") is True
+        reply = self._answer(self.wait_s)
         if "model_uri" not in reply:
             raise PackageFailed(str(reply.get("error", reply)))
         return str(reply["model_uri"])
@@ -123,11 +133,20 @@ class Packager:
             raise self._failed("it is not running")
         return self._proc
 
-    def _answer(self) -> dict[str, object]:
+    def wait_ready(self, timeout: float) -> bool:
+        """Waits for the child to be ready (imports done, export traced)."""
+        if not self._ready:
+            proc = self._live()
+            assert proc.stdout is not None
+            if _readable(proc.stdout, timeout):
+                self._ready = self._answer(0).get("ready") is True
+        return self._ready
+
+    def _answer(self, timeout: float) -> dict[str, object]:
         proc = self._live()
         assert proc.stdout is not None
-        if not _readable(proc.stdout, self.wait_s):
-            raise self._failed(f"no answer in {self.wait_s:.0f} s")
+        if not _readable(proc.stdout, timeout):
+            raise self._failed(f"no answer in {timeout:.0f} s")
         line = proc.stdout.readline()
         if not line:
             raise self._failed(f"it exited ({proc.wait()})")
@@ -171,13 +190,8 @@ def _serve() -> int:
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    try:  # the trials come first: this process takes only CPU time nobody else wants
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        try:
-            os.nice(19)
-        except OSError:
-            pass
+    if "--normal-priority" not in sys.argv:
+        _yield_to_trials()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -192,8 +206,7 @@ def _serve() -> int:
     _send(answers, {"ready": True, "warm_s": time.perf_counter() - started})
     for line in sys.stdin:
         request = json.loads(line)
-        if request.get("hurry", True):
-            _hurry()  # the trials are done: the driver waits for this
+        _hurry()  # the driver is about to wait for it
         try:
             tracker = MlflowTracker(request["tracking_uri"], request["experiment"])
             uri = package_checkpoint(tracker, request["uri"], request["run_id"], request["format"])
@@ -204,6 +217,26 @@ def _serve() -> int:
     # which the driver would wait for.
     answers.close()
     os._exit(0)
+
+
+def _yield_to_trials() -> None:
+    """The trials come first: CPU time nobody else wants (``SCHED_IDLE``) where the process
+    may leave that policy again once the driver waits for it (root, or ``RLIMIT_NICE``
+    allowing nice 0); elsewhere nice 10, which it keeps."""
+    import resource
+
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+        may_return = os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 20
+        if may_return:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        os.nice(10)
+    except OSError:
+        pass
 
 
 def _hurry() -> None:
