@@ -484,7 +484,7 @@ def test_a_child_still_starting_at_the_finish_is_not_waited_for():
     packager = Packager(silent, ready_wait_s=0.5)
     try:
         packager.submit("sqlite:///x.db", "e", "runs:/r/checkpoint/model.pt", "r", "pt2")
-        with pytest.raises(PackageFailed, match="no answer"):
+        with pytest.raises(PackageFailed, match="not ready"):
             packager.result()
         assert packager.pid is None  # given up: the child is ended
     finally:

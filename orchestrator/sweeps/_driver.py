@@ -522,22 +522,19 @@ class _Driver:
 
     def _told(self, outcome: TrialOutcome) -> None:
         """On the writer's thread, once a trial is told to the study."""
-        if self.first_told is None:
-            self.first_told = time.perf_counter()
-            # the others' time, as this one took
-            left = self.plan.target - tallies(self.study).finished
-            seconds_left = (self.first_told - self.started) * left / self.width
-            # What the first trial imported and built lives as long as the process: its
-            # objects (some 700,000 with PyTorch, MLflow and Optuna) leave the collector's
-            # full passes, each of which had cost about 0.15 s.
-            process.freeze()
-            if self.ahead is not None:
-                self.ahead.start(seconds_left)
         with self._lock:
             self.tallies = tallies(self.study)  # every driver's trials
             if outcome.state == TrialState.COMPLETE and outcome.values:
                 self.best = _better(self.best, outcome.values, self.plan.space)
             left = self.plan.target - self.tallies.finished
+        if self.first_told is None:
+            self.first_told = time.perf_counter()
+            # What the first trial imported and built lives as long as the process: its
+            # objects (some 700,000 with PyTorch, MLflow and Optuna) leave the collector's
+            # full passes, each of which had cost about 0.15 s.
+            process.freeze()
+            if self.ahead is not None:  # told the others' time, as this one took
+                self.ahead.start((self.first_told - self.started) * left / self.width)
         self._report()
         packager = self.ahead.packager if self.ahead is not None else None
         if (

@@ -37,11 +37,11 @@ __all__ = [
 PARENT_ATTR = "mlflow_parent_run_id"
 """Study user attribute naming the study's parent MLflow run."""
 _FOUNDER_WAIT_S = 60.0
+"""How long a driver that did not create the study waits for its creator's parent run."""
 PACKAGER_MIN_S = 15.0
 """Trials still to run for this long (by the first trial's time) give the best model's
 packaging a process of its own: its start (about 4 s of CPU at a low priority) then has time
 to be done before the last trial."""
-"""How long a driver that did not create the study waits for its creator's parent run."""
 
 
 @dataclass
@@ -343,8 +343,8 @@ def _marks(name: str, entry: Best) -> dict[str, str]:
     return {"study": name, "trial": str(entry.get("number"))}
 
 
-def _needs_package(entry: Best) -> bool:
-    uri = entry["model_uri"]
+def _needs_package(uri: object) -> bool:
+    """Whether a trial's model is a checkpoint, to be made an MLflow model."""
     return isinstance(uri, str) and uri.endswith("checkpoint/model.pt")
 
 
@@ -364,7 +364,9 @@ def _package_ahead(
     fmt = _format(base.tracking.model_format)
     early, packager.early = packager.early, None
     for i, entry in enumerate(entries):
-        if not _needs_package(entry) or tracker.model_versions(model_name, _marks(name, entry)):
+        if not _needs_package(entry["model_uri"]) or tracker.model_versions(
+            model_name, _marks(name, entry)
+        ):
             continue
         if early is not None and entry["model_uri"] == early:
             sent.add(i)  # asked for while the last trials ran: its answer comes first
@@ -404,11 +406,11 @@ def package_early(
     except ValueError:  # no complete trial yet
         return
     uri, run_id = best.user_attrs.get("model_uri"), best.user_attrs.get("mlflow_run_id")
-    if not (isinstance(uri, str) and uri.endswith("checkpoint/model.pt") and run_id):
+    if not (_needs_package(uri) and run_id):
         return
     fmt = _format(base.tracking.model_format)
     try:
-        packager.submit(tracker.uri, tracker.experiment, uri, str(run_id), fmt, early=True)
+        packager.submit(tracker.uri, tracker.experiment, str(uri), str(run_id), fmt, early=True)
     except PackageFailed:
         pass
 
@@ -433,7 +435,7 @@ def _register(
                 {"name": model_name, "version": existing[0], "trial": entry.get("number")}
             )
             continue
-        if _needs_package(entry):
+        if _needs_package(entry["model_uri"]):
             checkpoint, run_id = str(entry["model_uri"]), str(entry["run_id"])
             packaged: str | None = None
             if packager is not None and i in sent:

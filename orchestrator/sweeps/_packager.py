@@ -103,8 +103,8 @@ class Packager:
 
     def result(self) -> str:
         """The URI of the next model asked for; raises :class:`PackageFailed`."""
-        if not self._ready:
-            self._ready = self._answer(self.ready_wait_s).get("ready") is True
+        if not self.wait_ready(self.ready_wait_s):
+            raise self._failed(f"not ready in {self.ready_wait_s:.0f} s")
         reply = self._answer(self.wait_s)
         if "model_uri" not in reply:
             raise PackageFailed(str(reply.get("error", reply)))
